@@ -1,0 +1,49 @@
+# tmws developer tasks. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+
+.DEFAULT_GOAL := help
+.PHONY: help venv install install-test build lint test test-rust test-python bench serve clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+venv: $(BIN)/python ## Create the virtualenv in .venv
+
+install: venv ## Install tmws (compiles the Rust extension)
+	$(PY) -m pip install --quiet -e .
+
+install-test: venv ## Install tmws with test and bench dependencies
+	$(PY) -m pip install --quiet -e ".[test,bench]"
+
+build: venv ## Build a release wheel into dist/
+	$(PY) -m pip install --quiet maturin
+	$(BIN)/maturin build --release --out dist
+
+lint: install-test ## ruff, mypy --strict, cargo clippy
+	$(BIN)/ruff check tmws tests bench
+	$(BIN)/mypy
+	cargo clippy --all-targets -q -- -D warnings
+
+test-rust: ## cargo test for rust_core
+	cargo test -q
+
+test-python: install-test ## pytest against real PostgreSQL (pgserver) and Redis
+	$(BIN)/pytest -q
+
+test: test-rust test-python ## Install test dependencies and run every test
+
+bench: install-test ## Matcher benchmarks vs Python re and hyperscan (not part of `test`)
+	$(BIN)/pytest bench -q -p no:cacheprovider --benchmark-only
+
+serve: install ## Install and run the service on the embedded default database
+	$(BIN)/tmws serve
+
+clean: ## Remove build outputs and the virtualenv
+	rm -rf $(VENV) target dist .pytest_cache .mypy_cache .ruff_cache tmws/*.so

@@ -1,0 +1,22 @@
+//! tmws-core: the matching core of tmws.
+//!
+//! Plain-Rust modules hold the logic; `python` is a thin PyO3 layer compiled only with the
+//! `pyo3` feature (maturin enables it), so `cargo test` runs without Python.
+
+pub mod cache;
+pub mod engine;
+pub mod errors;
+pub mod hir;
+pub mod matcher;
+pub mod path;
+#[cfg(feature = "pyo3")]
+mod python;
+
+pub use errors::CompileError;
+pub use matcher::{Matcher, PatternSpec};
+
+#[cfg(feature = "pyo3")]
+#[pyo3::pymodule]
+fn _tmws_core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+    python::init_module(m)
+}

@@ -1,0 +1,233 @@
+//! The Python face of the matcher: a frozen `Matcher` class and `PatternCompileError`.
+//!
+//! Only conversion lives here. Every search and every build runs with the GIL released
+//! (`Python::detach`), so other Python threads keep running while Rust works.
+
+use pyo3::exceptions::PyKeyError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyString, PyType};
+
+use crate::errors::CompileError;
+use crate::matcher::{Matcher, PatternSpec};
+
+/// `PatternCompileError`, created at module init as a subclass of `tmws.errors.PatternError`.
+static PATTERN_COMPILE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// Methods of the exception, written in Python so `PatternCompileError(name, reason)` built
+/// from Python behaves like the one raised here (and pickles: `args == (name, reason)`).
+const EXCEPTION_METHODS: &std::ffi::CStr = c"
+def __init__(self, pattern_name, reason):
+    PatternError.__init__(self, pattern_name, reason)
+    self.pattern_name = pattern_name
+    self.reason = reason
+
+def __str__(self):
+    return f'pattern {self.pattern_name!r}: {self.reason}'
+";
+
+const EXCEPTION_DOC: &std::ffi::CStr =
+    c"A trigger regex was rejected by the Rust core (syntax, look-around, back-reference, size, duplicate name).\n\nAttributes: pattern_name, reason.";
+
+fn exception_type(py: Python<'_>) -> PyResult<&Py<PyType>> {
+    PATTERN_COMPILE_ERROR.get_or_try_init(py, || {
+        // tmws.errors is still initialising when it imports us, but PatternError exists.
+        let base = py.import("tmws.errors")?.getattr("PatternError")?;
+        let base = base.cast_into::<PyType>()?;
+        let namespace = PyDict::new(py);
+        namespace.set_item("PatternError", &base)?;
+        py.run(EXCEPTION_METHODS, Some(&namespace), None)?;
+        let dict = PyDict::new(py);
+        for method in ["__init__", "__str__"] {
+            dict.set_item(method, namespace.get_item(method)?)?;
+        }
+        dict.set_item("__module__", "tmws.errors")?;
+        PyErr::new_type(
+            py,
+            c"tmws.errors.PatternCompileError",
+            Some(EXCEPTION_DOC),
+            Some(&base),
+            // `new_type` drops its `dict` argument before CPython reads it; `dict` (still
+            // alive here) keeps the namespace valid for the call.
+            Some(dict.clone().into_any().unbind()),
+        )
+    })
+}
+
+fn compile_error(py: Python<'_>, err: CompileError) -> PyErr {
+    match exception_type(py).and_then(|ty| ty.bind(py).call1((err.pattern_name, err.reason))) {
+        Ok(instance) => PyErr::from_value(instance),
+        Err(e) => e,
+    }
+}
+
+type SpecTuple = (String, String, i64, String);
+
+fn to_specs(patterns: Vec<SpecTuple>) -> Vec<PatternSpec> {
+    patterns
+        .into_iter()
+        .map(|(name, regex, priority, kind)| PatternSpec {
+            name,
+            regex,
+            priority,
+            kind,
+        })
+        .collect()
+}
+
+/// Matches queries against a library of trigger regexes; see `tmws/_tmws_core.pyi`.
+#[pyclass(frozen, name = "Matcher", module = "tmws._tmws_core")]
+pub struct PyMatcher {
+    inner: Matcher,
+}
+
+#[pymethods]
+impl PyMatcher {
+    #[new]
+    #[pyo3(signature = (patterns, *, cache_capacity = 10_000, warmup = Vec::new()))]
+    fn new(
+        py: Python<'_>,
+        patterns: Vec<SpecTuple>,
+        cache_capacity: u64,
+        warmup: Vec<String>,
+    ) -> PyResult<Self> {
+        let specs = to_specs(patterns);
+        py.detach(|| Matcher::new(&specs, cache_capacity, &warmup))
+            .map(|inner| Self { inner })
+            .map_err(|e| compile_error(py, e))
+    }
+
+    #[staticmethod]
+    fn check(py: Python<'_>, name: &str, regex: &str) -> PyResult<()> {
+        py.detach(|| Matcher::check(name, regex))
+            .map_err(|e| compile_error(py, e))
+    }
+
+    #[pyo3(signature = (patterns, *, warmup = Vec::new()))]
+    fn replace(
+        &self,
+        py: Python<'_>,
+        patterns: Vec<SpecTuple>,
+        warmup: Vec<String>,
+    ) -> PyResult<u64> {
+        let specs = to_specs(patterns);
+        py.detach(|| self.inner.replace(&specs, &warmup))
+            .map_err(|e| compile_error(py, e))
+    }
+
+    // `query` borrows the str's UTF-8 buffer; the caller's reference keeps the (immutable)
+    // str alive for the whole call, so it can be read with the GIL released.
+    #[pyo3(signature = (query, kind = None))]
+    fn best<'py>(
+        &self,
+        py: Python<'py>,
+        query: &str,
+        kind: Option<&str>,
+    ) -> Option<Bound<'py, PyString>> {
+        py.detach(|| self.inner.best(query, kind))
+            .map(|name| PyString::new(py, &name))
+    }
+
+    #[pyo3(signature = (query, kind = None))]
+    fn all<'py>(
+        &self,
+        py: Python<'py>,
+        query: &str,
+        kind: Option<&str>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let names = py.detach(|| self.inner.all(query, kind));
+        PyList::new(py, names.iter().map(|n| PyString::new(py, n)))
+    }
+
+    fn captures<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        query: &str,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let groups = py
+            .detach(|| self.inner.captures(name, query))
+            .map_err(|()| PyKeyError::new_err(name.to_owned()))?;
+        groups
+            .map(|groups| {
+                let dict = PyDict::new(py);
+                for (group, text) in groups {
+                    dict.set_item(group, text)?;
+                }
+                Ok(dict)
+            })
+            .transpose()
+    }
+
+    /// Character (not byte) offsets, so Python can slice the query with them.
+    fn span(&self, py: Python<'_>, name: &str, query: &str) -> PyResult<Option<(usize, usize)>> {
+        let found = py
+            .detach(|| self.inner.span(name, query))
+            .map_err(|()| PyKeyError::new_err(name.to_owned()))?;
+        Ok(found.map(|(start, end)| {
+            let start_chars = query[..start].chars().count();
+            (start_chars, start_chars + query[start..end].chars().count())
+        }))
+    }
+
+    fn names<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let names = self.inner.names();
+        PyList::new(py, names.iter().map(|n| PyString::new(py, n)))
+    }
+
+    #[getter]
+    fn version(&self) -> u64 {
+        self.inner.version()
+    }
+
+    fn cache_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = py.detach(|| self.inner.cache_stats());
+        let dict = PyDict::new(py);
+        dict.set_item("hits", stats.hits)?;
+        dict.set_item("misses", stats.misses)?;
+        dict.set_item("size", stats.size)?;
+        dict.set_item("capacity", stats.capacity)?;
+        dict.set_item("evictions", stats.evictions)?;
+        Ok(dict)
+    }
+
+    fn clear_cache(&self, py: Python<'_>) {
+        py.detach(|| self.inner.clear_cache());
+    }
+
+    /// Diagnostics for benchmarks: literal prefilter use and patterns searched without one.
+    fn _engine_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let state = self.inner.state();
+        let dict = PyDict::new(py);
+        for (path, (prefilter, residual, residual_bytes)) in ["ascii", "unicode"]
+            .into_iter()
+            .zip(state.compiled.path_info())
+        {
+            dict.set_item(format!("{path}_prefilter"), prefilter)?;
+            dict.set_item(format!("{path}_residual_patterns"), residual)?;
+            dict.set_item(format!("{path}_residual_dfa_bytes"), residual_bytes)?;
+        }
+        Ok(dict)
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Matcher patterns={} version={}>",
+            self.inner.len(),
+            self.inner.version()
+        )
+    }
+}
+
+/// Fills the `_tmws_core` module.
+pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("PatternCompileError", exception_type(py)?.bind(py))?;
+    m.add_class::<PyMatcher>()?;
+    Ok(())
+}

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+
+from tests.conftest import PLAIN_POSTGRES_URL
+from tmws.database import PGVECTOR_HELP, available_migrations, upgrade
+from tmws.errors import DatabaseError, ExtensionMissingError
+
+
+async def test_rerunning_upgrade_is_a_no_op(database_url: str) -> None:
+    assert await upgrade(database_url) == []
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        rows = await (await conn.execute(
+            "SELECT version FROM tmws_schema_migrations ORDER BY version")).fetchall()
+    assert [r[0] for r in rows] == [m.version for m in available_migrations()]
+
+
+async def test_concurrent_upgrades_serialise(database_url: str) -> None:
+    results = await asyncio.gather(*(upgrade(database_url) for _ in range(4)))
+    assert all(applied == [] for applied in results)
+
+
+async def test_guide_indexes_exist(database_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        rows = await (await conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'memories'")).fetchall()
+    names = {r[0] for r in rows}
+    assert {"idx_memory_content_pattern", "idx_memory_importance_created",
+            "idx_memory_tags"} <= names
+
+
+async def test_server_without_pgvector_gets_install_instructions() -> None:
+    # The machine's PostgreSQL 15 has no pgvector; it must be running for this test.
+    with pytest.raises(ExtensionMissingError) as caught:
+        await upgrade(PLAIN_POSTGRES_URL)
+    message = str(caught.value)
+    assert message == PGVECTOR_HELP
+    assert "pgvector" in message and "apt-get install" in message
+
+
+async def test_unreachable_server_is_a_clear_error() -> None:
+    with pytest.raises(DatabaseError, match="cannot connect to PostgreSQL"):
+        await upgrade("postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=2")

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tmws.patterns import default_library_path
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TMWS_")}
+    return subprocess.run([sys.executable, "-m", "tmws", *args], capture_output=True, text=True,
+                          env={**base, **(env or {})}, timeout=120)
+
+
+def test_patterns_check_accepts_the_shipped_library() -> None:
+    done = run("patterns", "check", str(default_library_path()))
+    assert done.returncode == 0 and "patterns OK" in done.stdout
+
+
+def test_patterns_check_names_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("x_patterns:\n  - {name: p, pattern_type: memory, trigger_pattern: '(?!no)'}\n")
+    done = run("patterns", "check", str(bad))
+    assert done.returncode == 2
+    assert str(bad) in done.stderr and "'p'" in done.stderr
+
+
+def test_bad_setting_stops_with_the_variable_named() -> None:
+    done = run("patterns", "check", "x", env={"TMWS_API_PORT": "http"})
+    assert done.returncode == 2 and "TMWS_API_PORT" in done.stderr
+
+
+def test_execute_and_db_upgrade(database_url: str) -> None:
+    env = {"TMWS_DATABASE_URL": database_url, "TMWS_DB_MAX_CONNECTIONS": "1"}
+    upgrade = run("db", "upgrade", env=env)
+    assert upgrade.returncode == 0 and "schema is current" in upgrade.stdout
+    done = run("execute", "check health", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["success"] is True
+
+
+def test_bad_pattern_file_stops_start_up(database_url: str, tmp_path: Path) -> None:
+    bad = tmp_path / "patterns.yaml"
+    bad.write_text("infrastructure_patterns:\n  - name: a\n    pattern_type: infra\n"
+                   "    trigger_pattern: x\n")
+    done = run("execute", "check health", env={"TMWS_DATABASE_URL": database_url,
+                                               "TMWS_PATTERN_CONFIG": str(bad)})
+    assert done.returncode == 2
+    assert str(bad) in done.stderr and "'a'" in done.stderr and "pattern_type" in done.stderr

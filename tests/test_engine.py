@@ -1,0 +1,230 @@
+"""The engine end to end, against the real embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_settings
+from tmws import (
+    ExecutionMode,
+    PatternDefinition,
+    PatternExecutionEngine,
+    PatternType,
+    create_pattern_execution_engine,
+)
+from tmws.errors import InvalidRequestError
+from tmws.handlers import HandlerContext
+
+
+async def test_check_health_succeeds_on_a_healthy_install(engine: PatternExecutionEngine) -> None:
+    result = await engine.execute("check health")
+    assert result.success, result.error
+    assert result.pattern_name == "health_check"
+    assert result.result["healthy"] is True
+    assert result.result["database"]["status"] == "ok"
+    assert result.result["cache"]["redis"] == "not configured"
+    assert result.tokens_used == 30
+    assert result.execution_time_ms > 0
+
+
+async def test_guide_snippet_shapes(engine: PatternExecutionEngine) -> None:
+    result = await engine.execute("check health", execution_mode=ExecutionMode.BALANCED,
+                                  context=None, use_cache=True)
+    for field in ("pattern_name", "success", "result", "execution_time_ms", "tokens_used",
+                  "cache_hit", "error", "metadata"):
+        assert hasattr(result, field)
+    decision = await engine.router.route("recall memories about auth", ExecutionMode.BALANCED,
+                                         None)
+    assert decision.pattern_type is PatternType.MEMORY
+    assert decision.pattern_name == "recall_memory"
+    assert decision.estimated_cost == 100
+    assert 0 < decision.confidence <= 1 and decision.reasoning
+    stats = engine.get_stats()
+    for key in ("total_executions", "successful_executions", "failed_executions", "cache_hits",
+                "avg_execution_time_ms", "total_tokens_used", "success_rate", "cache_hit_rate",
+                "registry_stats", "router_stats"):
+        assert key in stats
+    print(f"Cache hit rate: {stats['cache_hit_rate']:.1f}%")
+
+
+async def test_store_then_recall_in_a_namespace(engine: PatternExecutionEngine,
+                                                namespace: str) -> None:
+    ctx: dict[str, Any] = {"namespace": namespace}
+    stored = await engine.execute("remember the auth service rotates JWT keys every Monday",
+                                  context={**ctx, "tags": ["Auth", "security"],
+                                           "importance": 0.9})
+    assert stored.success, stored.error
+    assert stored.pattern_name == "store_memory" and not stored.cache_hit
+    memory_id = stored.result["id"]
+    recalled = await engine.execute("recall memories about auth keys", context=ctx)
+    assert recalled.success, recalled.error
+    hits = recalled.result["memories"]
+    assert [m["id"] for m in hits] == [memory_id]
+    assert hits[0]["content"] == "the auth service rotates JWT keys every Monday"
+    assert hits[0]["tags"] == ["auth", "security"]
+    other = await engine.execute("recall memories about auth keys",
+                                 context={"namespace": namespace + "-other"})
+    assert other.success and other.result["memories"] == []
+
+
+async def test_a_write_is_never_hidden_by_the_cache(engine: PatternExecutionEngine,
+                                                    namespace: str) -> None:
+    ctx = {"namespace": namespace}
+    first = await engine.execute("recall memories about kafka", context=ctx)
+    again = await engine.execute("recall memories about kafka", context=ctx)
+    assert first.result["count"] == 0 and again.cache_hit
+    await engine.execute("store kafka retention is seven days", context=ctx)
+    after = await engine.execute("recall memories about kafka", context=ctx)
+    assert not after.cache_hit
+    assert after.result["count"] == 1
+
+
+async def test_tag_importance_temporal_aggregate_compare(engine: PatternExecutionEngine,
+                                                         namespace: str) -> None:
+    ctx: dict[str, Any] = {"namespace": namespace}
+    for text, tags, importance in [("redis failover drill went fine", ["ops"], 0.3),
+                                   ("postgres vacuum settings tuned", ["ops", "db"], 0.95),
+                                   ("security review of the login flow", ["security"], 0.8)]:
+        done = await engine.execute(f"save {text}", context={**ctx, "tags": tags,
+                                                             "importance": importance})
+        assert done.success, done.error
+    tagged = await engine.execute("find memories tagged with ops", context=ctx)
+    assert tagged.pattern_name == "search_by_tag" and tagged.result["count"] == 2
+    assert tagged.result["memories"][0]["importance"] == pytest.approx(0.95)
+    important = await engine.execute("list important memories", context=ctx)
+    assert important.pattern_name == "filter_by_importance"
+    assert [m["importance"] for m in important.result["memories"]] == pytest.approx([0.95, 0.8])
+    recent = await engine.execute("show recent notes", context=ctx)
+    assert recent.pattern_name == "temporal_analysis"
+    assert recent.result["memories"][0]["content"] == "security review of the login flow"
+    summary = await engine.execute("summarize all memories", context=ctx)
+    assert summary.pattern_name == "aggregate_insights"
+    assert summary.result["total"] == 3
+    assert summary.result["top_tags"][0] == {"tag": "ops", "count": 2}
+    compared = await engine.execute("compare redis with postgres", context=ctx)
+    assert compared.pattern_name == "compare_patterns", compared.error
+    assert compared.result["left"]["memories"][0]["content"].startswith("redis")
+    assert compared.result["right"]["memories"][0]["content"].startswith("postgres")
+
+
+async def test_fast_mode_only_considers_infrastructure(engine: PatternExecutionEngine) -> None:
+    result = await engine.execute("recall memories about auth", ExecutionMode.FAST)
+    assert result.pattern_name is None or result.pattern_name != "recall_memory"
+    decision = result.metadata["routing"]
+    assert decision["pattern_type"] == "infrastructure"
+    health = await engine.execute("check health", "fast")
+    assert health.success
+    assert health.result["database"]["status"] == "not_probed"
+
+
+async def test_comprehensive_runs_handler_and_retrieval(engine: PatternExecutionEngine,
+                                                        namespace: str) -> None:
+    ctx = {"namespace": namespace}
+    await engine.execute("remember grafana dashboards live in the ops folder", context=ctx)
+    result = await engine.execute("check health of grafana", ExecutionMode.COMPREHENSIVE,
+                                  context=ctx)
+    assert result.success, result.error
+    assert result.result["handler"]["healthy"] is True
+    related = result.result["related_memories"]
+    assert related and "grafana" in related[0]["content"]
+
+
+async def test_keyword_routing_when_no_trigger_matches(engine: PatternExecutionEngine,
+                                                       namespace: str) -> None:
+    result = await engine.execute("anything in memory on rollbacks",
+                                  context={"namespace": namespace})
+    assert result.success, result.error
+    routing = result.metadata["routing"]
+    assert routing["decided_by"] == "keywords"
+    assert routing["pattern_type"] == "memory"
+    assert "memory" in routing["reasoning"]
+
+
+async def test_nothing_fits_gives_nearest_candidates(engine: PatternExecutionEngine) -> None:
+    result = await engine.execute("what is the weather in paris tomorrow")
+    assert not result.success
+    assert result.error is not None and result.error.startswith("no pattern matched")
+    assert result.metadata["routing"]["decided_by"] == "none"
+
+
+async def test_tool_pattern_returns_the_decision(engine: PatternExecutionEngine) -> None:
+    result = await engine.execute("run tool vector_search with k=5")
+    assert result.success
+    assert result.result["action"] == "delegate"
+    assert result.result["pattern"] == "execute_mcp_tool"
+
+
+async def test_cache_hits_are_counted_and_bypassable(engine: PatternExecutionEngine) -> None:
+    first = await engine.execute("count active connections")
+    second = await engine.execute("Count   ACTIVE connections")
+    bypass = await engine.execute("count active connections", use_cache=False)
+    assert not first.cache_hit and second.cache_hit and not bypass.cache_hit
+    assert second.tokens_used == 0 and first.tokens_used == 35
+    stats = engine.get_stats()
+    assert stats["cache_hits"] == 1
+    assert stats["tokens_saved"] == 35
+    assert stats["cache_hit_rate"] == pytest.approx(100 / 3, abs=0.01)
+
+
+async def test_statistics_queries_report_engine_counters(engine: PatternExecutionEngine) -> None:
+    await engine.execute("check health")
+    stats = await engine.execute("show engine statistics")
+    assert stats.success and stats.result["total_executions"] == 1
+    tokens = await engine.execute("compute token usage", use_cache=False)
+    assert tokens.result["subject"] == "token"
+    assert tokens.result["value"]["total_tokens_used"] == 30 + 20
+
+
+async def test_timeouts_are_failed_results(database_url: str) -> None:
+    async def slow(ctx: HandlerContext) -> str:
+        await asyncio.sleep(5)
+        return "late"
+
+    settings = make_settings(database_url, pattern_infra_timeout="30")
+    async with await create_pattern_execution_engine(settings, handlers={"slow": slow}) as eng:
+        eng.registry.register(PatternDefinition(
+            name="slow_tool", pattern_type=PatternType.INFRASTRUCTURE,
+            trigger_pattern=r"\bsnail\b", priority=100, handler="slow"))
+        result = await asyncio.wait_for(eng.execute("snail please"), timeout=2)
+        assert not result.success
+        assert result.error is not None
+        assert "timed out after 30 ms" in result.error and "TMWS_PATTERN_INFRA_TIMEOUT" in \
+            result.error
+        assert eng.get_stats()["failed_executions"] == 1
+        healthy = await eng.execute("check health")
+        assert healthy.success
+
+
+async def test_unbound_handler_is_a_clear_failure(engine: PatternExecutionEngine) -> None:
+    engine.registry.register(PatternDefinition(
+        name="ghost", pattern_type=PatternType.INFRASTRUCTURE, trigger_pattern="boo+",
+        priority=50, handler="missing_handler"))
+    result = await engine.execute("booo")
+    assert not result.success and "missing_handler" in (result.error or "")
+
+
+@pytest.mark.parametrize(("query", "mode", "context", "fragment"), [
+    ("", None, None, "empty"),
+    ("   ", None, None, "empty"),
+    ("x" * 2001, None, None, "limit is 2000"),
+    ("check health", "warp", None, "unknown execution mode 'warp'"),
+    ("check health", None, ["not", "a", "mapping"], "context must be an object"),
+    ("check health", None, {"namespace": ""}, "namespace"),
+])
+async def test_invalid_input_is_rejected_clearly(engine: PatternExecutionEngine, query: str,
+                                                 mode: Any, context: Any, fragment: str) -> None:
+    with pytest.raises(InvalidRequestError, match=fragment):
+        await engine.execute(query, mode, context)
+    assert engine.get_stats()["total_executions"] == 0
+
+
+async def test_store_validates_context(engine: PatternExecutionEngine, namespace: str) -> None:
+    result = await engine.execute("remember x", context={"namespace": namespace,
+                                                         "importance": 7})
+    assert not result.success and "importance" in (result.error or "")
+    result = await engine.execute("remember x", context={"namespace": namespace,
+                                                         "tags": "notalist"})
+    assert not result.success and "tags" in (result.error or "")

@@ -1,0 +1,35 @@
+"""tmws: a performance-first pattern execution service for LLM-agent systems.
+
+::
+
+    from tmws import ExecutionMode, create_pattern_execution_engine
+
+    engine = await create_pattern_execution_engine()
+    result = await engine.execute("check health", execution_mode=ExecutionMode.BALANCED)
+"""
+
+__version__ = "0.1.0"
+
+from tmws.config import Settings  # noqa: E402
+from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine  # noqa: E402
+from tmws.errors import TmwsError  # noqa: E402
+from tmws.models import (  # noqa: E402
+    ExecutionMode,
+    ExecutionResult,
+    PatternDefinition,
+    PatternType,
+    RoutingDecision,
+)
+
+__all__ = [
+    "ExecutionMode",
+    "ExecutionResult",
+    "PatternDefinition",
+    "PatternExecutionEngine",
+    "PatternType",
+    "RoutingDecision",
+    "Settings",
+    "TmwsError",
+    "__version__",
+    "create_pattern_execution_engine",
+]

@@ -1,0 +1,11 @@
+"""The only module that imports the Rust extension; everything native is re-exported here.
+
+``tmws.errors`` must be imported before this module (``tmws/__init__.py`` does): the extension
+subclasses ``tmws.errors.PatternError`` when it initialises.
+"""
+
+from __future__ import annotations
+
+from tmws._tmws_core import Matcher, PatternCompileError, __version__
+
+__all__ = ["Matcher", "PatternCompileError", "__version__"]

@@ -1,0 +1,206 @@
+"""Configuration: every ``TMWS_*`` variable, read once into a frozen struct.
+
+``Settings.from_env()`` reads the process environment; tests build settings from a
+plain mapping with ``Settings.from_env({...})``. An invalid value raises
+:class:`~tmws.errors.ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from tmws.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings", "default_pool_size"]
+
+ENV_PREFIX: Final = "TMWS_"
+
+_ENVIRONMENTS: Final = ("development", "staging", "production", "test")
+_LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_MODES: Final = ("fast", "balanced", "comprehensive")
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+
+
+def default_pool_size() -> int:
+    """The guide's sizing rule: ``min(20, cpu_count * 5)``."""
+    return min(20, (os.cpu_count() or 1) * 5)
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "tmws")
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """All tmws settings. Field ``x`` is read from ``TMWS_X``."""
+
+    # Application
+    environment: str = "development"
+    debug: bool = False
+    log_level: str = "INFO"
+    log_file: str | None = None
+    # Server
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    workers: int = 1
+    max_query_length: int = 2000
+    max_body_bytes: int = 65536
+    # Database (unset URL: embedded PostgreSQL with pgvector under data_dir)
+    database_url: str | None = None
+    data_dir: str = msgspec.field(default_factory=_default_data_dir)
+    db_max_connections: int = msgspec.field(default_factory=default_pool_size)
+    db_max_overflow: int = -1  # -1: half the pool size, as the guide recommends
+    db_pool_timeout: float = 30.0
+    db_pool_recycle: float = 3600.0
+    db_pool_pre_ping: bool = True
+    db_echo: bool = False
+    db_statement_timeout: int = 30000
+    # Redis (unset URL: in-process cache only)
+    redis_url: str | None = None
+    redis_max_connections: int = 50
+    redis_timeout: float = 5.0
+    # Cache
+    cache_ttl: int = 300
+    cache_max_size: int = 1000
+    cache_enabled: bool = True
+    # Security
+    secret_key: str | None = None
+    auth_enabled: bool = False
+    token_expire_minutes: int = 60
+    rate_limit_enabled: bool = False
+    rate_limit_requests: int = 100
+    rate_limit_period: int = 60
+    # Pattern service
+    pattern_default_mode: str = "balanced"
+    pattern_cache_enabled: bool = True
+    pattern_config: str | None = None
+    pattern_infra_timeout: int = 50
+    pattern_memory_timeout: int = 100
+    pattern_hybrid_timeout: int = 200
+
+    @property
+    def db_overflow(self) -> int:
+        """Extra connections beyond the pool size."""
+        if self.db_max_overflow < 0:
+            return self.db_max_connections // 2
+        return self.db_max_overflow
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        return ENV_PREFIX + field.upper()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default: ``os.environ``).
+
+        Unknown ``TMWS_*`` names are rejected so that a typo is not silently ignored.
+        """
+        source = os.environ if environ is None else environ
+        fields = {name: typ for name, typ in _field_types().items()}
+        values: dict[str, Any] = {}
+        known = {cls.env_name(name) for name in fields}
+        for key in source:
+            if key.startswith(ENV_PREFIX) and key not in known:
+                raise ConfigError(key, "unknown setting (check the spelling)")
+        for name, parse in fields.items():
+            var = cls.env_name(name)
+            raw = source.get(var)
+            if raw is None:
+                continue
+            try:
+                values[name] = parse(raw.strip())
+            except ValueError as exc:
+                raise ConfigError(var, f"invalid value {_redact(name, raw)!r}: {exc}") from None
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check cross-field rules; raises ConfigError naming the variable."""
+        checks: list[tuple[str, bool, str]] = [
+            ("environment", self.environment in _ENVIRONMENTS, f"must be one of {_ENVIRONMENTS}"),
+            ("log_level", self.log_level in _LOG_LEVELS, f"must be one of {_LOG_LEVELS}"),
+            ("pattern_default_mode", self.pattern_default_mode in _MODES, f"must be one of {_MODES}"),
+            ("api_port", 0 <= self.api_port <= 65535, "must be between 0 and 65535"),
+            ("workers", self.workers >= 1, "must be at least 1"),
+            ("max_query_length", self.max_query_length >= 1, "must be at least 1"),
+            ("max_body_bytes", self.max_body_bytes >= 256, "must be at least 256"),
+            ("db_max_connections", self.db_max_connections >= 1, "must be at least 1"),
+            ("db_max_overflow", self.db_max_overflow >= -1, "must be 0 or more"),
+            ("db_pool_timeout", self.db_pool_timeout > 0, "must be positive"),
+            ("db_pool_recycle", self.db_pool_recycle > 0, "must be positive"),
+            ("db_statement_timeout", self.db_statement_timeout >= 0, "must be 0 (off) or more"),
+            ("redis_max_connections", self.redis_max_connections >= 1, "must be at least 1"),
+            ("redis_timeout", self.redis_timeout > 0, "must be positive"),
+            ("cache_ttl", self.cache_ttl >= 0, "must be 0 or more"),
+            ("cache_max_size", self.cache_max_size >= 0, "must be 0 or more"),
+            ("token_expire_minutes", self.token_expire_minutes >= 1, "must be at least 1"),
+            ("rate_limit_requests", self.rate_limit_requests >= 1, "must be at least 1"),
+            ("rate_limit_period", self.rate_limit_period >= 1, "must be at least 1"),
+            ("pattern_infra_timeout", self.pattern_infra_timeout >= 1, "must be at least 1 ms"),
+            ("pattern_memory_timeout", self.pattern_memory_timeout >= 1, "must be at least 1 ms"),
+            ("pattern_hybrid_timeout", self.pattern_hybrid_timeout >= 1, "must be at least 1 ms"),
+        ]
+        for field, ok, problem in checks:
+            if not ok:
+                value = getattr(self, field)
+                raise ConfigError(self.env_name(field), f"{problem} (got {value!r})")
+        if self.database_url is not None and not self.database_url.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ConfigError(
+                self.env_name("database_url"), "must be a postgresql:// connection string"
+            )
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError(self.env_name("redis_url"), "must be a redis:// or rediss:// URL")
+
+    def timeout_ms(self, pattern_type: str) -> int:
+        """The handler timeout for a pattern type, in milliseconds."""
+        return {
+            "infrastructure": self.pattern_infra_timeout,
+            "memory": self.pattern_memory_timeout,
+            "hybrid": self.pattern_hybrid_timeout,
+        }[pattern_type]
+
+
+def _redact(field: str, raw: str) -> str:
+    if field in ("secret_key", "database_url", "redis_url"):
+        return "<redacted>"
+    return raw
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_optional_str(raw: str) -> str | None:
+    return raw or None
+
+
+def _field_types() -> dict[str, Callable[[str], Any]]:
+    parsers: dict[Any, Callable[[str], Any]] = {
+        int: int,
+        float: float,
+        bool: _parse_bool,
+        str: str,
+        "str | None": _parse_optional_str,
+    }
+    result: dict[str, Callable[[str], Any]] = {}
+    for field in msgspec.structs.fields(Settings):
+        typ = field.type
+        key = "str | None" if typ == (str | None) else typ
+        result[field.name] = parsers[key]
+    return result

@@ -1,0 +1,14 @@
+"""PostgreSQL access: the embedded default server, migrations and the connection pool."""
+
+from tmws.database._embedded import EmbeddedPostgres
+from tmws.database._migrate import PGVECTOR_HELP, available_migrations, upgrade
+from tmws.database._pool import Database, get_pool_stats
+
+__all__ = [
+    "PGVECTOR_HELP",
+    "Database",
+    "EmbeddedPostgres",
+    "available_migrations",
+    "get_pool_stats",
+    "upgrade",
+]

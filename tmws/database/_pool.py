@@ -1,0 +1,137 @@
+"""The connection pool: ``psycopg_pool.AsyncConnectionPool`` sized by the TMWS_DB_* settings."""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from tmws.config import Settings
+from tmws.errors import DatabaseError
+
+__all__ = ["Database", "get_pool_stats"]
+
+logger = logging.getLogger("tmws.database")
+sql_logger = logging.getLogger("tmws.database.sql")
+
+_open_databases: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def get_pool_stats() -> dict[str, Any]:
+    """Pool statistics of every open database in this process (the guide's diagnosis call)."""
+    pools = [db.pool_stats() for db in list(_open_databases)]
+    if len(pools) == 1:
+        return pools[0]
+    return {"pools": pools}
+
+
+class Database:
+    """A pool of connections to one PostgreSQL database."""
+
+    def __init__(self, conninfo: str, settings: Settings) -> None:
+        self._settings = settings
+        self._echo = settings.db_echo
+        self._errors = 0
+        self._queries = 0
+        self._query_seconds = 0.0
+        kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
+        if settings.db_statement_timeout:
+            kwargs["options"] = f"-c statement_timeout={settings.db_statement_timeout}"
+        self._pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            conninfo,
+            min_size=settings.db_max_connections,
+            max_size=settings.db_max_connections + settings.db_overflow,
+            timeout=settings.db_pool_timeout,
+            max_lifetime=settings.db_pool_recycle,
+            max_idle=min(600.0, settings.db_pool_recycle),
+            check=AsyncConnectionPool.check_connection if settings.db_pool_pre_ping else None,
+            kwargs=kwargs,
+            open=False,
+            name="tmws",
+        )
+
+    async def open(self) -> None:
+        try:
+            await self._pool.open(wait=True, timeout=self._settings.db_pool_timeout)
+        except PoolTimeout as exc:
+            await self._pool.close()
+            raise DatabaseError(
+                f"could not open {self._settings.db_max_connections} connection(s) to PostgreSQL "
+                f"within {self._settings.db_pool_timeout:g}s (TMWS_DB_POOL_TIMEOUT): "
+                "is the server running and TMWS_DATABASE_URL right?") from exc
+        _open_databases.add(self)
+
+    async def close(self) -> None:
+        _open_databases.discard(self)
+        await self._pool.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            self._errors += 1
+            raise DatabaseError(
+                f"no database connection within {self._settings.db_pool_timeout:g}s "
+                "(TMWS_DB_POOL_TIMEOUT): the pool is exhausted or the server is down") from exc
+
+    async def fetch(self, query: Any, params: Sequence[Any] | dict[str, Any] = ()
+                    ) -> list[dict[str, Any]]:
+        """Run one parameterised statement; returns its rows (empty for none)."""
+        if self._echo:
+            sql_logger.info("SQL %s", query if isinstance(query, str) else repr(query),
+                            extra={"params_count": len(params)})
+        started = time.perf_counter()
+        try:
+            async with self.connection() as conn:
+                cursor = await conn.execute(query, params)
+                rows: list[dict[str, Any]] = await cursor.fetchall() if cursor.description else []
+        except psycopg.errors.QueryCanceled as exc:
+            self._errors += 1
+            raise DatabaseError("statement timed out (TMWS_DB_STATEMENT_TIMEOUT)") from exc
+        except psycopg.OperationalError as exc:
+            self._errors += 1
+            raise DatabaseError(f"database unavailable: {_first_line(exc)}") from exc
+        finally:
+            self._queries += 1
+            self._query_seconds += time.perf_counter() - started
+        return rows
+
+    async def ping(self) -> bool:
+        try:
+            rows = await self.fetch("SELECT 1 AS ok")
+        except DatabaseError:
+            return False
+        return bool(rows and rows[0]["ok"] == 1)
+
+    def pool_stats(self) -> dict[str, Any]:
+        raw = self._pool.get_stats()
+        size = raw.get("pool_size", 0)
+        idle = raw.get("pool_available", 0)
+        return {
+            "name": self._pool.name,
+            "size": size,
+            "in_use": size - idle,
+            "idle": idle,
+            "waiting": raw.get("requests_waiting", 0),
+            "min_size": self._pool.min_size,
+            "max_size": self._pool.max_size,
+            "errors": self._errors + raw.get("connections_errors", 0)
+                      + raw.get("requests_errors", 0),
+            "queries": self._queries,
+            "avg_query_ms": round(1000 * self._query_seconds / self._queries, 3)
+                            if self._queries else 0.0,
+        }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,381 @@
+"""The pattern execution engine: route, check the cache, run the handler, account for it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Final
+
+import msgspec
+
+from tmws import __version__
+from tmws.cache import TieredLocalCache
+from tmws.config import Settings
+from tmws.database import Database, EmbeddedPostgres, upgrade
+from tmws.database._migrate import applied_versions, available_migrations
+from tmws.errors import DatabaseError, InvalidRequestError, PatternConfigError, TmwsError
+from tmws.handlers import (
+    HANDLERS,
+    WRITE_HANDLERS,
+    Handler,
+    HandlerContext,
+    namespace_of,
+    resolve_handler,
+)
+from tmws.handlers import HealthCheckFailed as _HealthCheckFailed
+from tmws.memory import MemoryStore
+from tmws.models import ExecutionMode, ExecutionResult, PatternDefinition, PatternType, RoutingDecision
+from tmws.patterns import PatternLibrary, default_library_path, load_pattern_file
+from tmws.registry import PatternRegistry
+from tmws.router import HybridRouter
+
+__all__ = ["PatternExecutionEngine", "create_pattern_execution_engine"]
+
+logger = logging.getLogger("tmws.engine")
+
+# Context keys that only say who is asking; everything else may change the answer.
+_IDENTITY_KEYS: Final = frozenset({"namespace", "request_id"})
+
+
+class _Counters:
+    __slots__ = ("cache_hits", "failed", "successful", "time_ms", "tokens", "tokens_saved",
+                 "total")
+
+    def __init__(self) -> None:
+        self.total = self.successful = self.failed = self.cache_hits = 0
+        self.tokens = self.tokens_saved = 0
+        self.time_ms = 0.0
+
+
+class PatternExecutionEngine:
+    """Executes queries against a pattern library.
+
+    Build one with :func:`create_pattern_execution_engine`; close it with ``await
+    engine.close()`` (or use it as an async context manager).
+    """
+
+    def __init__(self, settings: Settings, library: PatternLibrary, database: Database,
+                 *, embedded: EmbeddedPostgres | None = None, redis: Any = None,
+                 handlers: Mapping[str, Handler] | None = None) -> None:
+        self.settings = settings
+        self.handlers: dict[str, Handler] = {**HANDLERS, **(handlers or {})}
+        self.write_handlers: set[str] = set(WRITE_HANDLERS)
+        _check_handlers(library.patterns, self.handlers, library.source)
+        self.library = library
+        self.database = database
+        self.memory = MemoryStore(database)
+        self.registry = PatternRegistry(library.patterns)
+        self.router = HybridRouter(self.registry)
+        self._embedded = embedded
+        self._redis = redis
+        self._cache: TieredLocalCache[ExecutionResult] = TieredLocalCache(
+            {t.value: min(library.cache_config[t].max_size, settings.cache_max_size)
+             for t in PatternType})
+        self._counters = _Counters()
+        self._by_type: dict[str, dict[str, int]] = {
+            t.value: {"executions": 0, "failures": 0} for t in PatternType}
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.database.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+
+    async def __aenter__(self) -> PatternExecutionEngine:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    def bind_handler(self, name: str, handler: Handler, *, writes: bool = False) -> None:
+        """Bind an async handler; patterns use it through ``handler: name`` or their name.
+
+        ``writes=True`` marks it as a write: never cached, never run alongside retrieval.
+        """
+        self.handlers[name] = handler
+        if writes:
+            self.write_handlers.add(name)
+        else:
+            self.write_handlers.discard(name)
+
+    # -- execution --------------------------------------------------------------------------
+
+    async def execute(self, query: str, execution_mode: ExecutionMode | str | None = None,
+                      context: Mapping[str, Any] | None = None, use_cache: bool = True
+                      ) -> ExecutionResult:
+        """Route and execute one query.
+
+        Invalid input (empty or oversize query, unknown mode, malformed context) raises
+        InvalidRequestError; everything that happens after routing is reported in the result.
+        """
+        started = time.perf_counter()
+        query, mode, ctx = self._validate(query, execution_mode, context)
+        namespace = namespace_of(ctx)
+        decision = self.router.route_sync(query, mode, ctx)
+        pattern = self.registry.get(decision.pattern_name) if decision.pattern_name else None
+        meta: dict[str, Any] = {"routing": msgspec.to_builtins(decision), "mode": mode.value,
+                                "namespace": namespace}
+
+        if decision.decided_by == "none":
+            nearest = decision.alternative_routes
+            hint = f"; nearest candidates: {', '.join(nearest)}" if nearest else ""
+            return self._finish(started, decision, ExecutionResult(
+                pattern_name=None, success=False,
+                error=f"no pattern matched the query{hint}", metadata=meta))
+
+        handler_name = resolve_handler(pattern, decision.pattern_type, self.handlers)
+        if handler_name not in self.handlers:
+            return self._finish(started, decision, ExecutionResult(
+                pattern_name=decision.pattern_name, success=False, metadata=meta,
+                error=(f"pattern {decision.pattern_name!r} names handler {handler_name!r}, "
+                       "which is not bound; bind it with engine.bind_handler()")))
+        cacheable = (use_cache and self.settings.cache_enabled
+                     and self.settings.pattern_cache_enabled
+                     and handler_name not in self.write_handlers
+                     and (pattern is None or pattern.cacheable))
+        key: tuple[Any, ...] | None = None
+        if cacheable:
+            key = self._cache_key(query, mode, namespace, ctx, decision.pattern_type)
+            cached = self._cache.get(decision.pattern_type.value, key)
+            if cached is not None:
+                self._counters.tokens_saved += cached.tokens_used
+                return self._finish(started, decision, ExecutionResult(
+                    pattern_name=cached.pattern_name, success=cached.success, result=cached.result,
+                    tokens_used=0, cache_hit=True, error=cached.error,
+                    metadata={**cached.metadata, "cache_tier": "local"}))
+
+        handler_ctx = HandlerContext(self, query, mode, decision, pattern, ctx)
+        result = await self._run(handler_name, handler_ctx, decision, meta)
+        if key is not None and result.success:
+            ttl = self._ttl(pattern, decision.pattern_type)
+            self._cache.put(decision.pattern_type.value, key, result, ttl)
+        return self._finish(started, decision, result)
+
+    def _validate(self, query: Any, mode: Any, context: Any
+                  ) -> tuple[str, ExecutionMode, dict[str, Any]]:
+        if not isinstance(query, str):
+            raise InvalidRequestError("query must be a string")
+        query = query.strip()
+        if not query:
+            raise InvalidRequestError("query is empty")
+        limit = self.settings.max_query_length
+        if len(query) > limit:
+            raise InvalidRequestError(
+                f"query is {len(query)} characters; the limit is {limit} (TMWS_MAX_QUERY_LENGTH)")
+        if mode is None:
+            mode = self.settings.pattern_default_mode
+        try:
+            parsed = ExecutionMode(mode)
+        except ValueError:
+            allowed = ", ".join(m.value for m in ExecutionMode)
+            raise InvalidRequestError(
+                f"unknown execution mode {mode!r}; use one of: {allowed}") from None
+        if context is None:
+            ctx: dict[str, Any] = {}
+        elif isinstance(context, Mapping):
+            ctx = dict(context)
+        else:
+            raise InvalidRequestError("context must be an object (mapping)")
+        return query, parsed, ctx
+
+    def _cache_key(self, query: str, mode: ExecutionMode, namespace: str,
+                   ctx: Mapping[str, Any], pattern_type: PatternType) -> tuple[Any, ...]:
+        relevant = {k: v for k, v in ctx.items() if k not in _IDENTITY_KEYS}
+        fingerprint = msgspec.json.encode(relevant, order="sorted") if relevant else b""
+        generation = (self.memory.generation(namespace)
+                      if pattern_type is not PatternType.INFRASTRUCTURE
+                      or mode is ExecutionMode.COMPREHENSIVE else 0)
+        return (namespace, " ".join(query.lower().split()), mode.value, fingerprint,
+                self.registry.version, generation)
+
+    def _ttl(self, pattern: PatternDefinition | None, pattern_type: PatternType) -> float:
+        ttl = self.library.cache_config[pattern_type].ttl
+        if pattern is not None and pattern.cache_ttl is not None:
+            ttl = pattern.cache_ttl
+        return float(min(ttl, self.settings.cache_ttl))
+
+    async def _run(self, handler_name: str, ctx: HandlerContext, decision: RoutingDecision,
+                   meta: dict[str, Any]) -> ExecutionResult:
+        handler = self.handlers[handler_name]
+        pattern_type = decision.pattern_type
+        comprehensive = (ctx.mode is ExecutionMode.COMPREHENSIVE
+                         and handler_name not in self.write_handlers)
+        timeout_ms = self.settings.timeout_ms(
+            PatternType.HYBRID.value if comprehensive else pattern_type.value)
+        name = decision.pattern_name
+        meta = {**meta, "handler": handler_name, "timeout_ms": timeout_ms}
+        tokens = decision.estimated_cost
+        try:
+            async with asyncio.timeout(timeout_ms / 1000):
+                if comprehensive:
+                    output, related = await asyncio.gather(
+                        handler(ctx), self.memory.search(ctx.namespace, ctx.topic(), limit=5))
+                    value: Any = {"handler": output,
+                                  "related_memories": [msgspec.to_builtins(r) for r in related]}
+                else:
+                    value = await handler(ctx)
+        except TimeoutError:
+            return ExecutionResult(
+                pattern_name=name, success=False, tokens_used=tokens, metadata=meta,
+                error=(f"pattern {name or pattern_type.value!r} ({pattern_type.value}) timed out "
+                       f"after {timeout_ms} ms (TMWS_PATTERN_"
+                       f"{'HYBRID' if comprehensive else _TIMEOUT_VAR[pattern_type]}_TIMEOUT)"))
+        except _HealthCheckFailed as exc:
+            return ExecutionResult(pattern_name=name, success=False, result=exc.report,
+                                   tokens_used=tokens, error=str(exc), metadata=meta)
+        except TmwsError as exc:
+            return ExecutionResult(pattern_name=name, success=False, tokens_used=tokens,
+                                   error=str(exc), metadata=meta)
+        return ExecutionResult(pattern_name=name, success=True, result=value,
+                               tokens_used=tokens, metadata=meta)
+
+    def _finish(self, started: float, decision: RoutingDecision,
+                result: ExecutionResult) -> ExecutionResult:
+        elapsed = (time.perf_counter() - started) * 1000
+        result.execution_time_ms = round(elapsed, 3)
+        counters = self._counters
+        counters.total += 1
+        counters.time_ms += elapsed
+        counters.tokens += result.tokens_used
+        if result.cache_hit:
+            counters.cache_hits += 1
+        type_counts = self._by_type[decision.pattern_type.value]
+        type_counts["executions"] += 1
+        if result.success:
+            counters.successful += 1
+        else:
+            counters.failed += 1
+            type_counts["failures"] += 1
+        return result
+
+    # -- introspection ----------------------------------------------------------------------
+
+    def get_stats(self) -> dict[str, Any]:
+        c = self._counters
+        return {
+            "total_executions": c.total,
+            "successful_executions": c.successful,
+            "failed_executions": c.failed,
+            "cache_hits": c.cache_hits,
+            "avg_execution_time_ms": round(c.time_ms / c.total, 3) if c.total else 0.0,
+            "total_tokens_used": c.tokens,
+            "tokens_saved": c.tokens_saved,
+            "success_rate": round(100.0 * c.successful / c.total, 2) if c.total else 0.0,
+            "cache_hit_rate": round(100.0 * c.cache_hits / c.total, 2) if c.total else 0.0,
+            "executions_by_type": {k: dict(v) for k, v in self._by_type.items()},
+            "cache_stats": self._cache.stats(),
+            "registry_stats": self.registry.get_stats(),
+            "router_stats": self.router.get_stats(),
+        }
+
+    def pool_stats(self) -> dict[str, Any]:
+        return self.database.pool_stats()
+
+    async def health(self, *, probe_database: bool = True) -> dict[str, Any]:
+        """Status of the engine, the database and the cache."""
+        engine = {"status": "ok", "patterns": len(self.registry), "version": __version__}
+        if probe_database:
+            ok = await self.database.ping()
+            database: dict[str, Any] = {"status": "ok" if ok else "unavailable",
+                                        "pool": self.pool_stats()}
+        else:
+            database = {"status": "not_probed", "reason": "fast mode never touches the database",
+                        "pool": self.pool_stats()}
+        cache: dict[str, Any] = {"status": "ok", "local": "enabled"
+                                 if self.settings.cache_enabled else "disabled"}
+        if self._redis is None:
+            cache["redis"] = "not configured"
+        else:
+            try:
+                await self._redis.ping()
+                cache["redis"] = "ok"
+            except Exception as exc:  # any client error means Redis is degraded
+                cache["status"] = "degraded"
+                cache["redis"] = f"unavailable: {type(exc).__name__}"
+        healthy = database["status"] in ("ok", "not_probed") and cache["status"] == "ok"
+        return {"healthy": healthy, "engine": engine, "database": database, "cache": cache}
+
+
+_TIMEOUT_VAR: Final = {PatternType.INFRASTRUCTURE: "INFRA", PatternType.MEMORY: "MEMORY",
+                       PatternType.HYBRID: "HYBRID"}
+
+
+def _check_handlers(patterns: Sequence[PatternDefinition], handlers: Mapping[str, Handler],
+                    source: str) -> None:
+    for pattern in patterns:
+        if pattern.handler is not None and pattern.handler not in handlers:
+            known = ", ".join(sorted(handlers))
+            raise PatternConfigError(f"unknown handler {pattern.handler!r} (bound: {known})",
+                                     source=source, pattern=pattern.name)
+
+
+async def create_pattern_execution_engine(settings: Settings | None = None, *,
+                                          patterns: PatternLibrary | None = None,
+                                          handlers: Mapping[str, Handler] | None = None
+                                          ) -> PatternExecutionEngine:
+    """Build a ready engine from the environment (or the given settings).
+
+    Without TMWS_DATABASE_URL the embedded PostgreSQL starts in TMWS_DATA_DIR and is
+    migrated; with it, the schema must already be current (``tmws db upgrade``).
+    """
+    settings = settings or Settings.from_env()
+    library = patterns or load_pattern_file(settings.pattern_config or default_library_path())
+    embedded: EmbeddedPostgres | None = None
+    if settings.database_url is None:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        conninfo = await asyncio.to_thread(embedded.start)
+        await upgrade(conninfo)
+    else:
+        conninfo = settings.database_url
+        await _require_current_schema(conninfo)
+    database = Database(conninfo, settings)
+    try:
+        await database.open()
+    except BaseException:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        raise
+    redis = None
+    if settings.redis_url is not None:
+        import redis.asyncio as aioredis
+
+        redis = aioredis.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections,
+            socket_timeout=settings.redis_timeout, socket_connect_timeout=settings.redis_timeout)
+    else:
+        logger.info("TMWS_REDIS_URL not set: results are cached in this process only")
+    try:
+        return PatternExecutionEngine(settings, library, database, embedded=embedded, redis=redis,
+                                      handlers=handlers)
+    except BaseException:
+        await database.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        raise
+
+
+async def _require_current_schema(conninfo: str) -> None:
+    import psycopg
+
+    try:
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+            done = await applied_versions(conn)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseError(f"cannot connect to PostgreSQL (TMWS_DATABASE_URL): {first}") from None
+    missing = [m for m in available_migrations() if m.version not in done]
+    if missing:
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in missing)
+        raise DatabaseError(f"the database schema is not current (pending: {names}); "
+                            "run `tmws db upgrade` first")

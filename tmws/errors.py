@@ -1,0 +1,97 @@
+"""The exceptions tmws raises.
+
+Every error derives from one root, so callers can catch ``TmwsError`` alone::
+
+    TmwsError
+     ├── ConfigError                 a TMWS_* variable is missing or invalid
+     ├── PatternError                a pattern or pattern file is unusable
+     │    ├── PatternCompileError    the Rust core rejected a trigger regex (native type)
+     │    └── PatternConfigError     a pattern file is malformed (names file, pattern, problem)
+     ├── DatabaseError               PostgreSQL is unreachable or misconfigured
+     │    └── ExtensionMissingError  the server lacks the pgvector extension
+     └── ExecutionError              a query could not be executed
+          ├── NoPatternMatchedError  nothing in the library fits the query
+          ├── PatternTimeoutError    a handler ran past its per-type timeout
+          └── InvalidRequestError    the query or its options are malformed
+
+``PatternCompileError`` is defined by the native extension (``tmws._tmws_core``) as a
+subclass of ``PatternError`` and re-exported here; it carries ``pattern_name`` and
+``reason``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DatabaseError",
+    "ExecutionError",
+    "ExtensionMissingError",
+    "InvalidRequestError",
+    "NoPatternMatchedError",
+    "PatternCompileError",
+    "PatternConfigError",
+    "PatternError",
+    "PatternTimeoutError",
+    "TmwsError",
+]
+
+
+class TmwsError(Exception):
+    """Root of every error raised by tmws."""
+
+
+class ConfigError(TmwsError):
+    """A configuration variable is invalid; the message names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+class PatternError(TmwsError):
+    """A pattern definition cannot be used."""
+
+
+class PatternConfigError(PatternError):
+    """A pattern file or definition is malformed."""
+
+    def __init__(self, problem: str, *, source: str | None = None, pattern: str | None = None) -> None:
+        where = []
+        if source is not None:
+            where.append(f"file {source}")
+        if pattern is not None:
+            where.append(f"pattern {pattern!r}")
+        prefix = f"{', '.join(where)}: " if where else ""
+        super().__init__(f"{prefix}{problem}")
+        self.source = source
+        self.pattern = pattern
+        self.problem = problem
+
+
+class DatabaseError(TmwsError):
+    """PostgreSQL could not be reached or is not set up as tmws needs."""
+
+
+class ExtensionMissingError(DatabaseError):
+    """The PostgreSQL server does not have the pgvector extension available."""
+
+
+class ExecutionError(TmwsError):
+    """A query could not be executed."""
+
+
+class NoPatternMatchedError(ExecutionError):
+    """No pattern in the library fits the query."""
+
+
+class PatternTimeoutError(ExecutionError):
+    """A pattern handler exceeded its per-type timeout."""
+
+
+class InvalidRequestError(ExecutionError):
+    """The query or its options are malformed (empty, oversize, unknown mode)."""
+
+
+# Imported last: the native module subclasses PatternError defined above.
+from tmws._native import PatternCompileError  # noqa: E402

@@ -1,0 +1,142 @@
+"""The value types of the pattern service: patterns, modes, routing decisions, results."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from tmws.errors import PatternConfigError
+
+__all__ = [
+    "ExecutionMode",
+    "ExecutionResult",
+    "PatternDefinition",
+    "PatternType",
+    "RoutingDecision",
+]
+
+
+class PatternType(str, enum.Enum):
+    """Which path executes a pattern."""
+
+    INFRASTRUCTURE = "infrastructure"  # fast tool path, never touches the database
+    MEMORY = "memory"  # retrieval from or writes to PostgreSQL
+    HYBRID = "hybrid"  # handler and memory retrieval in parallel
+
+
+class ExecutionMode(str, enum.Enum):
+    """How much work the engine may do for a query."""
+
+    FAST = "fast"  # infrastructure patterns only; never touches the database
+    BALANCED = "balanced"  # the best match of any type
+    COMPREHENSIVE = "comprehensive"  # the matched handler and memory retrieval in parallel
+
+
+_PATTERN_FIELDS = frozenset(
+    {"name", "pattern_type", "trigger_pattern", "cost_tokens", "priority", "cache_ttl",
+     "handler", "metadata"}
+)
+
+
+class PatternDefinition(msgspec.Struct, frozen=True, kw_only=True):
+    """One trigger pattern and how to execute it."""
+
+    name: str
+    pattern_type: PatternType
+    trigger_pattern: str
+    cost_tokens: int = 0
+    priority: int = 0
+    cache_ttl: int | None = None  # None: the pattern type's ttl; 0: never cached
+    handler: str | None = None  # None: the handler named like the pattern, else the type default
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    @property
+    def cacheable(self) -> bool:
+        return self.cache_ttl != 0
+
+    @property
+    def example_queries(self) -> list[str]:
+        examples = self.metadata.get("example_queries", [])
+        return [e for e in examples if isinstance(e, str)]
+
+    @classmethod
+    def from_config(
+        cls, config: Mapping[str, Any], *, source: str | None = None
+    ) -> PatternDefinition:
+        """Build a pattern from a mapping as written in the pattern YAML file.
+
+        Raises PatternConfigError naming the source, the pattern and the problem.
+        """
+        if not isinstance(config, Mapping):
+            raise PatternConfigError(
+                f"a pattern must be a mapping, got {type(config).__name__}", source=source
+            )
+        name = config.get("name")
+        label = name if isinstance(name, str) else None
+        unknown = sorted(set(config) - _PATTERN_FIELDS)
+        if unknown:
+            raise PatternConfigError(
+                f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_PATTERN_FIELDS))}",
+                source=source,
+                pattern=label,
+            )
+        for required in ("name", "pattern_type", "trigger_pattern"):
+            if config.get(required) in (None, ""):
+                raise PatternConfigError(
+                    f"missing required field {required!r}", source=source, pattern=label
+                )
+        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+            raise PatternConfigError(
+                "name must be letters, digits, '_' or '-'", source=source, pattern=str(name)
+            )
+        try:
+            pattern = msgspec.convert(dict(config), cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise PatternConfigError(_explain(exc), source=source, pattern=label) from None
+        if pattern.cost_tokens < 0:
+            raise PatternConfigError("cost_tokens must be 0 or more", source=source, pattern=label)
+        if pattern.cache_ttl is not None and pattern.cache_ttl < 0:
+            raise PatternConfigError("cache_ttl must be 0 or more", source=source, pattern=label)
+        return pattern
+
+    def to_config(self) -> dict[str, Any]:
+        data: dict[str, Any] = msgspec.to_builtins(self)
+        return data
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    message = str(exc)
+    if "PatternType" in message or "pattern_type" in message:
+        allowed = ", ".join(t.value for t in PatternType)
+        return f"{message} (pattern_type must be one of: {allowed})"
+    return message
+
+
+class RoutingDecision(msgspec.Struct, kw_only=True):
+    """Where a query goes, and why."""
+
+    pattern_type: PatternType
+    confidence: float
+    reasoning: str
+    estimated_cost: int
+    alternative_routes: list[str] = msgspec.field(default_factory=list)
+    pattern_name: str | None = None
+    decided_by: str = "trigger"  # trigger | keywords | none
+    trigger_pattern: str | None = None
+    captures: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class ExecutionResult(msgspec.Struct, kw_only=True):
+    """The outcome of ``engine.execute``."""
+
+    pattern_name: str | None
+    success: bool
+    result: Any = None
+    execution_time_ms: float = 0.0
+    tokens_used: int = 0
+    cache_hit: bool = False
+    error: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)

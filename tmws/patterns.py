@@ -1,0 +1,152 @@
+"""Pattern library files: YAML with ``*_patterns`` lists, ``performance_targets`` and
+``cache_config``.
+
+``load_pattern_file`` validates everything, including each trigger through the Rust
+core, before returning; a bad file raises PatternConfigError (or PatternCompileError)
+naming the file, the pattern and the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from tmws._native import Matcher
+from tmws.errors import PatternCompileError, PatternConfigError
+from tmws.models import PatternDefinition, PatternType
+
+__all__ = [
+    "CacheSettings",
+    "LatencyTargets",
+    "PatternLibrary",
+    "default_library_path",
+    "load_pattern_file",
+    "parse_pattern_library",
+]
+
+
+class LatencyTargets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Latency goals for one pattern type, in milliseconds."""
+
+    p50: float
+    p95: float
+    p99: float
+
+
+class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Result-cache settings for one pattern type."""
+
+    ttl: int = 300
+    max_size: int = 1000
+
+
+_DEFAULT_TARGETS = {
+    PatternType.INFRASTRUCTURE: LatencyTargets(25, 50, 75),
+    PatternType.MEMORY: LatencyTargets(50, 100, 150),
+    PatternType.HYBRID: LatencyTargets(100, 200, 300),
+}
+_DEFAULT_CACHE = {
+    PatternType.INFRASTRUCTURE: CacheSettings(300, 500),
+    PatternType.MEMORY: CacheSettings(300, 1000),
+    PatternType.HYBRID: CacheSettings(600, 200),
+}
+
+
+class PatternLibrary(msgspec.Struct, frozen=True):
+    """A validated pattern file."""
+
+    patterns: tuple[PatternDefinition, ...]
+    performance_targets: dict[PatternType, LatencyTargets]
+    cache_config: dict[PatternType, CacheSettings]
+    source: str
+
+
+def default_library_path() -> Path:
+    """The library shipped in the package, built from the documented defaults."""
+    return Path(str(resources.files("tmws") / "data" / "default_patterns.yaml"))
+
+
+def load_pattern_file(path: str | Path) -> PatternLibrary:
+    """Read and validate a pattern file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PatternConfigError(f"cannot read pattern file: {exc.strerror}", source=source) from None
+    return parse_pattern_library(text, source=source)
+
+
+def parse_pattern_library(text: str, *, source: str = "<string>") -> PatternLibrary:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PatternConfigError(f"invalid YAML{where}: {problem}", source=source) from None
+    if document is None:
+        document = {}
+    if not isinstance(document, Mapping):
+        raise PatternConfigError("the top level must be a mapping", source=source)
+
+    patterns: list[PatternDefinition] = []
+    seen: set[str] = set()
+    for key, value in document.items():
+        if key in ("performance_targets", "cache_config", "optimization_notes"):
+            continue
+        if not (isinstance(key, str) and key.endswith("_patterns")):
+            raise PatternConfigError(
+                f"unknown top-level key {key!r} (expected performance_targets, cache_config "
+                "or a list named *_patterns)",
+                source=source,
+            )
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            raise PatternConfigError(f"{key} must be a list of patterns", source=source)
+        for entry in value:
+            pattern = PatternDefinition.from_config(entry, source=source)
+            if pattern.name in seen:
+                raise PatternConfigError("duplicate pattern name", source=source, pattern=pattern.name)
+            seen.add(pattern.name)
+            try:
+                Matcher.check(pattern.name, pattern.trigger_pattern)
+            except PatternCompileError as exc:
+                raise PatternConfigError(
+                    f"trigger_pattern rejected: {exc.reason}", source=source, pattern=pattern.name
+                ) from exc
+            patterns.append(pattern)
+
+    targets = _per_type(document.get("performance_targets"), LatencyTargets, _DEFAULT_TARGETS,
+                        "performance_targets", source)
+    cache = _per_type(document.get("cache_config"), CacheSettings, _DEFAULT_CACHE,
+                      "cache_config", source)
+    return PatternLibrary(tuple(patterns), targets, cache, source)
+
+
+def _per_type(raw: Any, struct: type[Any], defaults: Mapping[PatternType, Any], section: str,
+              source: str) -> dict[PatternType, Any]:
+    result = dict(defaults)
+    if raw is None:
+        return result
+    if not isinstance(raw, Mapping):
+        raise PatternConfigError(f"{section} must be a mapping of pattern type to settings",
+                                 source=source)
+    for type_name, settings in raw.items():
+        try:
+            pattern_type = PatternType(type_name)
+        except ValueError:
+            allowed = ", ".join(t.value for t in PatternType)
+            raise PatternConfigError(
+                f"{section}: unknown pattern type {type_name!r} (allowed: {allowed})", source=source
+            ) from None
+        try:
+            result[pattern_type] = msgspec.convert(settings, struct, strict=False)
+        except msgspec.ValidationError as exc:
+            raise PatternConfigError(f"{section}.{type_name}: {exc}", source=source) from None
+    return result

@@ -1,0 +1,123 @@
+"""The pattern registry: the live pattern set and its compiled Rust matcher.
+
+Every change builds a complete new matcher first and swaps it in atomically, so a
+failed registration leaves the registry exactly as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from tmws._native import Matcher
+from tmws.errors import PatternConfigError
+from tmws.models import PatternDefinition, PatternType
+
+__all__ = ["PatternRegistry"]
+
+
+class PatternRegistry:
+    """Patterns in registration order, matched by the Rust core."""
+
+    def __init__(self, patterns: Iterable[PatternDefinition] = (), *,
+                 match_cache_size: int = 10_000) -> None:
+        self._patterns: dict[str, PatternDefinition] = {}
+        self._matcher = Matcher([], cache_capacity=match_cache_size)
+        self._match_cache_size = match_cache_size
+        self.register_batch(list(patterns))
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def register(self, pattern: PatternDefinition, *, replace: bool = False) -> None:
+        """Add one pattern (or replace one of the same name with ``replace=True``)."""
+        self.register_batch([pattern], replace=replace)
+
+    def register_batch(self, patterns: Iterable[PatternDefinition], *,
+                       replace: bool = False) -> None:
+        """Add several patterns at once: all are registered or none is."""
+        staged = dict(self._patterns)
+        batch_names: set[str] = set()
+        for pattern in patterns:
+            if pattern.name in batch_names or (pattern.name in staged and not replace):
+                raise PatternConfigError("a pattern with this name is already registered",
+                                         pattern=pattern.name)
+            batch_names.add(pattern.name)
+            staged[pattern.name] = pattern
+        self._swap(staged)
+
+    def unregister(self, name: str) -> PatternDefinition:
+        """Remove a pattern; KeyError if it is not registered."""
+        if name not in self._patterns:
+            raise KeyError(name)
+        staged = dict(self._patterns)
+        removed = staged.pop(name)
+        self._swap(staged)
+        return removed
+
+    def replace_all(self, patterns: Iterable[PatternDefinition]) -> None:
+        """Swap in a whole new pattern set (a reload)."""
+        staged: dict[str, PatternDefinition] = {}
+        for pattern in patterns:
+            if pattern.name in staged:
+                raise PatternConfigError("duplicate pattern name", pattern=pattern.name)
+            staged[pattern.name] = pattern
+        self._swap(staged)
+
+    def _swap(self, staged: dict[str, PatternDefinition]) -> None:
+        specs = [(p.name, p.trigger_pattern, p.priority, p.pattern_type.value)
+                 for p in staged.values()]
+        warmup = [q for p in staged.values() for q in p.example_queries]
+        self._matcher.replace(specs, warmup=warmup)  # raises before anything changes
+        self._patterns = staged
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """Bumped on every change of the pattern set."""
+        return self._matcher.version
+
+    def get(self, name: str) -> PatternDefinition | None:
+        return self._patterns.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._patterns
+
+    def __len__(self) -> int:
+        return len(self._patterns)
+
+    def patterns(self, pattern_type: PatternType | None = None) -> list[PatternDefinition]:
+        return [p for p in self._patterns.values()
+                if pattern_type is None or p.pattern_type is pattern_type]
+
+    def best_match(self, query: str, pattern_type: PatternType | None = None
+                   ) -> PatternDefinition | None:
+        name = self._matcher.best(query, None if pattern_type is None else pattern_type.value)
+        return None if name is None else self._patterns.get(name)
+
+    def all_matches(self, query: str, pattern_type: PatternType | None = None
+                    ) -> list[PatternDefinition]:
+        names = self._matcher.all(query, None if pattern_type is None else pattern_type.value)
+        return [self._patterns[n] for n in names if n in self._patterns]
+
+    def captures(self, pattern: PatternDefinition, query: str) -> dict[str, str]:
+        return self._matcher.captures(pattern.name, query) or {}
+
+    def text_after_trigger(self, pattern: PatternDefinition, query: str) -> str:
+        """The query's text after the pattern's first trigger match (all of it if none)."""
+        span = self._matcher.span(pattern.name, query)
+        return query[span[1]:].strip() if span is not None else query.strip()
+
+    def get_stats(self) -> dict[str, Any]:
+        by_type = {t.value: 0 for t in PatternType}
+        for pattern in self._patterns.values():
+            by_type[pattern.pattern_type.value] += 1
+        cache = self._matcher.cache_stats()
+        lookups = cache["hits"] + cache["misses"]
+        return {
+            "total_patterns": len(self._patterns),
+            "patterns_by_type": by_type,
+            "version": self.version,
+            "match_cache": {**cache,
+                            "hit_rate": 100.0 * cache["hits"] / lookups if lookups else 0.0},
+        }

@@ -1,0 +1,47 @@
+"""``tmws serve``: Granian in front of the ASGI app, with the embedded database if needed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from tmws.config import Settings
+from tmws.database import EmbeddedPostgres, upgrade
+
+__all__ = ["serve"]
+
+logger = logging.getLogger("tmws.server")
+
+
+def serve(settings: Settings) -> None:
+    """Run the service until interrupted (SIGINT/SIGTERM)."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    if settings.auth_enabled or settings.rate_limit_enabled:
+        # Refuse rather than run unprotected while the operator believes otherwise.
+        var = "TMWS_AUTH_ENABLED" if settings.auth_enabled else "TMWS_RATE_LIMIT_ENABLED"
+        raise SystemExit(f"{var}=true is not supported by this version of tmws yet; unset it "
+                         "or put the service behind an authenticating proxy")
+    embedded: EmbeddedPostgres | None = None
+    if settings.database_url is None:
+        # Started once here so every worker shares one server and one migration run.
+        embedded = EmbeddedPostgres(settings.data_dir)
+        conninfo = embedded.start()
+        asyncio.run(upgrade(conninfo))
+        os.environ["TMWS_DATABASE_URL"] = conninfo
+    try:
+        Granian(
+            "tmws.app:create_app",
+            factory=True,
+            address=settings.api_host,
+            port=settings.api_port,
+            interface=Interfaces.ASGI,
+            workers=settings.workers,
+            log_level=settings.log_level.lower(),  # type: ignore[arg-type]
+        ).serve()
+    finally:
+        if embedded is not None:
+            os.environ.pop("TMWS_DATABASE_URL", None)
+            embedded.stop()
