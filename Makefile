@@ -37,7 +37,7 @@ test-rust: ## cargo test for rust_core
 test-python: install-test ## pytest against real PostgreSQL (pgserver) and Redis
 	$(BIN)/pytest -q
 
-test: test-rust test-python ## Install test dependencies and run every test
+test: lint test-rust test-python ## Install test dependencies, lint, and run every test
 
 bench: install-test ## Matcher benchmarks vs Python re and hyperscan (not part of `test`)
 	$(BIN)/pytest bench -q -p no:cacheprovider --benchmark-only

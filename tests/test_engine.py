@@ -15,6 +15,7 @@ from tmws import (
     PatternType,
     create_pattern_execution_engine,
 )
+from tmws.database import EmbeddedPostgres, upgrade
 from tmws.errors import InvalidRequestError
 from tmws.handlers import HandlerContext
 
@@ -228,3 +229,42 @@ async def test_store_validates_context(engine: PatternExecutionEngine, namespace
     result = await engine.execute("remember x", context={"namespace": namespace,
                                                          "tags": "notalist"})
     assert not result.success and "tags" in (result.error or "")
+
+
+async def test_redis_is_health_checked(database_url: str, redis_url: str) -> None:
+    settings = make_settings(database_url, redis_url=redis_url)
+    async with await create_pattern_execution_engine(settings) as eng:
+        result = await eng.execute("check health", use_cache=False)
+        assert result.success and result.result["cache"]["redis"] == "ok"
+
+
+async def test_unreachable_redis_degrades_but_keeps_serving(database_url: str) -> None:
+    settings = make_settings(database_url, redis_url="redis://127.0.0.1:1/0", redis_timeout="0.2")
+    async with await create_pattern_execution_engine(settings) as eng:
+        health = await eng.execute("check health", use_cache=False)
+        assert not health.success
+        assert health.error == "unhealthy: cache"
+        assert health.result["cache"]["status"] == "degraded"
+        tool = await eng.execute("run tool vector_search")
+        assert tool.success
+
+
+async def test_database_going_away_fails_memory_but_not_infrastructure(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("doomed"))
+    conninfo = embedded.start()
+    await upgrade(conninfo)
+    settings = make_settings(conninfo, pattern_memory_timeout="2000", db_pool_timeout="1")
+    eng = await create_pattern_execution_engine(settings)
+    try:
+        assert (await eng.execute("remember the canary")).success
+        embedded.stop()  # the server goes away under the running engine
+        recall = await eng.execute("recall memories about the canary", use_cache=False)
+        assert not recall.success
+        assert recall.error is not None and "database" in recall.error.lower()
+        tool = await eng.execute("run tool vector_search")
+        assert tool.success
+        health = await eng.execute("check health", use_cache=False)
+        assert not health.success and health.result["database"]["status"] == "unavailable"
+    finally:
+        await eng.close()

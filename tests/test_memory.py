@@ -61,7 +61,7 @@ async def test_search_ranks_and_is_injection_safe(store: MemoryStore, namespace:
     await store.store(namespace, "the payment service retries three times")
     await store.store(namespace, "payment payment payment outage postmortem", importance=0.9)
     hits = await store.search(namespace, "payment outage")
-    assert [h.content for h in hits][0] == "payment payment payment outage postmortem"
+    assert hits[0].content == "payment payment payment outage postmortem"
     assert all(h.score is not None and h.score > 0 for h in hits)
     for hostile in ["'); DROP TABLE memories; --", "a & | ! :* ( )", "\\x00 ' \""]:
         assert isinstance(await store.search(namespace, hostile), list)

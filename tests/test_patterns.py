@@ -78,7 +78,7 @@ def test_bad_files_name_file_pattern_and_problem(text: str, fragments: list[str]
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
-    with pytest.raises(PatternConfigError, match="nope.yaml.*cannot read"):
+    with pytest.raises(PatternConfigError, match=r"nope\.yaml.*cannot read"):
         load_pattern_file(missing)
 
 

@@ -10,10 +10,10 @@
 
 __version__ = "0.1.0"
 
-from tmws.config import Settings  # noqa: E402
-from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine  # noqa: E402
-from tmws.errors import TmwsError  # noqa: E402
-from tmws.models import (  # noqa: E402
+from tmws.config import Settings
+from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
+from tmws.errors import TmwsError
+from tmws.models import (
     ExecutionMode,
     ExecutionResult,
     PatternDefinition,

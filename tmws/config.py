@@ -126,7 +126,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         checks: list[tuple[str, bool, str]] = [
             ("environment", self.environment in _ENVIRONMENTS, f"must be one of {_ENVIRONMENTS}"),
             ("log_level", self.log_level in _LOG_LEVELS, f"must be one of {_LOG_LEVELS}"),
-            ("pattern_default_mode", self.pattern_default_mode in _MODES, f"must be one of {_MODES}"),
+            ("pattern_default_mode", self.pattern_default_mode in _MODES,
+             f"must be one of {_MODES}"),
             ("api_port", 0 <= self.api_port <= 65535, "must be between 0 and 65535"),
             ("workers", self.workers >= 1, "must be at least 1"),
             ("max_query_length", self.max_query_length >= 1, "must be at least 1"),

@@ -27,7 +27,13 @@ from tmws.handlers import (
 )
 from tmws.handlers import HealthCheckFailed as _HealthCheckFailed
 from tmws.memory import MemoryStore
-from tmws.models import ExecutionMode, ExecutionResult, PatternDefinition, PatternType, RoutingDecision
+from tmws.models import (
+    ExecutionMode,
+    ExecutionResult,
+    PatternDefinition,
+    PatternType,
+    RoutingDecision,
+)
 from tmws.patterns import PatternLibrary, default_library_path, load_pattern_file
 from tmws.registry import PatternRegistry
 from tmws.router import HybridRouter
@@ -286,7 +292,8 @@ class PatternExecutionEngine:
         """Status of the engine, the database and the cache."""
         engine = {"status": "ok", "patterns": len(self.registry), "version": __version__}
         if probe_database:
-            ok = await self.database.ping()
+            # Leave the health pattern time to report instead of timing out itself.
+            ok = await self.database.ping(timeout=0.6 * self.settings.pattern_infra_timeout / 1000)
             database: dict[str, Any] = {"status": "ok" if ok else "unavailable",
                                         "pool": self.pool_stats()}
         else:

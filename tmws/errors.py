@@ -56,7 +56,8 @@ class PatternError(TmwsError):
 class PatternConfigError(PatternError):
     """A pattern file or definition is malformed."""
 
-    def __init__(self, problem: str, *, source: str | None = None, pattern: str | None = None) -> None:
+    def __init__(self, problem: str, *, source: str | None = None,
+                 pattern: str | None = None) -> None:
         where = []
         if source is not None:
             where.append(f"file {source}")

@@ -79,7 +79,7 @@ class Request:
 
     async def json_body(self) -> bytes:
         content_type = self.header(b"content-type")
-        if content_type is not None and not content_type.split(b";")[0].strip().lower() in (
+        if content_type is not None and content_type.split(b";")[0].strip().lower() not in (
                 b"application/json", b""):
             raise HTTPError(415, "unsupported_media_type",
                             f"send the body as application/json "

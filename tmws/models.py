@@ -19,7 +19,7 @@ __all__ = [
 ]
 
 
-class PatternType(str, enum.Enum):
+class PatternType(enum.StrEnum):
     """Which path executes a pattern."""
 
     INFRASTRUCTURE = "infrastructure"  # fast tool path, never touches the database
@@ -27,7 +27,7 @@ class PatternType(str, enum.Enum):
     HYBRID = "hybrid"  # handler and memory retrieval in parallel
 
 
-class ExecutionMode(str, enum.Enum):
+class ExecutionMode(enum.StrEnum):
     """How much work the engine may do for a query."""
 
     FAST = "fast"  # infrastructure patterns only; never touches the database
@@ -79,7 +79,8 @@ class PatternDefinition(msgspec.Struct, frozen=True, kw_only=True):
         unknown = sorted(set(config) - _PATTERN_FIELDS)
         if unknown:
             raise PatternConfigError(
-                f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_PATTERN_FIELDS))}",
+                f"unknown field(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(_PATTERN_FIELDS))}",
                 source=source,
                 pattern=label,
             )

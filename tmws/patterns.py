@@ -77,7 +77,8 @@ def load_pattern_file(path: str | Path) -> PatternLibrary:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise PatternConfigError(f"cannot read pattern file: {exc.strerror}", source=source) from None
+        raise PatternConfigError(f"cannot read pattern file: {exc.strerror}",
+                                 source=source) from None
     return parse_pattern_library(text, source=source)
 
 
@@ -112,7 +113,8 @@ def parse_pattern_library(text: str, *, source: str = "<string>") -> PatternLibr
         for entry in value:
             pattern = PatternDefinition.from_config(entry, source=source)
             if pattern.name in seen:
-                raise PatternConfigError("duplicate pattern name", source=source, pattern=pattern.name)
+                raise PatternConfigError("duplicate pattern name", source=source,
+                                         pattern=pattern.name)
             seen.add(pattern.name)
             try:
                 Matcher.check(pattern.name, pattern.trigger_pattern)

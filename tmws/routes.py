@@ -13,7 +13,7 @@ from tmws.errors import InvalidRequestError
 from tmws.http import HTTPError, Request
 from tmws.models import ExecutionMode
 
-__all__ = ["ROUTES", "ExecuteRequest", "RouteRequest", "Route"]
+__all__ = ["ROUTES", "ExecuteRequest", "Route", "RouteRequest"]
 
 
 class ExecuteRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -8,6 +8,7 @@ import os
 
 from tmws.config import Settings
 from tmws.database import EmbeddedPostgres, upgrade
+from tmws.patterns import default_library_path, load_pattern_file
 
 __all__ = ["serve"]
 
@@ -24,6 +25,8 @@ def serve(settings: Settings) -> None:
         var = "TMWS_AUTH_ENABLED" if settings.auth_enabled else "TMWS_RATE_LIMIT_ENABLED"
         raise SystemExit(f"{var}=true is not supported by this version of tmws yet; unset it "
                          "or put the service behind an authenticating proxy")
+    # Fail here, with the file and pattern named, rather than inside every worker.
+    load_pattern_file(settings.pattern_config or default_library_path())
     embedded: EmbeddedPostgres | None = None
     if settings.database_url is None:
         # Started once here so every worker shares one server and one migration run.

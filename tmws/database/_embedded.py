@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,12 @@ class EmbeddedPostgres:
                 warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
                 import pgserver
 
+                # pgserver logs every initdb/pg_ctl command line at INFO.
+                logging.getLogger("pgserver").setLevel(logging.WARNING)
+
                 self.data_dir.mkdir(parents=True, exist_ok=True)
-                self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+                self._server = pgserver.get_server(  # type: ignore[attr-defined]
+                    self.pgdata, cleanup_mode="stop")
         except Exception as exc:
             raise DatabaseError(
                 f"could not start the embedded PostgreSQL in {self.pgdata}: {exc}. "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
@@ -105,10 +106,12 @@ class Database:
             self._query_seconds += time.perf_counter() - started
         return rows
 
-    async def ping(self) -> bool:
+    async def ping(self, timeout: float | None = None) -> bool:
+        """True if a round trip succeeds (within ``timeout`` seconds, if given)."""
         try:
-            rows = await self.fetch("SELECT 1 AS ok")
-        except DatabaseError:
+            async with asyncio.timeout(timeout):
+                rows = await self.fetch("SELECT 1 AS ok")
+        except (DatabaseError, TimeoutError):
             return False
         return bool(rows and rows[0]["ok"] == 1)
 
