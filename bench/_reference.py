@@ -18,15 +18,12 @@ SIZES = (15, 100, 1000)
 
 
 def corpus_dir() -> Path:
-    """``$TMWS_BENCH_CORPUS`` or the ``shared/bench`` folder next to the repository."""
-    env = os.environ.get("TMWS_BENCH_CORPUS")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here.parent / "shared" / "bench", Path("/work/shared/bench")):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("benchmark corpora not found; set TMWS_BENCH_CORPUS")
+    """``$BENCH_CORPUS_DIR`` or the ``shared/bench`` folder beside the repository."""
+    env = os.environ.get("BENCH_CORPUS_DIR")
+    candidate = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "bench"
+    if not candidate.is_dir():
+        raise FileNotFoundError(f"benchmark corpora not found in {candidate}; set BENCH_CORPUS_DIR")
+    return candidate
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,7 @@ def main() -> None:
             assert body["success"] and body["cache_hit"], body
             result_file = Path(tmp) / "result.json"
             result_file.write_text(json.dumps(body))
+            run_wrk(url, 2, args.connections, script)  # warm-up, not reported
             tmws_figures = run_wrk(url, args.duration, args.connections, script)
         finally:
             stop(tmws)
@@ -116,6 +117,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/"
         try:
             wait_ready(url, bare)
+            run_wrk(url, 2, args.connections, script)
             bare_figures = run_wrk(url, args.duration, args.connections, script)
         finally:
             stop(bare)

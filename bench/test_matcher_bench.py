@@ -16,11 +16,10 @@ from collections.abc import Callable
 from functools import cache
 
 import pytest
-from _reference import SIZES, Corpus, Hyperscan, ReLoop, load
-from conftest import NOTES, RESULTS
 from pytest_benchmark.fixture import BenchmarkFixture
 
-import tmws.errors  # noqa: F401  (imported before the extension, which subclasses its errors)
+from bench._reference import SIZES, Corpus, Hyperscan, ReLoop, load
+from bench.conftest import NOTES, RESULTS
 from tmws._native import Matcher
 
 SLICE = 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Final
 
@@ -74,6 +75,9 @@ class TmwsApp:
                     logger.error("start-up failed: %s", exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                # Start-up objects live as long as the process: keep them out of every
+                # later garbage-collection pass.
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.engine is not None:

@@ -84,6 +84,7 @@ class PatternExecutionEngine:
         self._by_type: dict[str, dict[str, int]] = {
             t.value: {"executions": 0, "failures": 0} for t in PatternType}
         self._closed = False
+        self._caching = settings.cache_enabled and settings.pattern_cache_enabled
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -128,45 +129,65 @@ class PatternExecutionEngine:
         started = time.perf_counter()
         query, mode, ctx = self._validate(query, execution_mode, context)
         namespace = namespace_of(ctx)
-        decision = self.router.route_sync(query, mode, ctx)
-        pattern = self.registry.get(decision.pattern_name) if decision.pattern_name else None
+        caching = use_cache and self._caching
+        # A trigger match alone fixes the pattern, so a cache hit skips the full routing
+        # explanation (the cached result carries the one made when it was computed).
+        pattern = self.router.match(query, mode)
+        key: tuple[Any, ...] | None = None
+        if pattern is not None:
+            handler_name = resolve_handler(pattern, pattern.pattern_type, self.handlers)
+            key = self._cache_key_for(caching, pattern, handler_name, query, mode, namespace,
+                                      ctx, pattern.pattern_type)
+            cached = None if key is None else self._cache.get(pattern.pattern_type, key)
+            if cached is not None:
+                return self._hit(started, pattern.pattern_type, cached)
+
+        decision = self.router.explain(query, mode, pattern)
         meta: dict[str, Any] = {"routing": msgspec.to_builtins(decision), "mode": mode.value,
                                 "namespace": namespace}
-
         if decision.decided_by == "none":
             nearest = decision.alternative_routes
             hint = f"; nearest candidates: {', '.join(nearest)}" if nearest else ""
-            return self._finish(started, decision, ExecutionResult(
+            return self._finish(started, decision.pattern_type, ExecutionResult(
                 pattern_name=None, success=False,
                 error=f"no pattern matched the query{hint}", metadata=meta))
-
-        handler_name = resolve_handler(pattern, decision.pattern_type, self.handlers)
+        if pattern is None:  # keyword-routed: the type's default handler
+            handler_name = resolve_handler(None, decision.pattern_type, self.handlers)
+            key = self._cache_key_for(caching, None, handler_name, query, mode, namespace, ctx,
+                                      decision.pattern_type)
+            cached = None if key is None else self._cache.get(decision.pattern_type, key)
+            if cached is not None:
+                return self._hit(started, decision.pattern_type, cached)
         if handler_name not in self.handlers:
-            return self._finish(started, decision, ExecutionResult(
+            return self._finish(started, decision.pattern_type, ExecutionResult(
                 pattern_name=decision.pattern_name, success=False, metadata=meta,
                 error=(f"pattern {decision.pattern_name!r} names handler {handler_name!r}, "
                        "which is not bound; bind it with engine.bind_handler()")))
-        cacheable = (use_cache and self.settings.cache_enabled
-                     and self.settings.pattern_cache_enabled
-                     and handler_name not in self.write_handlers
-                     and (pattern is None or pattern.cacheable))
-        key: tuple[Any, ...] | None = None
-        if cacheable:
-            key = self._cache_key(query, mode, namespace, ctx, decision.pattern_type)
-            cached = self._cache.get(decision.pattern_type.value, key)
-            if cached is not None:
-                self._counters.tokens_saved += cached.tokens_used
-                return self._finish(started, decision, ExecutionResult(
-                    pattern_name=cached.pattern_name, success=cached.success, result=cached.result,
-                    tokens_used=0, cache_hit=True, error=cached.error,
-                    metadata={**cached.metadata, "cache_tier": "local"}))
 
         handler_ctx = HandlerContext(self, query, mode, decision, pattern, ctx)
         result = await self._run(handler_name, handler_ctx, decision, meta)
         if key is not None and result.success:
-            ttl = self._ttl(pattern, decision.pattern_type)
-            self._cache.put(decision.pattern_type.value, key, result, ttl)
-        return self._finish(started, decision, result)
+            stored = msgspec.structs.replace(
+                result, metadata={**result.metadata, "cache_tier": "local"})
+            self._cache.put(decision.pattern_type, key, stored,
+                            self._ttl(pattern, decision.pattern_type))
+        return self._finish(started, decision.pattern_type, result)
+
+    def _hit(self, started: float, pattern_type: PatternType,
+             cached: ExecutionResult) -> ExecutionResult:
+        self._counters.tokens_saved += cached.tokens_used
+        hit = msgspec.structs.replace(cached, tokens_used=0, cache_hit=True)
+        return self._finish(started, pattern_type, hit)
+
+    def _cache_key_for(self, caching: bool, pattern: PatternDefinition | None,
+                       handler_name: str, query: str, mode: ExecutionMode, namespace: str,
+                       ctx: Mapping[str, Any], pattern_type: PatternType
+                       ) -> tuple[Any, ...] | None:
+        """The result-cache key, or None when this execution must not be cached."""
+        if not caching or handler_name in self.write_handlers or (
+                pattern is not None and not pattern.cacheable):
+            return None
+        return self._cache_key(query, mode, namespace, ctx, pattern_type)
 
     def _validate(self, query: Any, mode: Any, context: Any
                   ) -> tuple[str, ExecutionMode, dict[str, Any]]:
@@ -202,7 +223,7 @@ class PatternExecutionEngine:
         generation = (self.memory.generation(namespace)
                       if pattern_type is not PatternType.INFRASTRUCTURE
                       or mode is ExecutionMode.COMPREHENSIVE else 0)
-        return (namespace, " ".join(query.lower().split()), mode.value, fingerprint,
+        return (namespace, " ".join(query.lower().split()), mode, fingerprint,
                 self.registry.version, generation)
 
     def _ttl(self, pattern: PatternDefinition | None, pattern_type: PatternType) -> float:
@@ -246,7 +267,7 @@ class PatternExecutionEngine:
         return ExecutionResult(pattern_name=name, success=True, result=value,
                                tokens_used=tokens, metadata=meta)
 
-    def _finish(self, started: float, decision: RoutingDecision,
+    def _finish(self, started: float, pattern_type: PatternType,
                 result: ExecutionResult) -> ExecutionResult:
         elapsed = (time.perf_counter() - started) * 1000
         result.execution_time_ms = round(elapsed, 3)
@@ -256,7 +277,7 @@ class PatternExecutionEngine:
         counters.tokens += result.tokens_used
         if result.cache_hit:
             counters.cache_hits += 1
-        type_counts = self._by_type[decision.pattern_type.value]
+        type_counts = self._by_type[pattern_type]
         type_counts["executions"] += 1
         if result.success:
             counters.successful += 1

@@ -78,15 +78,15 @@ class Request:
         return None
 
     async def json_body(self) -> bytes:
-        content_type = self.header(b"content-type")
-        if content_type is not None and content_type.split(b";")[0].strip().lower() not in (
-                b"application/json", b""):
-            raise HTTPError(415, "unsupported_media_type",
-                            f"send the body as application/json "
-                            f"(got {content_type.decode('latin-1')})")
-        declared = self.header(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise self._too_large()
+        for key, value in self.scope["headers"]:
+            if key == b"content-type":
+                if value != b"application/json" and value.split(b";")[0].strip().lower() not in (
+                        b"application/json", b""):
+                    raise HTTPError(415, "unsupported_media_type",
+                                    "send the body as application/json "
+                                    f"(got {bytes(value).decode('latin-1')})")
+            elif key == b"content-length" and value.isdigit() and int(value) > self.max_body:
+                raise self._too_large()
         chunks: list[bytes] = []
         size = 0
         while True:

@@ -34,6 +34,7 @@ _KEYWORDS: Final[dict[PatternType, frozenset[str]]] = {
     ),
 }
 
+_ALL_TYPES: Final = list(PatternType)
 # A keyword vote is weaker evidence than a trigger: cap its confidence.
 _KEYWORD_CONFIDENCE_CAP: Final = 0.6
 _TRIGGER_CONFIDENCE: Final = 0.95
@@ -71,7 +72,7 @@ class HybridRouter:
         self.registry = registry
         self._database_available = database_available
         self._decisions = {"trigger": 0, "keywords": 0, "none": 0}
-        self._by_type = {t.value: 0 for t in PatternType}
+        self._by_type: dict[str, int] = {t.value: 0 for t in PatternType}
 
     async def route(self, query: str, mode: ExecutionMode | str = ExecutionMode.BALANCED,
                     context: Mapping[str, Any] | None = None) -> RoutingDecision:
@@ -79,24 +80,31 @@ class HybridRouter:
 
     def route_sync(self, query: str, mode: ExecutionMode,
                    context: Mapping[str, Any] | None = None) -> RoutingDecision:
-        allowed = self._allowed_types(mode)
-        only = PatternType.INFRASTRUCTURE if allowed == [PatternType.INFRASTRUCTURE] else None
-        pattern = self.registry.best_match(query, only)
-        if pattern is not None and pattern.pattern_type in allowed:
+        return self.explain(query, mode, self.match(query, mode))
+
+    def match(self, query: str, mode: ExecutionMode) -> PatternDefinition | None:
+        """The trigger winner among the patterns this mode allows (Rust, cached): cheap
+        enough to run before the result cache is consulted."""
+        return self.registry.best_match(query, self._type_filter(mode))
+
+    def explain(self, query: str, mode: ExecutionMode,
+                pattern: PatternDefinition | None) -> RoutingDecision:
+        """The full decision, given what :meth:`match` returned for the same query."""
+        only = self._type_filter(mode)
+        if pattern is not None:
             decision = self._trigger_decision(query, pattern, only)
         else:
+            allowed = _ALL_TYPES if only is None else [only]
             decision = self._keyword_decision(query, allowed, mode)
         self._decisions[decision.decided_by] += 1
         if decision.decided_by != "none":
-            self._by_type[decision.pattern_type.value] += 1
+            self._by_type[decision.pattern_type] += 1
         return decision
 
-    def _allowed_types(self, mode: ExecutionMode) -> list[PatternType]:
-        if mode is ExecutionMode.FAST:
-            return [PatternType.INFRASTRUCTURE]
-        if not self._database_available():
-            return [PatternType.INFRASTRUCTURE]
-        return list(PatternType)
+    def _type_filter(self, mode: ExecutionMode) -> PatternType | None:
+        if mode is ExecutionMode.FAST or not self._database_available():
+            return PatternType.INFRASTRUCTURE
+        return None
 
     def _trigger_decision(self, query: str, pattern: PatternDefinition,
                           only: PatternType | None) -> RoutingDecision:

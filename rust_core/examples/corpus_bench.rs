@@ -1,5 +1,5 @@
 //! Rust-side check and timing on the shared corpora (no Python overhead):
-//! `cargo run --release --example corpus_bench -- /work/shared/bench/corpus_N1000.json`
+//! `cargo run --release --example corpus_bench -- ../shared/bench/corpus_N1000.json`
 use std::time::Instant;
 
 use tmws_core::matcher::{Compiled, PatternSpec};
