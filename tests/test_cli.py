@@ -50,3 +50,14 @@ def test_bad_pattern_file_stops_start_up(database_url: str, tmp_path: Path) -> N
                                                "TMWS_PATTERN_CONFIG": str(bad)})
     assert done.returncode == 2
     assert str(bad) in done.stderr and "'a'" in done.stderr and "pattern_type" in done.stderr
+
+
+def test_log_file_and_sql_echo(database_url: str, tmp_path: Path) -> None:
+    log_file = tmp_path / "logs" / "tmws.log"
+    env = {"TMWS_DATABASE_URL": database_url, "TMWS_LOG_FILE": str(log_file),
+           "TMWS_DB_ECHO": "true", "TMWS_LOG_LEVEL": "WARNING"}
+    done = run("execute", "remember the echo test", "--namespace", "cli-echo", env=env)
+    assert done.returncode == 0, done.stderr
+    text = log_file.read_text()
+    assert "SQL INSERT INTO memories" in text
+    assert "the echo test" not in text  # statements are logged, parameter values are not

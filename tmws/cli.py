@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 
 import msgspec
 
+from tmws._logging import configure_logging
 from tmws.config import Settings
 from tmws.errors import TmwsError
 
@@ -40,8 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        logging.basicConfig(level=settings.log_level,
-                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        configure_logging(settings)
         if args.command == "serve":
             from tmws.server import serve
 

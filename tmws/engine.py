@@ -14,9 +14,8 @@ import msgspec
 from tmws import __version__
 from tmws.cache import TieredLocalCache
 from tmws.config import Settings
-from tmws.database import Database, EmbeddedPostgres, upgrade
-from tmws.database._migrate import applied_versions, available_migrations
-from tmws.errors import DatabaseError, InvalidRequestError, PatternConfigError, TmwsError
+from tmws.database import Database, EmbeddedPostgres, require_current_schema, upgrade
+from tmws.errors import InvalidRequestError, PatternConfigError, TmwsError
 from tmws.handlers import (
     HANDLERS,
     WRITE_HANDLERS,
@@ -366,7 +365,7 @@ async def create_pattern_execution_engine(settings: Settings | None = None, *,
         await upgrade(conninfo)
     else:
         conninfo = settings.database_url
-        await _require_current_schema(conninfo)
+        await require_current_schema(conninfo)
     database = Database(conninfo, settings)
     try:
         await database.open()
@@ -391,19 +390,3 @@ async def create_pattern_execution_engine(settings: Settings | None = None, *,
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         raise
-
-
-async def _require_current_schema(conninfo: str) -> None:
-    import psycopg
-
-    try:
-        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-            done = await applied_versions(conn)
-    except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatabaseError(f"cannot connect to PostgreSQL (TMWS_DATABASE_URL): {first}") from None
-    missing = [m for m in available_migrations() if m.version not in done]
-    if missing:
-        names = ", ".join(f"{m.version:04d}_{m.name}" for m in missing)
-        raise DatabaseError(f"the database schema is not current (pending: {names}); "
-                            "run `tmws db upgrade` first")

@@ -71,12 +71,6 @@ class Request:
         self.max_body = max_body
         self.path_params: dict[str, str] = {}
 
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.scope["headers"]:
-            if key == name:
-                return bytes(value)
-        return None
-
     async def json_body(self) -> bytes:
         for key, value in self.scope["headers"]:
             if key == b"content-type":

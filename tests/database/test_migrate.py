@@ -6,7 +6,7 @@ import psycopg
 import pytest
 
 from tests.conftest import PLAIN_POSTGRES_URL
-from tmws.database import PGVECTOR_HELP, available_migrations, upgrade
+from tmws.database import PGVECTOR_HELP, available_migrations, require_current_schema, upgrade
 from tmws.errors import DatabaseError, ExtensionMissingError
 
 
@@ -44,3 +44,12 @@ async def test_server_without_pgvector_gets_install_instructions() -> None:
 async def test_unreachable_server_is_a_clear_error() -> None:
     with pytest.raises(DatabaseError, match="cannot connect to PostgreSQL"):
         await upgrade("postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=2")
+
+
+async def test_unmigrated_database_is_refused_with_the_fix() -> None:
+    with pytest.raises(DatabaseError, match=r"pending: 0001_memories.*tmws db upgrade"):
+        await require_current_schema(PLAIN_POSTGRES_URL)
+
+
+async def test_current_schema_passes(database_url: str) -> None:
+    await require_current_schema(database_url)

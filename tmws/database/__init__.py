@@ -1,7 +1,12 @@
 """PostgreSQL access: the embedded default server, migrations and the connection pool."""
 
 from tmws.database._embedded import EmbeddedPostgres
-from tmws.database._migrate import PGVECTOR_HELP, available_migrations, upgrade
+from tmws.database._migrate import (
+    PGVECTOR_HELP,
+    available_migrations,
+    require_current_schema,
+    upgrade,
+)
 from tmws.database._pool import Database, get_pool_stats
 
 __all__ = [
@@ -10,5 +15,6 @@ __all__ = [
     "EmbeddedPostgres",
     "available_migrations",
     "get_pool_stats",
+    "require_current_schema",
     "upgrade",
 ]

@@ -16,9 +16,16 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import TupleRow
 
+from tmws.database._pool import first_line
 from tmws.errors import DatabaseError, ExtensionMissingError
 
-__all__ = ["Migration", "applied_versions", "available_migrations", "upgrade"]
+__all__ = [
+    "Migration",
+    "applied_versions",
+    "available_migrations",
+    "require_current_schema",
+    "upgrade",
+]
 
 logger = logging.getLogger("tmws.database")
 
@@ -75,7 +82,7 @@ async def upgrade(conninfo: str, *, directory: Path | None = None) -> list[Migra
     try:
         conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to PostgreSQL: {_first_line(exc)}") from None
+        raise DatabaseError(f"cannot connect to PostgreSQL: {first_line(exc)}") from None
     applied: list[Migration] = []
     async with conn:
         await _require_pgvector(conn)
@@ -98,7 +105,7 @@ async def upgrade(conninfo: str, *, directory: Path | None = None) -> list[Migra
                 logger.info("applied migration %04d_%s", migration.version, migration.name)
                 applied.append(migration)
         except psycopg.Error as exc:
-            raise DatabaseError(f"migration failed: {_first_line(exc)}") from exc
+            raise DatabaseError(f"migration failed: {first_line(exc)}") from exc
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_ADVISORY_LOCK_KEY,))
     return applied
@@ -111,5 +118,16 @@ async def _require_pgvector(conn: psycopg.AsyncConnection[TupleRow]) -> None:
         raise ExtensionMissingError(PGVECTOR_HELP)
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+async def require_current_schema(conninfo: str) -> None:
+    """Raise DatabaseError unless every migration has been applied to this database."""
+    try:
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+            done = await applied_versions(conn)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(
+            f"cannot connect to PostgreSQL (TMWS_DATABASE_URL): {first_line(exc)}") from None
+    missing = [m for m in available_migrations() if m.version not in done]
+    if missing:
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in missing)
+        raise DatabaseError(f"the database schema is not current (pending: {names}); "
+                            "run `tmws db upgrade` first")

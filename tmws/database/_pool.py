@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from tmws.config import Settings
 from tmws.errors import DatabaseError
 
-__all__ = ["Database", "get_pool_stats"]
+__all__ = ["Database", "first_line", "get_pool_stats"]
 
 logger = logging.getLogger("tmws.database")
 sql_logger = logging.getLogger("tmws.database.sql")
@@ -100,7 +100,7 @@ class Database:
             raise DatabaseError("statement timed out (TMWS_DB_STATEMENT_TIMEOUT)") from exc
         except psycopg.OperationalError as exc:
             self._errors += 1
-            raise DatabaseError(f"database unavailable: {_first_line(exc)}") from exc
+            raise DatabaseError(f"database unavailable: {first_line(exc)}") from exc
         finally:
             self._queries += 1
             self._query_seconds += time.perf_counter() - started
@@ -135,6 +135,7 @@ class Database:
         }
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error message (driver messages run to several)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
