@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install install-test build lint test test-rust test-python bench serve clean
+.PHONY: help venv install install-test build lint test test-rust test-python bench bench-http \
+	bench-regexset serve clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -40,7 +41,14 @@ test-python: install-test ## pytest against real PostgreSQL (pgserver) and Redis
 test: lint test-rust test-python ## Install test dependencies, lint, and run every test
 
 bench: install-test ## Matcher benchmarks vs Python re and hyperscan (not part of `test`)
-	$(BIN)/pytest bench -q -p no:cacheprovider --benchmark-only
+	$(BIN)/pytest bench -q -p no:cacheprovider
+
+bench-http: install-test ## wrk load: execute (cache hit) vs a bare Granian ASGI endpoint
+	command -v wrk >/dev/null || apt-get install -y wrk
+	$(PY) bench/http_load.py
+
+bench-regexset: ## Baseline: the corpora through one plain regex::RegexSet
+	for n in 15 100 1000; do cargo run -q --release --example regexset_baseline -- $$n; done
 
 serve: install ## Install and run the service on the embedded default database
 	$(BIN)/tmws serve

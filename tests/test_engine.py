@@ -264,6 +264,10 @@ async def test_database_going_away_fails_memory_but_not_infrastructure(
         assert recall.error is not None and "database" in recall.error.lower()
         tool = await eng.execute("run tool vector_search")
         assert tool.success
+        assert not eng.database.available
+        decision = await eng.router.route("recall memories about the canary")
+        assert decision.pattern_type is PatternType.INFRASTRUCTURE
+        assert "the database is unavailable" in decision.reasoning
         health = await eng.execute("check health", use_cache=False)
         assert not health.success and health.result["database"]["status"] == "unavailable"
     finally:

@@ -73,7 +73,8 @@ class PatternExecutionEngine:
         self.database = database
         self.memory = MemoryStore(database)
         self.registry = PatternRegistry(library.patterns)
-        self.router = HybridRouter(self.registry)
+        self.router = HybridRouter(self.registry,
+                                   database_available=lambda: database.available)
         self._embedded = embedded
         self._redis = redis
         self._cache: TieredLocalCache[ExecutionResult] = TieredLocalCache(

@@ -22,6 +22,9 @@ __all__ = ["Database", "first_line", "get_pool_stats"]
 logger = logging.getLogger("tmws.database")
 sql_logger = logging.getLogger("tmws.database.sql")
 
+# How long routing avoids a database that could not be reached before trying it again.
+RETRY_AFTER_SECONDS = 5.0
+
 _open_databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
@@ -40,6 +43,7 @@ class Database:
         self._settings = settings
         self._echo = settings.db_echo
         self._errors = 0
+        self._unreachable_since: float | None = None
         self._queries = 0
         self._query_seconds = 0.0
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
@@ -80,6 +84,7 @@ class Database:
                 yield conn
         except PoolTimeout as exc:
             self._errors += 1
+            self._mark_unreachable()
             raise DatabaseError(
                 f"no database connection within {self._settings.db_pool_timeout:g}s "
                 "(TMWS_DB_POOL_TIMEOUT): the pool is exhausted or the server is down") from exc
@@ -100,11 +105,25 @@ class Database:
             raise DatabaseError("statement timed out (TMWS_DB_STATEMENT_TIMEOUT)") from exc
         except psycopg.OperationalError as exc:
             self._errors += 1
+            self._mark_unreachable()
             raise DatabaseError(f"database unavailable: {first_line(exc)}") from exc
+        else:
+            self._unreachable_since = None
         finally:
             self._queries += 1
             self._query_seconds += time.perf_counter() - started
         return rows
+
+    @property
+    def available(self) -> bool:
+        """False for a while after the server could not be reached, so routing can steer
+        around it; afterwards the next query tries again (and clears it if it succeeds)."""
+        since = self._unreachable_since
+        return since is None or time.monotonic() - since > RETRY_AFTER_SECONDS
+
+    def _mark_unreachable(self) -> None:
+        if self.available:  # first failure, or the retry after the window failed too
+            self._unreachable_since = time.monotonic()
 
     async def ping(self, timeout: float | None = None) -> bool:
         """True if a round trip succeeds (within ``timeout`` seconds, if given)."""
