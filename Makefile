@@ -28,7 +28,7 @@ build: venv ## Build a release wheel into dist/
 	$(BIN)/maturin build --release --out dist
 
 lint: install-test ## ruff, mypy --strict, cargo clippy
-	$(BIN)/ruff check tmws tests bench
+	$(BIN)/ruff check tmws tests bench migrations
 	$(BIN)/mypy
 	cargo clippy --all-targets -q -- -D warnings
 

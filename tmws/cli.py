@@ -77,7 +77,7 @@ async def _db_upgrade(settings: Settings) -> None:
             await asyncio.to_thread(embedded.stop)
     if applied:
         for migration in applied:
-            print(f"applied {migration.version:04d}_{migration.name}")
+            print(f"applied {migration.revision}: {migration.description}")
     else:
         print("database schema is current")
 

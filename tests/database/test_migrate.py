@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -9,13 +13,14 @@ from tests.conftest import PLAIN_POSTGRES_URL
 from tmws.database import PGVECTOR_HELP, available_migrations, require_current_schema, upgrade
 from tmws.errors import DatabaseError, ExtensionMissingError
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 
 async def test_rerunning_upgrade_is_a_no_op(database_url: str) -> None:
     assert await upgrade(database_url) == []
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        rows = await (await conn.execute(
-            "SELECT version FROM tmws_schema_migrations ORDER BY version")).fetchall()
-    assert [r[0] for r in rows] == [m.version for m in available_migrations()]
+        rows = await (await conn.execute("SELECT version_num FROM alembic_version")).fetchall()
+    assert [r[0] for r in rows] == [available_migrations()[-1].revision]
 
 
 async def test_concurrent_upgrades_serialise(database_url: str) -> None:
@@ -47,9 +52,34 @@ async def test_unreachable_server_is_a_clear_error() -> None:
 
 
 async def test_unmigrated_database_is_refused_with_the_fix() -> None:
-    with pytest.raises(DatabaseError, match=r"pending: 0001_memories.*tmws db upgrade"):
+    with pytest.raises(DatabaseError, match=r"pending: 0001.*tmws db upgrade"):
         await require_current_schema(PLAIN_POSTGRES_URL)
 
 
 async def test_current_schema_passes(database_url: str) -> None:
     await require_current_schema(database_url)
+
+
+def _alembic(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TMWS_")}
+    env["TMWS_DATABASE_URL"] = database_url
+    return subprocess.run([sys.executable, "-m", "alembic", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+async def test_guides_alembic_command_migrates_a_fresh_database(database_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute("DROP DATABASE IF EXISTS tmws_alembic_cli")
+        await conn.execute("CREATE DATABASE tmws_alembic_cli")
+    fresh = database_url.replace("/tmws?", "/tmws_alembic_cli?")
+    done = _alembic("upgrade", "head", database_url=fresh)
+    assert done.returncode == 0, done.stderr
+    await require_current_schema(fresh)
+    again = _alembic("upgrade", "head", database_url=fresh)
+    assert again.returncode == 0, again.stderr
+
+
+def test_guides_alembic_command_explains_missing_pgvector() -> None:
+    done = _alembic("upgrade", "head", database_url=PLAIN_POSTGRES_URL)
+    assert done.returncode != 0
+    assert PGVECTOR_HELP in done.stderr

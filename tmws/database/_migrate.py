@@ -1,29 +1,39 @@
-"""Versioned schema migrations: ``migrations/NNNN_name.sql``, applied in order.
+"""Schema migrations, run by Alembic from the top-level ``migrations/`` directory.
 
-An advisory lock serialises concurrent upgrades (several instances starting at once);
-each migration runs in its own transaction and is recorded in ``tmws_schema_migrations``,
-so re-running is a no-op.
+``tmws db upgrade``, the embedded database's start-up and the operations guide's
+``alembic upgrade head`` all go through :func:`run_alembic_environment` (``migrations/env.py``
+calls it): it refuses a server without pgvector with installation instructions, and holds an
+advisory lock so that instances starting together migrate one at a time. Each revision runs
+in its own transaction; re-running is a no-op.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import re
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from psycopg.rows import TupleRow
 
 from tmws.database._pool import first_line
 from tmws.errors import DatabaseError, ExtensionMissingError
 
 __all__ = [
+    "PGVECTOR_HELP",
     "Migration",
-    "applied_versions",
+    "alembic_config",
     "available_migrations",
+    "current_revision",
     "require_current_schema",
+    "run_alembic_environment",
     "upgrade",
 ]
 
@@ -31,7 +41,7 @@ logger = logging.getLogger("tmws.database")
 
 # Arbitrary constant shared by every tmws instance: "tmws" in ASCII.
 _ADVISORY_LOCK_KEY = 0x746D7773
-_FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_ALEMBIC_LOCK = threading.Lock()
 
 PGVECTOR_HELP = (
     "the PostgreSQL server has no 'vector' extension (pgvector). Install it on the "
@@ -43,91 +53,143 @@ PGVECTOR_HELP = (
 
 @dataclass(frozen=True)
 class Migration:
-    version: int
-    name: str
-    sql: str
+    revision: str
+    description: str
 
 
-def _migrations_dir() -> Path:
-    # In the wheel, tmws/_migrations is the repository's top-level migrations/ directory.
-    return Path(str(resources.files("tmws") / "_migrations"))
+def _script_location() -> str:
+    # In the repository and in the wheel, tmws/_migrations is the top-level migrations/.
+    return str(Path(str(resources.files("tmws") / "_migrations")))
 
 
-def available_migrations(directory: Path | None = None) -> list[Migration]:
-    directory = directory or _migrations_dir()
-    found: list[Migration] = []
-    for path in sorted(directory.glob("*.sql")):
-        match = _FILENAME.match(path.name)
-        if match is None:
-            raise DatabaseError(f"migration file {path} is not named NNNN_name.sql")
-        found.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
-    versions = [m.version for m in found]
-    if len(set(versions)) != len(versions):
-        raise DatabaseError(f"duplicate migration versions in {directory}")
-    return found
+def alembic_config(conninfo: str | None = None) -> Config:
+    """An Alembic configuration for tmws's migrations (no alembic.ini needed)."""
+    config = Config()
+    config.set_main_option("script_location", _script_location())
+    if conninfo is not None:
+        config.attributes["conninfo"] = conninfo
+    return config
 
 
-async def applied_versions(conn: psycopg.AsyncConnection[TupleRow]) -> set[int]:
+def available_migrations() -> list[Migration]:
+    """Every revision, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config())
+    revisions = list(script.walk_revisions())
+    revisions.reverse()
+    return [Migration(r.revision, (r.doc or "").strip().splitlines()[0]) for r in revisions]
+
+
+def _head() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "migrations/versions holds no revision"
+    return head
+
+
+async def current_revision(conn: psycopg.AsyncConnection[TupleRow]) -> str | None:
     exists = await (await conn.execute(
-        "SELECT to_regclass('tmws_schema_migrations') IS NOT NULL")).fetchone()
+        "SELECT to_regclass('alembic_version') IS NOT NULL")).fetchone()
     if not exists or not exists[0]:
-        return set()
-    rows = await (await conn.execute("SELECT version FROM tmws_schema_migrations")).fetchall()
-    return {int(row[0]) for row in rows}
+        return None
+    row = await (await conn.execute("SELECT version_num FROM alembic_version")).fetchone()
+    return None if row is None else str(row[0])
 
 
-async def upgrade(conninfo: str, *, directory: Path | None = None) -> list[Migration]:
+async def upgrade(conninfo: str) -> list[Migration]:
     """Apply every pending migration; returns those applied by this call."""
-    migrations = available_migrations(directory)
+    before = await _revision_of(conninfo)
     try:
-        conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
-    except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to PostgreSQL: {first_line(exc)}") from None
-    applied: list[Migration] = []
-    async with conn:
-        await _require_pgvector(conn)
-        await conn.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK_KEY,))
-        try:
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS tmws_schema_migrations ("
-                " version integer PRIMARY KEY,"
-                " name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())")
-            done = await applied_versions(conn)
-            for migration in migrations:
-                if migration.version in done:
-                    continue
-                async with conn.transaction():
-                    await conn.execute(migration.sql.encode())  # bytes: trusted file, not a literal
-                    await conn.execute(
-                        "INSERT INTO tmws_schema_migrations (version, name) VALUES (%s, %s)",
-                        (migration.version, migration.name))
-                logger.info("applied migration %04d_%s", migration.version, migration.name)
-                applied.append(migration)
-        except psycopg.Error as exc:
-            raise DatabaseError(f"migration failed: {first_line(exc)}") from exc
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (_ADVISORY_LOCK_KEY,))
-    return applied
+        await asyncio.to_thread(_upgrade_head, conninfo)
+    except DatabaseError:
+        raise
+    except Exception as exc:  # Alembic and SQLAlchemy raise many kinds; name the cause
+        raise DatabaseError(f"migration failed: {first_line(exc)}") from exc
+    revisions = [m.revision for m in available_migrations()]
+    start = 0 if before is None else revisions.index(before) + 1
+    return available_migrations()[start:]
 
 
-async def _require_pgvector(conn: psycopg.AsyncConnection[TupleRow]) -> None:
-    row = await (await conn.execute(
-        "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")).fetchone()
-    if row is None:
-        raise ExtensionMissingError(PGVECTOR_HELP)
+def _upgrade_head(conninfo: str) -> None:
+    # Alembic keeps the running environment in module globals: one upgrade per process at a
+    # time (the advisory lock then orders processes).
+    with _ALEMBIC_LOCK:
+        command.upgrade(alembic_config(conninfo), "head")
 
 
 async def require_current_schema(conninfo: str) -> None:
     """Raise DatabaseError unless every migration has been applied to this database."""
+    current = await _revision_of(conninfo)
+    if current != _head():
+        revisions = [m.revision for m in available_migrations()]
+        start = 0 if current is None else revisions.index(current) + 1
+        pending = ", ".join(revisions[start:])
+        raise DatabaseError(f"the database schema is not current (pending: {pending}); "
+                            "run `tmws db upgrade` first")
+
+
+async def _revision_of(conninfo: str) -> str | None:
     try:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-            done = await applied_versions(conn)
+            return await current_revision(conn)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(
-            f"cannot connect to PostgreSQL (TMWS_DATABASE_URL): {first_line(exc)}") from None
-    missing = [m for m in available_migrations() if m.version not in done]
-    if missing:
-        names = ", ".join(f"{m.version:04d}_{m.name}" for m in missing)
-        raise DatabaseError(f"the database schema is not current (pending: {names}); "
-                            "run `tmws db upgrade` first")
+        raise DatabaseError(f"cannot connect to PostgreSQL: {first_line(exc)}") from None
+
+
+def _sqlalchemy_url(conninfo: str) -> str:
+    for scheme in ("postgresql://", "postgres://"):
+        if conninfo.startswith(scheme):
+            return "postgresql+psycopg://" + conninfo[len(scheme):]
+    raise DatabaseError("TMWS_DATABASE_URL must be a postgresql:// connection string")
+
+
+def run_alembic_environment(context: Any) -> None:
+    """The body of ``migrations/env.py``."""
+    if context.is_offline_mode():
+        raise DatabaseError("offline (--sql) migrations are not supported: tmws checks the "
+                            "server for pgvector before migrating")
+    conninfo = context.config.attributes.get("conninfo")
+    embedded = None
+    if conninfo is None:
+        from tmws.config import Settings
+        from tmws.database._embedded import EmbeddedPostgres
+
+        settings = Settings.from_env()
+        conninfo = settings.database_url
+        if conninfo is None:
+            embedded = EmbeddedPostgres(settings.data_dir)
+            conninfo = embedded.start()
+    try:
+        _migrate(context, conninfo)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _migrate(context: Any, conninfo: str) -> None:
+    import sqlalchemy
+    from sqlalchemy import pool, text
+
+    engine = sqlalchemy.create_engine(_sqlalchemy_url(conninfo), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            available = connection.execute(
+                text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")).first()
+            if available is None:
+                raise ExtensionMissingError(PGVECTOR_HELP)
+            # A session-level lock outlives the per-revision transactions below.
+            connection.execute(text("SELECT pg_advisory_lock(:key)"),
+                               {"key": _ADVISORY_LOCK_KEY})
+            connection.commit()
+            try:
+                context.configure(connection=connection, transaction_per_migration=True)
+                with context.begin_transaction():
+                    context.run_migrations()
+                connection.commit()
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"),
+                                   {"key": _ADVISORY_LOCK_KEY})
+                connection.commit()
+    except sqlalchemy.exc.OperationalError as exc:
+        raise DatabaseError(f"cannot connect to PostgreSQL: {first_line(exc.orig or exc)}") \
+            from None
+    finally:
+        engine.dispose()
