@@ -6,6 +6,6 @@ subclasses ``tmws.errors.PatternError`` when it initialises.
 
 from __future__ import annotations
 
-from tmws._tmws_core import Matcher, PatternCompileError, __version__
+from tmws._tmws_core import HashEmbedder, Matcher, PatternCompileError, __version__
 
-__all__ = ["Matcher", "PatternCompileError", "__version__"]
+__all__ = ["HashEmbedder", "Matcher", "PatternCompileError", "__version__"]

@@ -1,4 +1,4 @@
-"""Native matching core of tmws (Rust, built with PyO3 from ``rust_core/``).
+"""Native core of tmws (Rust, built with PyO3 from ``rust_core/``): matching and embedding.
 
 Import it through :mod:`tmws._native` only.
 
@@ -134,3 +134,59 @@ class Matcher:
 
     def __len__(self) -> int:
         """Number of patterns."""
+
+class HashEmbedder:
+    """Built-in text embedder: feature hashing into an L2-normalised ``float32`` vector.
+
+    Fast, offline and deterministic, but it measures LEXICAL similarity (shared words and
+    word pieces), not semantic similarity: "optimize" is close to "optimization", while
+    "car" and "automobile" score near zero. Use a learned model for meaning.
+
+    Features: lowercased words (runs of Unicode alphanumeric characters; weight 1.0),
+    adjacent word bigrams (0.5) and the 3- to 5-character n-grams of each ``<word>``
+    (together weighing as much as the word, whatever its length), merged with a sublinear
+    term frequency and hashed (FNV-1a 64 + ``fmix64``, sign bit plus bucket) into ``dim``
+    buckets. The exact algorithm is documented in ``rust_core/src/embed.rs``.
+
+    The same text always gives a bit-identical vector, on every platform. Any change to
+    the output requires a new :attr:`algorithm` name, so store it next to the embeddings
+    and re-embed rows written by another algorithm or dimension.
+
+    A text without features (empty, whitespace or punctuation only) gives the all-zero
+    vector, which has no direction: store NULL for it rather than comparing it.
+
+    Thread-safe; every ``embed*`` method releases the GIL.
+    """
+
+    def __init__(self, dim: int = 384) -> None:
+        """An embedder producing vectors of ``dim`` floats.
+
+        Raises:
+            ValueError: ``dim`` is not between 8 and 16000 (pgvector's ``vector`` limit).
+        """
+
+    @property
+    def dim(self) -> int:
+        """Number of components of every embedding."""
+
+    @property
+    def algorithm(self) -> str:
+        """Name of the algorithm (``"hash-v1"``), to store alongside the embeddings."""
+
+    def embed(self, text: str) -> list[float]:
+        """Embedding of ``text``: ``dim`` floats of unit L2 norm, or all zeros."""
+
+    def embed_batch(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embeddings of ``texts``, one list per text, equal to :meth:`embed` on each.
+
+        Raises:
+            TypeError: ``texts`` is a single ``str`` or holds a non-``str`` item.
+        """
+
+    def embed_batch_bytes(self, texts: Sequence[str]) -> bytes:
+        """Embeddings of ``texts`` as row-major little-endian ``float32`` bytes.
+
+        ``len(texts) * dim * 4`` bytes, for zero-copy use:
+        ``numpy.frombuffer(data, "<f4").reshape(len(texts), dim)``. Values are identical to
+        :meth:`embed_batch`.
+        """

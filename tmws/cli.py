@@ -71,7 +71,7 @@ async def _db_upgrade(settings: Settings) -> None:
         embedded = EmbeddedPostgres(settings.data_dir)
         conninfo = await asyncio.to_thread(embedded.start)
     try:
-        applied = await upgrade(conninfo)
+        applied = await upgrade(conninfo, settings)
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)

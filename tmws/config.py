@@ -23,6 +23,8 @@ ENV_PREFIX: Final = "TMWS_"
 _ENVIRONMENTS: Final = ("development", "staging", "production", "test")
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _MODES: Final = ("fast", "balanced", "comprehensive")
+_EMBEDDING_PROVIDERS: Final = ("hash", "openai", "sentence-transformers")
+_VECTOR_INDEXES: Final = ("ivfflat", "hnsw")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off", ""})
 
@@ -83,6 +85,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pattern_infra_timeout: int = 50
     pattern_memory_timeout: int = 100
     pattern_hybrid_timeout: int = 200
+    # Embeddings and the vector index
+    embedding_provider: str = "hash"  # hash | openai | sentence-transformers
+    embedding_dim: int = 384
+    embedding_model: str | None = None  # model name (openai) or path (sentence-transformers)
+    embedding_url: str | None = None  # base URL of an OpenAI-compatible server
+    embedding_api_key: str | None = None
+    embedding_timeout: float = 10.0
+    embedding_batch_size: int = 64
+    vector_index: str = "ivfflat"  # ivfflat | hnsw
+    vector_lists: int = 100  # ivfflat lists, as in the operations guide
+    vector_probes: int = 10  # ivfflat lists searched per query
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 64
+    hnsw_ef_search: int = 40
+    # Vector hits less similar than this (cosine) are not recalled: kNN always finds
+    # *something*, and an unrelated memory is worse than none.
+    recall_min_similarity: float = 0.1
 
     @property
     def db_overflow(self) -> int:
@@ -147,6 +166,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("pattern_infra_timeout", self.pattern_infra_timeout >= 1, "must be at least 1 ms"),
             ("pattern_memory_timeout", self.pattern_memory_timeout >= 1, "must be at least 1 ms"),
             ("pattern_hybrid_timeout", self.pattern_hybrid_timeout >= 1, "must be at least 1 ms"),
+            ("embedding_provider", self.embedding_provider in _EMBEDDING_PROVIDERS,
+             f"must be one of {_EMBEDDING_PROVIDERS}"),
+            ("embedding_dim", 8 <= self.embedding_dim <= 16000,
+             "must be between 8 and 16000 (pgvector's limit)"),
+            ("embedding_timeout", self.embedding_timeout > 0, "must be positive"),
+            ("embedding_batch_size", 1 <= self.embedding_batch_size <= 2048,
+             "must be between 1 and 2048"),
+            ("vector_index", self.vector_index in _VECTOR_INDEXES,
+             f"must be one of {_VECTOR_INDEXES}"),
+            ("vector_lists", 1 <= self.vector_lists <= 32768, "must be between 1 and 32768"),
+            ("vector_probes", 1 <= self.vector_probes <= self.vector_lists,
+             "must be between 1 and TMWS_VECTOR_LISTS"),
+            ("hnsw_m", 2 <= self.hnsw_m <= 100, "must be between 2 and 100"),
+            ("hnsw_ef_construction", 4 <= self.hnsw_ef_construction <= 1000,
+             "must be between 4 and 1000"),
+            ("hnsw_ef_search", 1 <= self.hnsw_ef_search <= 1000, "must be between 1 and 1000"),
+            ("recall_min_similarity", -1.0 <= self.recall_min_similarity <= 1.0,
+             "must be between -1 and 1"),
         ]
         for field, ok, problem in checks:
             if not ok:
@@ -158,6 +195,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(
                 self.env_name("database_url"), "must be a postgresql:// connection string"
             )
+        if self.embedding_provider == "openai" and not self.embedding_url:
+            raise ConfigError(self.env_name("embedding_url"),
+                              "is required with TMWS_EMBEDDING_PROVIDER=openai")
+        if self.embedding_provider != "hash" and not self.embedding_model:
+            raise ConfigError(self.env_name("embedding_model"),
+                              f"is required with TMWS_EMBEDDING_PROVIDER={self.embedding_provider}")
         if self.redis_url is not None and not self.redis_url.startswith(
             ("redis://", "rediss://", "unix://")
         ):
@@ -173,7 +216,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _redact(field: str, raw: str) -> str:
-    if field in ("secret_key", "database_url", "redis_url"):
+    if field in ("secret_key", "database_url", "redis_url", "embedding_api_key"):
         return "<redacted>"
     return raw
 

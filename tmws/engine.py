@@ -14,7 +14,14 @@ import msgspec
 from tmws import __version__
 from tmws.cache import TieredLocalCache
 from tmws.config import Settings
-from tmws.database import Database, EmbeddedPostgres, require_current_schema, upgrade
+from tmws.database import (
+    Database,
+    EmbeddedPostgres,
+    check_embedding_config,
+    require_current_schema,
+    upgrade,
+)
+from tmws.embeddings import EmbeddingProvider, create_provider
 from tmws.errors import InvalidRequestError, PatternConfigError, TmwsError
 from tmws.handlers import (
     HANDLERS,
@@ -64,14 +71,16 @@ class PatternExecutionEngine:
 
     def __init__(self, settings: Settings, library: PatternLibrary, database: Database,
                  *, embedded: EmbeddedPostgres | None = None, redis: Any = None,
-                 handlers: Mapping[str, Handler] | None = None) -> None:
+                 handlers: Mapping[str, Handler] | None = None,
+                 provider: EmbeddingProvider | None = None) -> None:
         self.settings = settings
         self.handlers: dict[str, Handler] = {**HANDLERS, **(handlers or {})}
         self.write_handlers: set[str] = set(WRITE_HANDLERS)
         _check_handlers(library.patterns, self.handlers, library.source)
         self.library = library
         self.database = database
-        self.memory = MemoryStore(database)
+        self.memory = MemoryStore(database, provider or create_provider(settings),
+                                  min_similarity=settings.recall_min_similarity)
         self.registry = PatternRegistry(library.patterns)
         self.router = HybridRouter(self.registry,
                                    database_available=lambda: database.available)
@@ -93,6 +102,7 @@ class PatternExecutionEngine:
             return
         self._closed = True
         await self.database.close()
+        await self.memory.provider.aclose()
         if self._redis is not None:
             await self._redis.aclose()
         if self._embedded is not None:
@@ -363,14 +373,16 @@ async def create_pattern_execution_engine(settings: Settings | None = None, *,
     if settings.database_url is None:
         embedded = EmbeddedPostgres(settings.data_dir)
         conninfo = await asyncio.to_thread(embedded.start)
-        await upgrade(conninfo)
+        await upgrade(conninfo, settings)
     else:
         conninfo = settings.database_url
         await require_current_schema(conninfo)
     database = Database(conninfo, settings)
     try:
         await database.open()
+        await check_embedding_config(database, settings)
     except BaseException:
+        await database.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         raise

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from tmws.errors import InvalidRequestError
-from tmws.memory import DEFAULT_NAMESPACE, topic_words
+from tmws.memory import DEFAULT_NAMESPACE, VISIBILITIES, topic_words
 from tmws.models import ExecutionMode, PatternDefinition, PatternType, RoutingDecision
 
 if TYPE_CHECKING:
@@ -156,10 +156,21 @@ async def store_memory(ctx: HandlerContext) -> dict[str, Any]:
     metadata = ctx.context.get("metadata", {})
     if not isinstance(metadata, dict):
         raise InvalidRequestError("context.metadata must be an object")
+    visibility = ctx.context.get("visibility", "private")
+    if visibility not in VISIBILITIES:
+        raise InvalidRequestError(f"context.visibility must be one of {', '.join(VISIBILITIES)}")
     memory_id = await ctx.engine.memory.store(
         ctx.namespace, content, memory_type=memory_type, importance=float(importance),
-        tags=tags, metadata=metadata)
-    return {"stored": True, "id": memory_id, "namespace": ctx.namespace}
+        tags=tags, metadata=metadata, visibility=visibility)
+    return {"stored": True, "id": memory_id, "namespace": ctx.namespace,
+            "visibility": visibility}
+
+
+async def similar_memories(ctx: HandlerContext) -> dict[str, Any]:
+    """Nearest memories by embedding (kNN); scores are cosine similarities."""
+    records = await ctx.engine.memory.similar(ctx.namespace, ctx.topic(), limit=ctx.limit())
+    return {"memories": _memories(records), "count": len(records),
+            "embedding": ctx.engine.memory.provider.model}
 
 
 async def search_by_tag(ctx: HandlerContext) -> dict[str, Any]:
@@ -220,7 +231,7 @@ HANDLERS: Final[dict[str, Handler]] = {
     "store_memory": store_memory,
     "search_by_tag": search_by_tag,
     "filter_by_importance": filter_by_importance,
-    "semantic_search": recall_memory,
+    "semantic_search": similar_memories,
     "analyze_codebase": recall_with_decision,
     "compare_patterns": compare_patterns,
     "aggregate_insights": aggregate_insights,

@@ -13,11 +13,13 @@ from datetime import datetime
 from typing import Any, Final
 
 import msgspec
+from pgvector import Vector as PgVector
 
 from tmws.database import Database
+from tmws.embeddings import EmbeddingProvider, Vector
 from tmws.errors import InvalidRequestError
 
-__all__ = ["MemoryRecord", "MemoryStore", "topic_words"]
+__all__ = ["VISIBILITIES", "MemoryRecord", "MemoryStore", "topic_words"]
 
 DEFAULT_NAMESPACE: Final = "default"
 MAX_CONTENT_CHARS: Final = 100_000
@@ -55,12 +57,20 @@ class MemoryRecord(msgspec.Struct, kw_only=True):
     memory_type: str
     importance: float
     tags: list[str]
+    visibility: str
     created_at: datetime
     score: float | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-_COLUMNS: Final = "id, namespace, content, memory_type, importance, tags, metadata, created_at"
+_COLUMNS: Final = ("id, namespace, content, memory_type, importance, tags, metadata, visibility,"
+                   " created_at")
+# Readable by a namespace: its own memories and everyone's shared ones.
+_READABLE: Final = "(namespace = %(ns)s OR visibility = 'shared')"
+VISIBILITIES: Final = ("private", "shared")
+# Candidates each ranker contributes to reciprocal rank fusion, and its damping constant.
+_RRF_CANDIDATES: Final = 50
+_RRF_K: Final = 60
 
 
 def _record(row: Mapping[str, Any], score: float | None = None) -> MemoryRecord:
@@ -69,28 +79,39 @@ def _record(row: Mapping[str, Any], score: float | None = None) -> MemoryRecord:
         id=row["id"], namespace=row["namespace"], content=content[:PREVIEW_CHARS],
         truncated=len(content) > PREVIEW_CHARS, memory_type=row["memory_type"],
         importance=round(float(row["importance"]), 4), tags=list(row["tags"]),
-        created_at=row["created_at"], metadata=row["metadata"] or {},
-        score=None if score is None else round(float(score), 4),
+        visibility=row["visibility"], created_at=row["created_at"],
+        metadata=row["metadata"] or {}, score=None if score is None else round(float(score), 6),
     )
 
 
 class MemoryStore:
-    """Memory operations over one database."""
+    """Memory operations over one database, with embeddings from ``provider``."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, provider: EmbeddingProvider, *,
+                 min_similarity: float = 0.1) -> None:
         self.database = database
+        self.provider = provider
+        self.min_similarity = min_similarity
         self._generations: dict[str, int] = {}
+        self._shared_generation = 0
 
-    def generation(self, namespace: str) -> int:
-        """Bumped on every write to the namespace."""
-        return self._generations.get(namespace, 0)
+    def generation(self, namespace: str) -> tuple[int, int]:
+        """Changes on every write this namespace can read (its own, or any shared one)."""
+        return self._generations.get(namespace, 0), self._shared_generation
 
-    def _bump(self, namespace: str) -> None:
+    def _bump(self, namespace: str, visibility: str) -> None:
         self._generations[namespace] = self._generations.get(namespace, 0) + 1
+        if visibility == "shared":
+            self._shared_generation += 1
+
+    async def _embed(self, text: str) -> Vector | None:
+        vectors = await self.provider.embed([text])
+        return vectors[0]
 
     async def store(self, namespace: str, content: str, *, memory_type: str = "general",
                     importance: float = 0.5, tags: Iterable[str] = (),
-                    metadata: Mapping[str, Any] | None = None) -> int:
+                    metadata: Mapping[str, Any] | None = None,
+                    visibility: str = "private") -> int:
         content = content.strip()
         if not content:
             raise InvalidRequestError("memory content is empty")
@@ -99,84 +120,136 @@ class MemoryStore:
                 f"memory content is {len(content)} characters; the limit is {MAX_CONTENT_CHARS}")
         if not 0.0 <= importance <= 1.0:
             raise InvalidRequestError(f"importance must be between 0 and 1 (got {importance})")
+        if visibility not in VISIBILITIES:
+            raise InvalidRequestError(f"visibility must be one of {', '.join(VISIBILITIES)}")
         tag_list = sorted({str(t).strip().lower() for t in tags if str(t).strip()})
+        embedding = await self._embed(content)
         rows = await self.database.fetch(
-            "INSERT INTO memories (namespace, content, memory_type, importance, tags, metadata)"
-            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+            "INSERT INTO memories (namespace, content, memory_type, importance, tags, metadata,"
+            " visibility, embedding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
             (namespace, content, memory_type, importance, tag_list,
-             msgspec.json.encode(dict(metadata or {})).decode()),
+             msgspec.json.encode(dict(metadata or {})).decode(), visibility,
+             None if embedding is None else _vector(embedding)),
         )
-        self._bump(namespace)
+        self._bump(namespace, visibility)
         return int(rows[0]["id"])
 
     async def get(self, namespace: str, memory_id: int) -> MemoryRecord | None:
         rows = await self.database.fetch(
-            f"SELECT {_COLUMNS} FROM memories WHERE namespace = %s AND id = %s",
-            (namespace, memory_id))
+            f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE} AND id = %(id)s",
+            {"ns": namespace, "id": memory_id})
         return _record(rows[0]) if rows else None
 
     async def delete(self, namespace: str, memory_id: int) -> bool:
+        """Only the owner deletes, shared or not."""
         rows = await self.database.fetch(
-            "DELETE FROM memories WHERE namespace = %s AND id = %s RETURNING id",
+            "DELETE FROM memories WHERE namespace = %s AND id = %s RETURNING visibility",
             (namespace, memory_id))
         if rows:
-            self._bump(namespace)
+            self._bump(namespace, rows[0]["visibility"])
         return bool(rows)
 
+    async def similar(self, namespace: str, text: str, *, limit: int = 10
+                      ) -> list[MemoryRecord]:
+        """Nearest neighbours by cosine similarity of embeddings (score = similarity)."""
+        embedding = await self._embed(text)
+        if embedding is None:
+            return []
+        rows = await self.database.fetch(
+            f"SELECT {_COLUMNS}, 1 - (embedding <=> %(q)s) AS score FROM memories"
+            f" WHERE {_READABLE} AND embedding IS NOT NULL"
+            " ORDER BY embedding <=> %(q)s LIMIT %(k)s",
+            {"ns": namespace, "q": _vector(embedding), "k": limit})
+        return [_record(row, row["score"]) for row in rows]
+
     async def search(self, namespace: str, text: str, *, limit: int = 10) -> list[MemoryRecord]:
-        """Full-text recall: any topic word may match; best-ranked, then most important."""
+        """Hybrid recall: full-text and vector rankings fused by reciprocal rank fusion.
+
+        Full text tries all topic words first (cheap, precise) and only falls back to any
+        word when that finds nothing; each ranker contributes a bounded candidate list.
+        """
         words = topic_words(text)
-        if not words:
+        embedding = await self._embed(text)
+        if not words and embedding is None:
             return await self.recent(namespace, limit=limit)
         rows = await self.database.fetch(
-            f"SELECT {_COLUMNS}, ts_rank_cd(to_tsvector('english', content), q) AS score"
-            " FROM memories, to_tsquery('english', %s) AS q"
-            " WHERE namespace = %s AND to_tsvector('english', content) @@ q"
-            " ORDER BY score DESC, importance DESC, created_at DESC LIMIT %s",
-            (" | ".join(words), namespace, limit))
+            f"""
+            WITH fts_all AS (
+                SELECT id, row_number() OVER (ORDER BY ts_rank_cd(tsv, q) DESC, id DESC) AS r
+                FROM (SELECT id, to_tsvector('english', content) AS tsv FROM memories
+                      WHERE {_READABLE}) m,
+                     to_tsquery('english', %(all)s) q
+                WHERE %(all)s <> '' AND tsv @@ q
+                ORDER BY r LIMIT %(cand)s
+            ), fts_any AS (
+                SELECT id, row_number() OVER (ORDER BY ts_rank_cd(tsv, q) DESC, id DESC) AS r
+                FROM (SELECT id, to_tsvector('english', content) AS tsv FROM memories
+                      WHERE {_READABLE}) m,
+                     to_tsquery('english', %(any)s) q
+                WHERE %(any)s <> '' AND NOT EXISTS (SELECT 1 FROM fts_all) AND tsv @@ q
+                ORDER BY r LIMIT %(cand)s
+            ), vec AS (
+                SELECT id, row_number() OVER (ORDER BY embedding <=> %(q)s) AS r
+                FROM memories
+                WHERE %(q)s::vector IS NOT NULL AND {_READABLE} AND embedding IS NOT NULL
+                  AND embedding <=> %(q)s <= %(max_dist)s
+                ORDER BY embedding <=> %(q)s LIMIT %(cand)s
+            ), fused AS (
+                SELECT id, sum(1.0 / (%(rrf_k)s + r)) AS score
+                FROM (SELECT * FROM fts_all UNION ALL SELECT * FROM fts_any
+                      UNION ALL SELECT * FROM vec) ranked
+                GROUP BY id
+            )
+            SELECT {_COLUMNS}, fused.score FROM fused JOIN memories USING (id)
+            ORDER BY fused.score DESC, importance DESC, created_at DESC LIMIT %(k)s
+            """,
+            {"ns": namespace, "all": " & ".join(words), "any": " | ".join(words),
+             "q": None if embedding is None else _vector(embedding),
+             "cand": max(_RRF_CANDIDATES, limit), "rrf_k": _RRF_K, "k": limit,
+             "max_dist": 1.0 - self.min_similarity})
         return [_record(row, row["score"]) for row in rows]
 
     async def by_tag(self, namespace: str, tags: Sequence[str], *, limit: int = 10
                      ) -> list[MemoryRecord]:
         wanted = [t.strip().lower() for t in tags if t.strip()]
         rows = await self.database.fetch(
-            f"SELECT {_COLUMNS} FROM memories WHERE namespace = %s AND tags && %s"
-            " ORDER BY importance DESC, created_at DESC LIMIT %s",
-            (namespace, wanted, limit))
+            f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE} AND tags && %(tags)s"
+            " ORDER BY importance DESC, created_at DESC LIMIT %(k)s",
+            {"ns": namespace, "tags": wanted, "k": limit})
         return [_record(row) for row in rows]
 
     async def by_importance(self, namespace: str, *, min_importance: float = 0.7,
                             limit: int = 10) -> list[MemoryRecord]:
         rows = await self.database.fetch(
-            f"SELECT {_COLUMNS} FROM memories WHERE namespace = %s AND importance >= %s"
-            " ORDER BY importance DESC, created_at DESC LIMIT %s",
-            (namespace, min_importance, limit))
+            f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE} AND importance >= %(min)s"
+            " ORDER BY importance DESC, created_at DESC LIMIT %(k)s",
+            {"ns": namespace, "min": min_importance, "k": limit})
         return [_record(row) for row in rows]
 
     async def recent(self, namespace: str, *, limit: int = 10) -> list[MemoryRecord]:
         rows = await self.database.fetch(
-            f"SELECT {_COLUMNS} FROM memories WHERE namespace = %s"
-            " ORDER BY created_at DESC, id DESC LIMIT %s",
-            (namespace, limit))
+            f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE}"
+            " ORDER BY created_at DESC, id DESC LIMIT %(k)s",
+            {"ns": namespace, "k": limit})
         return [_record(row) for row in rows]
 
     async def aggregate(self, namespace: str, text: str = "", *, top_tags: int = 10
                         ) -> dict[str, Any]:
         """Counts and top tags over the namespace, or over memories matching ``text``."""
         words = topic_words(text)
-        where = "namespace = %s"
-        params: list[Any] = [namespace]
+        where = _READABLE
+        params: dict[str, Any] = {"ns": namespace, "top": top_tags}
         if words:
-            where += " AND to_tsvector('english', content) @@ to_tsquery('english', %s)"
-            params.append(" | ".join(words))
+            where += " AND to_tsvector('english', content) @@ to_tsquery('english', %(q)s)"
+            params["q"] = " | ".join(words)
         totals = await self.database.fetch(
             f"SELECT count(*) AS total, coalesce(avg(importance), 0) AS avg_importance,"
             f" min(created_at) AS oldest, max(created_at) AS newest FROM memories WHERE {where}",
             params)
         tags = await self.database.fetch(
             f"SELECT tag, count(*) AS count FROM memories, unnest(tags) AS tag WHERE {where}"
-            " GROUP BY tag ORDER BY count DESC, tag LIMIT %s",
-            [*params, top_tags])
+            " GROUP BY tag ORDER BY count DESC, tag LIMIT %(top)s",
+            params)
         row = totals[0]
         return {
             "total": int(row["total"]),
@@ -188,6 +261,11 @@ class MemoryStore:
         }
 
     async def count(self, namespace: str) -> int:
+        """Memories this namespace owns."""
         rows = await self.database.fetch(
             "SELECT count(*) AS n FROM memories WHERE namespace = %s", (namespace,))
         return int(rows[0]["n"])
+
+
+def _vector(values: Vector) -> PgVector:
+    return PgVector(values)

@@ -32,7 +32,7 @@ def serve(settings: Settings) -> None:
         # Started once here so every worker shares one server and one migration run.
         embedded = EmbeddedPostgres(settings.data_dir)
         conninfo = embedded.start()
-        asyncio.run(upgrade(conninfo))
+        asyncio.run(upgrade(conninfo, settings))
         os.environ["TMWS_DATABASE_URL"] = conninfo
     try:
         Granian(

@@ -4,6 +4,7 @@
 //! `pyo3` feature (maturin enables it), so `cargo test` runs without Python.
 
 pub mod cache;
+pub mod embed;
 pub mod engine;
 pub mod errors;
 pub mod hir;
@@ -12,6 +13,7 @@ pub mod path;
 #[cfg(feature = "pyo3")]
 mod python;
 
+pub use embed::HashEmbedder;
 pub use errors::CompileError;
 pub use matcher::{Matcher, PatternSpec};
 

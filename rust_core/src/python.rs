@@ -1,13 +1,16 @@
-//! The Python face of the matcher: a frozen `Matcher` class and `PatternCompileError`.
+//! The Python face of the core: frozen `Matcher` and `HashEmbedder` classes and
+//! `PatternCompileError`.
 //!
 //! Only conversion lives here. Every search and every build runs with the GIL released
 //! (`Python::detach`), so other Python threads keep running while Rust works.
 
-use pyo3::exceptions::PyKeyError;
+use pyo3::exceptions::{PyKeyError, PyOverflowError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyString, PyType};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
 
+use crate::embed::{HashEmbedder, MAX_DIM, MIN_DIM};
 use crate::errors::CompileError;
 use crate::matcher::{Matcher, PatternSpec};
 
@@ -223,11 +226,81 @@ impl PyMatcher {
     }
 }
 
+/// Lexical feature-hashing embedder; see `tmws/_tmws_core.pyi`.
+#[pyclass(frozen, name = "HashEmbedder", module = "tmws._tmws_core")]
+pub struct PyHashEmbedder {
+    inner: HashEmbedder,
+}
+
+// Batches take `PyBackedStr`: it borrows each str's UTF-8 buffer (no copy) and, unlike
+// `&str`, may be read with the GIL released.
+#[pymethods]
+impl PyHashEmbedder {
+    #[new]
+    #[pyo3(signature = (dim = 384))]
+    fn new(dim: i64) -> PyResult<Self> {
+        // Signed so a negative dim is a ValueError like any other bad one, not OverflowError.
+        usize::try_from(dim)
+            .map_err(|_| format!("dim must be between {MIN_DIM} and {MAX_DIM}, got {dim}"))
+            .and_then(HashEmbedder::new)
+            .map(|inner| Self { inner })
+            .map_err(PyValueError::new_err)
+    }
+
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    #[getter]
+    fn algorithm(&self) -> &'static str {
+        self.inner.algorithm()
+    }
+
+    fn embed(&self, py: Python<'_>, text: &str) -> Vec<f32> {
+        py.detach(|| self.inner.embed(text))
+    }
+
+    fn embed_batch<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Vec<PyBackedStr>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let flat = py.detach(|| self.inner.embed_batch(&texts));
+        PyList::new(py, flat.chunks_exact(self.inner.dim()))
+    }
+
+    fn embed_batch_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Vec<PyBackedStr>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let len = texts
+            .len()
+            .checked_mul(self.inner.dim() * 4)
+            .ok_or_else(|| PyOverflowError::new_err("batch too large"))?;
+        // Rows are written straight into the new bytes object's buffer.
+        PyBytes::new_with(py, len, |buf| {
+            py.detach(|| self.inner.embed_batch_le_bytes(&texts, buf));
+            Ok(())
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<HashEmbedder dim={} algorithm={:?}>",
+            self.inner.dim(),
+            self.inner.algorithm()
+        )
+    }
+}
+
 /// Fills the `_tmws_core` module.
 pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("PatternCompileError", exception_type(py)?.bind(py))?;
     m.add_class::<PyMatcher>()?;
+    m.add_class::<PyHashEmbedder>()?;
     Ok(())
 }

@@ -8,12 +8,14 @@ from tmws.database._migrate import (
     upgrade,
 )
 from tmws.database._pool import Database, get_pool_stats
+from tmws.database._vectors import check_embedding_config
 
 __all__ = [
     "PGVECTOR_HELP",
     "Database",
     "EmbeddedPostgres",
     "available_migrations",
+    "check_embedding_config",
     "get_pool_stats",
     "require_current_schema",
     "upgrade",

@@ -23,6 +23,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from psycopg.rows import TupleRow
 
+from tmws.config import Settings
 from tmws.database._pool import first_line
 from tmws.errors import DatabaseError, ExtensionMissingError
 
@@ -32,6 +33,7 @@ __all__ = [
     "alembic_config",
     "available_migrations",
     "current_revision",
+    "migration_settings",
     "require_current_schema",
     "run_alembic_environment",
     "upgrade",
@@ -62,13 +64,24 @@ def _script_location() -> str:
     return str(Path(str(resources.files("tmws") / "_migrations")))
 
 
-def alembic_config(conninfo: str | None = None) -> Config:
+def alembic_config(conninfo: str | None = None, settings: Settings | None = None) -> Config:
     """An Alembic configuration for tmws's migrations (no alembic.ini needed)."""
     config = Config()
     config.set_main_option("script_location", _script_location())
     if conninfo is not None:
         config.attributes["conninfo"] = conninfo
+    if settings is not None:
+        config.attributes["settings"] = settings
     return config
+
+
+def migration_settings() -> Settings:
+    """Inside a revision: the settings of this upgrade (embedding dimension, index kind)."""
+    from alembic import op
+
+    config = op.get_context().config
+    settings = None if config is None else config.attributes.get("settings")
+    return settings if isinstance(settings, Settings) else Settings.from_env()
 
 
 def available_migrations() -> list[Migration]:
@@ -94,11 +107,15 @@ async def current_revision(conn: psycopg.AsyncConnection[TupleRow]) -> str | Non
     return None if row is None else str(row[0])
 
 
-async def upgrade(conninfo: str) -> list[Migration]:
-    """Apply every pending migration; returns those applied by this call."""
+async def upgrade(conninfo: str, settings: Settings | None = None) -> list[Migration]:
+    """Apply every pending migration; returns those applied by this call.
+
+    ``settings`` (default: from the environment) fix the embedding dimension and the vector
+    index kind of a new table.
+    """
     before = await _revision_of(conninfo)
     try:
-        await asyncio.to_thread(_upgrade_head, conninfo)
+        await asyncio.to_thread(_upgrade_head, conninfo, settings)
     except DatabaseError:
         raise
     except Exception as exc:  # Alembic and SQLAlchemy raise many kinds; name the cause
@@ -108,11 +125,11 @@ async def upgrade(conninfo: str) -> list[Migration]:
     return available_migrations()[start:]
 
 
-def _upgrade_head(conninfo: str) -> None:
+def _upgrade_head(conninfo: str, settings: Settings | None) -> None:
     # Alembic keeps the running environment in module globals: one upgrade per process at a
     # time (the advisory lock then orders processes).
     with _ALEMBIC_LOCK:
-        command.upgrade(alembic_config(conninfo), "head")
+        command.upgrade(alembic_config(conninfo, settings), "head")
 
 
 async def require_current_schema(conninfo: str) -> None:
@@ -149,7 +166,6 @@ def run_alembic_environment(context: Any) -> None:
     conninfo = context.config.attributes.get("conninfo")
     embedded = None
     if conninfo is None:
-        from tmws.config import Settings
         from tmws.database._embedded import EmbeddedPostgres
 
         settings = Settings.from_env()

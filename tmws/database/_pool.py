@@ -11,10 +11,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
+from pgvector.psycopg import register_vector_async
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tmws.config import Settings
+from tmws.database._vectors import search_settings_sql
 from tmws.errors import DatabaseError
 
 __all__ = ["Database", "first_line", "get_pool_stats"]
@@ -58,9 +60,15 @@ class Database:
             max_idle=min(600.0, settings.db_pool_recycle),
             check=AsyncConnectionPool.check_connection if settings.db_pool_pre_ping else None,
             kwargs=kwargs,
+            configure=self._configure,
             open=False,
             name="tmws",
         )
+
+    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # Every connection speaks pgvector (binary vectors) and has the kNN knobs set.
+        await register_vector_async(conn)
+        await conn.execute(search_settings_sql(self._settings))
 
     async def open(self) -> None:
         try:
