@@ -68,3 +68,60 @@ async def test_search_ranks_and_is_injection_safe(store: MemoryStore, namespace:
     for hostile in ["'); DROP TABLE memories; --", "a & | ! :* ( )", "\\x00 ' \""]:
         assert isinstance(await store.search(namespace, hostile), list)
     assert await store.count(namespace) == 2
+
+
+async def test_similar_ranks_by_embedding(store: MemoryStore, namespace: str) -> None:
+    await store.store(namespace, "rotate the JWT signing keys every month")
+    await store.store(namespace, "postgres vacuum settings for large tables")
+    hits = await store.similar(namespace, "JWT key rotation schedule", limit=2)
+    assert hits[0].content.startswith("rotate the JWT")
+    assert hits[0].score is not None and hits[1].score is not None
+    assert hits[0].score > hits[1].score
+    assert await store.similar(namespace, "???") == []
+
+
+async def test_recall_fuses_text_and_vectors(store: MemoryStore, namespace: str) -> None:
+    await store.store(namespace, "optimization of the checkout flow cut latency")
+    await store.store(namespace, "the office coffee machine is broken")
+    # All words together match nothing, so full text falls back to any word; the vector
+    # ranker agrees through shared word pieces; the unrelated memory stays out.
+    hits = await store.search(namespace, "optimizing performance")
+    assert [h.content for h in hits] == ["optimization of the checkout flow cut latency"]
+
+
+async def test_namespaces_never_see_each_others_private_memories(
+        store: MemoryStore, namespace: str) -> None:
+    owner, other = namespace + "-a", namespace + "-b"
+    private = await store.store(owner, "secret deploy token lives in vault", tags=["secret"],
+                                importance=0.9)
+    shared = await store.store(owner, "shared runbook: deploy with make release",
+                               tags=["runbook"], importance=0.8, visibility="shared")
+    text = "deploy token vault runbook release"
+    views = {
+        "get": [m.id for m in [await store.get(other, private), await store.get(other, shared)]
+                if m is not None],
+        "search": [m.id for m in await store.search(other, text, limit=50)],
+        "similar": [m.id for m in await store.similar(other, text, limit=50)],
+        "by_tag": [m.id for m in await store.by_tag(other, ["secret", "runbook"], limit=50)],
+        "by_importance": [m.id for m in await store.by_importance(other, min_importance=0.0,
+                                                                  limit=500)],
+        "recent": [m.id for m in await store.recent(other, limit=500)],
+    }
+    for operation, ids in views.items():
+        assert private not in ids, f"{operation} leaked a private memory"
+        assert shared in ids, f"{operation} hid a shared memory"
+    totals = await store.aggregate(other, "deploy")
+    assert all(t["tag"] != "secret" for t in totals["top_tags"])
+    assert not await store.delete(other, shared)  # shared is readable, not deletable
+    assert (await store.get(owner, private)) is not None
+    assert await store.delete(owner, shared)
+
+
+async def test_shared_writes_change_every_namespaces_generation(store: MemoryStore,
+                                                                namespace: str) -> None:
+    reader = namespace + "-reader"
+    before = store.generation(reader)
+    await store.store(namespace, "everyone should know this", visibility="shared")
+    assert store.generation(reader) != before
+    with pytest.raises(InvalidRequestError, match="visibility"):
+        await store.store(namespace, "x", visibility="public")

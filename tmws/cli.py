@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 
 import msgspec
 
 from tmws._logging import configure_logging
 from tmws.config import Settings
+from tmws.database import (
+    Database,
+    EmbeddedPostgres,
+    reembed,
+    require_current_schema,
+    upgrade,
+)
+from tmws.embeddings import create_provider
 from tmws.errors import TmwsError
 
 __all__ = ["main"]
@@ -29,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     execute.add_argument("query")
     execute.add_argument("--mode", default=None, help="fast, balanced or comprehensive")
     execute.add_argument("--namespace", default=None)
+    memories = commands.add_parser("memories", help="bulk memory operations")
+    memory_commands = memories.add_subparsers(dest="memories_command", required=True)
+    memory_commands.add_parser(
+        "reembed", help="recompute every embedding with the configured provider and dimension")
     patterns = commands.add_parser("patterns", help="pattern library tools")
     pattern_commands = patterns.add_subparsers(dest="patterns_command", required=True)
     check = pattern_commands.add_parser("check", help="validate a pattern file")
@@ -49,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_db_upgrade(settings))
         elif args.command == "execute":
             asyncio.run(_execute(settings, args.query, args.mode, args.namespace))
+        elif args.command == "memories":
+            asyncio.run(_reembed(settings))
         elif args.command == "patterns":
             from tmws.patterns import load_pattern_file
 
@@ -63,8 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _db_upgrade(settings: Settings) -> None:
-    from tmws.database import EmbeddedPostgres, upgrade
-
     embedded = None
     conninfo = settings.database_url
     if conninfo is None:
@@ -80,6 +93,52 @@ async def _db_upgrade(settings: Settings) -> None:
             print(f"applied {migration.revision}: {migration.description}")
     else:
         print("database schema is current")
+
+
+@asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator[Database]:
+    """The configured database, migrated (embedded) or checked current (external)."""
+    embedded = None
+    conninfo = settings.database_url
+    if conninfo is None:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        conninfo = await asyncio.to_thread(embedded.start)
+    try:
+        if embedded is not None:
+            await upgrade(conninfo, settings)
+        else:
+            await require_current_schema(conninfo)
+        database = Database(conninfo, settings)
+        await database.open()
+        try:
+            yield database
+        finally:
+            await database.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        bar = "#" * (percent // 4)
+        sys.stderr.write(f"\r{label} [{bar:<25}] {done}/{total} ({percent}%)")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+    return report
+
+
+async def _reembed(settings: Settings) -> None:
+    provider = create_provider(settings)
+    try:
+        async with _database(settings) as database:
+            count = await reembed(database, settings, provider, progress=_progress("reembed"))
+    finally:
+        await provider.aclose()
+    print(f"re-embedded {count} memories with {provider.name} ({provider.model}, "
+          f"{provider.dim} dimensions)")
 
 
 async def _execute(settings: Settings, query: str, mode: str | None,

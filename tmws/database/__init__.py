@@ -8,7 +8,7 @@ from tmws.database._migrate import (
     upgrade,
 )
 from tmws.database._pool import Database, get_pool_stats
-from tmws.database._vectors import check_embedding_config
+from tmws.database._vectors import check_embedding_config, reembed
 
 __all__ = [
     "PGVECTOR_HELP",
@@ -17,6 +17,7 @@ __all__ = [
     "available_migrations",
     "check_embedding_config",
     "get_pool_stats",
+    "reembed",
     "require_current_schema",
     "upgrade",
 ]

@@ -28,6 +28,7 @@ from tmws.database._pool import first_line
 from tmws.errors import DatabaseError, ExtensionMissingError
 
 __all__ = [
+    "ADVISORY_LOCK_KEY",
     "PGVECTOR_HELP",
     "Migration",
     "alembic_config",
@@ -42,7 +43,7 @@ __all__ = [
 logger = logging.getLogger("tmws.database")
 
 # Arbitrary constant shared by every tmws instance: "tmws" in ASCII.
-_ADVISORY_LOCK_KEY = 0x746D7773
+ADVISORY_LOCK_KEY = 0x746D7773
 _ALEMBIC_LOCK = threading.Lock()
 
 PGVECTOR_HELP = (
@@ -193,7 +194,7 @@ def _migrate(context: Any, conninfo: str) -> None:
                 raise ExtensionMissingError(PGVECTOR_HELP)
             # A session-level lock outlives the per-revision transactions below.
             connection.execute(text("SELECT pg_advisory_lock(:key)"),
-                               {"key": _ADVISORY_LOCK_KEY})
+                               {"key": ADVISORY_LOCK_KEY})
             connection.commit()
             try:
                 context.configure(connection=connection, transaction_per_migration=True)
@@ -202,7 +203,7 @@ def _migrate(context: Any, conninfo: str) -> None:
                 connection.commit()
             finally:
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"),
-                                   {"key": _ADVISORY_LOCK_KEY})
+                                   {"key": ADVISORY_LOCK_KEY})
                 connection.commit()
     except sqlalchemy.exc.OperationalError as exc:
         raise DatabaseError(f"cannot connect to PostgreSQL: {first_line(exc.orig or exc)}") \

@@ -6,15 +6,25 @@ settings, formatted with ``int()``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from pgvector import Vector as PgVector
 
 from tmws.config import Settings
 from tmws.errors import DatabaseError
 
 if TYPE_CHECKING:
     from tmws.database._pool import Database
+    from tmws.embeddings import EmbeddingProvider
 
-__all__ = ["INDEX_NAME", "check_embedding_config", "create_index_sql", "search_settings_sql"]
+__all__ = [
+    "INDEX_NAME",
+    "check_embedding_config",
+    "create_index_sql",
+    "reembed",
+    "search_settings_sql",
+]
 
 INDEX_NAME = "idx_memory_embedding"
 
@@ -53,3 +63,52 @@ async def check_embedding_config(database: Database, settings: Settings) -> None
             "dimensions) (TMWS_EMBEDDING_PROVIDER, TMWS_EMBEDDING_MODEL, TMWS_EMBEDDING_DIM): "
             "restore the previous settings, or run `tmws memories reembed` to rebuild every "
             "embedding with the new ones")
+
+
+async def reembed(database: Database, settings: Settings, provider: EmbeddingProvider, *,
+                  batch_size: int = 500,
+                  progress: Callable[[int, int], None] | None = None) -> int:
+    """Recompute every embedding with ``provider`` (resizing the column if the dimension
+    changed), rebuild the vector index and record the new configuration.
+
+    Returns the number of memories re-embedded. Holds the migration lock throughout, so it
+    never races an upgrade or another re-embed.
+    """
+    from tmws.database._migrate import ADVISORY_LOCK_KEY
+
+    async with database.connection() as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        try:
+            total_row = await (await conn.execute("SELECT count(*) AS n FROM memories")
+                               ).fetchone()
+            total = int(total_row["n"]) if total_row else 0
+            await conn.execute(f"DROP INDEX IF EXISTS {INDEX_NAME}")
+            dim = int(settings.embedding_dim)
+            await conn.execute(f"ALTER TABLE memories ALTER COLUMN embedding TYPE vector({dim})"
+                               " USING NULL")
+            done, last_id = 0, 0
+            while True:
+                rows = await (await conn.execute(
+                    "SELECT id, content FROM memories WHERE id > %s ORDER BY id LIMIT %s",
+                    (last_id, batch_size))).fetchall()
+                if not rows:
+                    break
+                vectors = await provider.embed([row["content"] for row in rows])
+                async with conn.transaction(), conn.cursor() as cursor:
+                    await cursor.executemany(
+                        "UPDATE memories SET embedding = %s WHERE id = %s",
+                        [(None if v is None else PgVector(v), row["id"])
+                         for v, row in zip(vectors, rows, strict=True)])
+                done += len(rows)
+                last_id = rows[-1]["id"]
+                if progress is not None:
+                    progress(done, total)
+            # Built after the data is in: ivfflat picks its centroids from what is there.
+            await conn.execute(create_index_sql(settings))
+            await conn.execute(
+                "UPDATE tmws_embedding_config SET provider = %s, model = %s, dim = %s,"
+                " updated_at = now()", (provider.name, provider.model, dim))
+            await conn.execute("ANALYZE memories")
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+    return done

@@ -1,0 +1,133 @@
+"""Embedding providers; the OpenAI-compatible one talks to a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import pytest
+
+from tmws._native import HashEmbedder
+from tmws.config import Settings
+from tmws.embeddings import (
+    EmbeddingError,
+    HashProvider,
+    OpenAIProvider,
+    create_provider,
+    provider_identity,
+)
+from tmws.errors import ConfigError
+
+
+class EmbeddingServer(BaseHTTPRequestHandler):
+    """A minimal /v1/embeddings server answering with hash embeddings (dim from the path
+    prefix /dimN/), or failing on purpose for the model names 'broken' and 'slow'."""
+
+    requests: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        type(self).requests.append({"path": self.path, "body": body,
+                                    "auth": self.headers.get("authorization")})
+        if body["model"] == "broken":
+            self._reply(500, {"error": "model crashed"})
+            return
+        if body["model"] == "slow":
+            time.sleep(1.0)
+        dim = int(self.path.split("/")[1].removeprefix("dim"))
+        embedder = HashEmbedder(dim)
+        data = [{"index": i, "embedding": [2 * x for x in embedder.embed(text)]}
+                for i, text in enumerate(body["input"])]
+        data.reverse()  # servers may answer out of order; "index" says where each belongs
+        self._reply(200, {"data": data, "model": body["model"]})
+
+    def _reply(self, status: int, payload: dict[str, Any]) -> None:
+        raw = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(raw)))
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError):  # a client timed out first, on purpose
+            self.wfile.write(raw)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EmbeddingServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+async def test_hash_provider_unit_vectors_and_none_for_nothing() -> None:
+    provider = HashProvider(64)
+    vectors = await provider.embed(["rotate jwt keys", "!!!", ""])
+    assert vectors[0] is not None
+    assert math.isclose(math.sqrt(sum(x * x for x in vectors[0])), 1.0, rel_tol=1e-5)
+    assert vectors[1] is None and vectors[2] is None
+    assert provider.model == "hash-v1"
+
+
+async def test_openai_provider_batches_orders_and_normalises(server_url: str) -> None:
+    EmbeddingServer.requests.clear()
+    provider = OpenAIProvider(f"{server_url}/dim32", "mini", 32, api_key="sk-test",
+                              batch_size=2)
+    try:
+        texts = ["alpha beta", "gamma", "delta epsilon", "?"]
+        vectors = await provider.embed(texts)
+    finally:
+        await provider.aclose()
+    expected = HashEmbedder(32).embed_batch(texts)
+    for got, want in zip(vectors[:3], expected[:3], strict=True):
+        assert got is not None and got == pytest.approx(want, abs=1e-6)
+    assert vectors[3] is None  # the server's zero vector
+    assert [len(r["body"]["input"]) for r in EmbeddingServer.requests] == [2, 2]
+    assert EmbeddingServer.requests[0]["path"] == "/dim32/v1/embeddings"
+    assert EmbeddingServer.requests[0]["auth"] == "Bearer sk-test"
+
+
+@pytest.mark.parametrize(("url_suffix", "model", "dim", "timeout", "fragment"), [
+    ("/dim32", "broken", 32, 5.0, "HTTP 500"),
+    ("/dim16", "mini", 32, 5.0, "returned 16 dimensions; TMWS_EMBEDDING_DIM is 32"),
+    ("/dim32", "slow", 32, 0.2, "TMWS_EMBEDDING_TIMEOUT"),
+])
+async def test_openai_provider_errors_are_clear(server_url: str, url_suffix: str, model: str,
+                                               dim: int, timeout: float, fragment: str) -> None:
+    provider = OpenAIProvider(server_url + url_suffix, model, dim, timeout=timeout)
+    try:
+        with pytest.raises(EmbeddingError, match=fragment):
+            await provider.embed(["text"])
+    finally:
+        await provider.aclose()
+
+
+async def test_unreachable_embedding_server() -> None:
+    provider = OpenAIProvider("http://127.0.0.1:1", "mini", 32, timeout=1)
+    try:
+        with pytest.raises(EmbeddingError, match="unreachable"):
+            await provider.embed(["text"])
+    finally:
+        await provider.aclose()
+
+
+def test_settings_choose_the_provider(server_url: str) -> None:
+    settings = Settings.from_env({"TMWS_EMBEDDING_PROVIDER": "openai",
+                                  "TMWS_EMBEDDING_URL": server_url,
+                                  "TMWS_EMBEDDING_MODEL": "mini", "TMWS_EMBEDDING_DIM": "32"})
+    assert isinstance(create_provider(settings), OpenAIProvider)
+    assert provider_identity(settings) == ("openai", "mini")
+    assert provider_identity(Settings.from_env({})) == ("hash", "hash-v1")
+    with pytest.raises(ConfigError, match="TMWS_EMBEDDING_URL"):
+        Settings.from_env({"TMWS_EMBEDDING_PROVIDER": "openai", "TMWS_EMBEDDING_MODEL": "m"})
+    with pytest.raises(ConfigError, match="TMWS_EMBEDDING_MODEL"):
+        Settings.from_env({"TMWS_EMBEDDING_PROVIDER": "sentence-transformers"})
