@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -249,26 +250,81 @@ async def test_unreachable_redis_degrades_but_keeps_serving(database_url: str) -
         assert tool.success
 
 
-async def test_database_going_away_fails_memory_but_not_infrastructure(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
-    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("doomed"))
+async def test_database_outage_and_recovery(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The bundled server stops and starts again under a running engine."""
+    data_dir = tmp_path_factory.mktemp("outage")
+    embedded = EmbeddedPostgres(data_dir)
     conninfo = embedded.start()
     await upgrade(conninfo)
-    settings = make_settings(conninfo, pattern_memory_timeout="2000", db_pool_timeout="1")
+    settings = make_settings(conninfo, pattern_memory_timeout="1000",
+                             pattern_hybrid_timeout="1000", db_pool_timeout="2")
     eng = await create_pattern_execution_engine(settings)
     try:
-        assert (await eng.execute("remember the canary")).success
+        assert (await eng.execute("remember the canary sings at dawn")).success
         embedded.stop()  # the server goes away under the running engine
+
         recall = await eng.execute("recall memories about the canary", use_cache=False)
         assert not recall.success
-        assert recall.error is not None and "database" in recall.error.lower()
+        assert recall.error is not None and "database unavailable" in recall.error
+        started = time.monotonic()
+        again = await eng.execute("recall memories about canaries", use_cache=False)
+        assert "database unavailable" in (again.error or "")
+        assert time.monotonic() - started < 0.5  # known down: fails fast, no queueing
+
         tool = await eng.execute("run tool vector_search")
         assert tool.success
-        assert not eng.database.available
-        decision = await eng.router.route("recall memories about the canary")
-        assert decision.pattern_type is PatternType.INFRASTRUCTURE
-        assert "the database is unavailable" in decision.reasoning
+        hybrid = await eng.execute("analyze the canary system", use_cache=False)
+        assert hybrid.success and hybrid.metadata["partial"] is True
+        assert hybrid.result["partial"] is True
+        assert "database unavailable" in hybrid.result["missing"]
+        assert hybrid.result["delegate"]["pattern"] == "analyze_codebase"
+        both = await eng.execute("run tool x", ExecutionMode.COMPREHENSIVE, use_cache=False)
+        assert both.success and both.result["partial"] is True
+        assert both.result["handler"]["action"] == "delegate"
         health = await eng.execute("check health", use_cache=False)
         assert not health.success and health.result["database"]["status"] == "unavailable"
+        decision = await eng.router.route("anything in memory on canaries")
+        assert decision.pattern_type is PatternType.INFRASTRUCTURE
+        assert not eng.database.available
+
+        restarted = EmbeddedPostgres(data_dir)
+        restarted.start()
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                recovered = await eng.execute("recall memories about the canary",
+                                              use_cache=False)
+                if recovered.success or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            assert recovered.success, recovered.error
+            assert recovered.result["memories"][0]["content"] == "the canary sings at dawn"
+            assert eng.database.available
+        finally:
+            await eng.close()
+            restarted.stop()
     finally:
         await eng.close()
+
+
+async def test_temporal_window_from_the_query(engine: PatternExecutionEngine,
+                                              namespace: str) -> None:
+    ctx = {"namespace": namespace}
+    stored = await engine.execute("remember the february outage", context=ctx)
+    await engine.database.fetch("UPDATE memories SET created_at = now() - interval '40 days'"
+                                " WHERE id = %s", (stored.result["id"],))
+    await engine.execute("remember the march release", context=ctx)
+    recent = await engine.execute("show recent decisions from the past 7 days", context=ctx)
+    assert recent.pattern_name == "temporal_analysis"
+
+    def own(result: Any) -> list[str]:  # other tests' shared memories are visible too
+        return [m["content"] for m in result["memories"] if m["namespace"] == namespace]
+
+    assert recent.result["window_days"] == 7
+    assert own(recent.result) == ["the march release"]
+    month = await engine.execute("latest notes of the last month",
+                                 context={**ctx, "limit": 100})
+    assert month.result["window_days"] == 30 and own(month.result) == ["the march release"]
+    everything = await engine.execute("latest notes", context={**ctx, "days": 365,
+                                                               "limit": 100})
+    assert own(everything.result) == ["the march release", "the february outage"]

@@ -121,7 +121,23 @@ async def test_shared_writes_change_every_namespaces_generation(store: MemorySto
                                                                 namespace: str) -> None:
     reader = namespace + "-reader"
     before = store.generation(reader)
-    await store.store(namespace, "everyone should know this", visibility="shared")
+    shared = await store.store(namespace, "everyone should know this", visibility="shared")
     assert store.generation(reader) != before
+    assert await store.delete(namespace, shared)  # shared rows are visible to every test
     with pytest.raises(InvalidRequestError, match="visibility"):
         await store.store(namespace, "x", visibility="public")
+
+
+async def test_recent_within_a_window(store: MemoryStore, namespace: str) -> None:
+    old = await store.store(namespace, "an old decision about queues")
+    await store.database.fetch(
+        "UPDATE memories SET created_at = now() - interval '10 days' WHERE id = %s", (old,))
+    new = await store.store(namespace, "a new decision about queues")
+
+    async def own(days: float | None) -> list[int]:  # other tests' shared rows are visible
+        found = await store.recent(namespace, days=days, limit=100)
+        return [m.id for m in found if m.namespace == namespace]
+
+    assert await own(None) == [new, old]
+    assert await own(3) == [new]
+    assert await own(30) == [new, old]

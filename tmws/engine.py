@@ -22,12 +22,13 @@ from tmws.database import (
     upgrade,
 )
 from tmws.embeddings import EmbeddingProvider, create_provider
-from tmws.errors import InvalidRequestError, PatternConfigError, TmwsError
+from tmws.errors import DatabaseError, InvalidRequestError, PatternConfigError, TmwsError
 from tmws.handlers import (
     HANDLERS,
     WRITE_HANDLERS,
     Handler,
     HandlerContext,
+    delegate_to_caller,
     namespace_of,
     resolve_handler,
 )
@@ -176,7 +177,7 @@ class PatternExecutionEngine:
 
         handler_ctx = HandlerContext(self, query, mode, decision, pattern, ctx)
         result = await self._run(handler_name, handler_ctx, decision, meta)
-        if key is not None and result.success:
+        if key is not None and result.success and not result.metadata.get("partial"):
             stored = msgspec.structs.replace(
                 result, metadata={**result.metadata, "cache_tier": "local"})
             self._cache.put(decision.pattern_type, key, stored,
@@ -256,18 +257,30 @@ class PatternExecutionEngine:
         try:
             async with asyncio.timeout(timeout_ms / 1000):
                 if comprehensive:
-                    output, related = await asyncio.gather(
-                        handler(ctx), self.memory.search(ctx.namespace, ctx.topic(), limit=5))
-                    value: Any = {"handler": output,
-                                  "related_memories": [msgspec.to_builtins(r) for r in related]}
+                    output, related = await asyncio.gather(handler(ctx), self._related(ctx))
+                    value: Any = {"handler": output}
+                    if isinstance(related, DatabaseError):
+                        value.update(related_memories=None, partial=True, missing=str(related))
+                        meta["partial"] = True
+                    else:
+                        value["related_memories"] = [msgspec.to_builtins(r) for r in related]
                 else:
                     value = await handler(ctx)
         except TimeoutError:
-            return ExecutionResult(
-                pattern_name=name, success=False, tokens_used=tokens, metadata=meta,
-                error=(f"pattern {name or pattern_type.value!r} ({pattern_type.value}) timed out "
-                       f"after {timeout_ms} ms (TMWS_PATTERN_"
-                       f"{'HYBRID' if comprehensive else _TIMEOUT_VAR[pattern_type]}_TIMEOUT)"))
+            error = (f"pattern {name or pattern_type.value!r} ({pattern_type.value}) timed out "
+                     f"after {timeout_ms} ms (TMWS_PATTERN_"
+                     f"{'HYBRID' if comprehensive else _TIMEOUT_VAR[pattern_type]}_TIMEOUT)")
+            if pattern_type is not PatternType.INFRASTRUCTURE and not self.database.available:
+                error = f"database unavailable: {error}"
+                if pattern_type is PatternType.HYBRID:
+                    return await self._partial(ctx, tokens, meta, error)
+            return ExecutionResult(pattern_name=name, success=False, tokens_used=tokens,
+                                   metadata=meta, error=error)
+        except DatabaseError as exc:
+            if pattern_type is PatternType.HYBRID:
+                return await self._partial(ctx, tokens, meta, str(exc))
+            return ExecutionResult(pattern_name=name, success=False, tokens_used=tokens,
+                                   error=str(exc), metadata=meta)
         except _HealthCheckFailed as exc:
             return ExecutionResult(pattern_name=name, success=False, result=exc.report,
                                    tokens_used=tokens, error=str(exc), metadata=meta)
@@ -276,6 +289,22 @@ class PatternExecutionEngine:
                                    error=str(exc), metadata=meta)
         return ExecutionResult(pattern_name=name, success=True, result=value,
                                tokens_used=tokens, metadata=meta)
+
+    async def _related(self, ctx: HandlerContext) -> list[Any] | DatabaseError:
+        """Memories related to the query, or the reason there are none (comprehensive mode)."""
+        try:
+            return await self.memory.search(ctx.namespace, ctx.topic(), limit=5)
+        except DatabaseError as exc:
+            return exc
+
+    async def _partial(self, ctx: HandlerContext, tokens: int, meta: dict[str, Any],
+                       reason: str) -> ExecutionResult:
+        """A hybrid pattern without its memory half: the infrastructure part, marked."""
+        delegate = await delegate_to_caller(ctx)
+        return ExecutionResult(
+            pattern_name=ctx.decision.pattern_name, success=True, tokens_used=tokens,
+            result={"partial": True, "missing": f"memories: {reason}", "delegate": delegate},
+            metadata={**meta, "partial": True})
 
     def _finish(self, started: float, pattern_type: PatternType,
                 result: ExecutionResult) -> ExecutionResult:

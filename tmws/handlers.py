@@ -8,6 +8,7 @@ routing decision back to the caller: tmws never runs shell commands.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -193,9 +194,30 @@ async def filter_by_importance(ctx: HandlerContext) -> dict[str, Any]:
 # -- hybrid -----------------------------------------------------------------------------------
 
 
+_PAST_DAYS: Final = re.compile(r"\b(?:past|last|previous)\s+(\d{1,5})\s+days?\b", re.IGNORECASE)
+_PAST_UNIT: Final = re.compile(r"\b(?:past|last|previous)\s+(day|week|month|year)\b", re.IGNORECASE)
+_UNIT_DAYS: Final = {"day": 1, "week": 7, "month": 30, "year": 365}
+
+
+def _window_days(ctx: HandlerContext) -> float | None:
+    """The time window asked for: context.days, or 'past N days' / 'last week' in the query."""
+    raw = ctx.context.get("days")
+    if raw is not None:
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
+            raise InvalidRequestError("context.days must be a positive number")
+        return float(raw)
+    if match := _PAST_DAYS.search(ctx.query):
+        return float(match[1])
+    if match := _PAST_UNIT.search(ctx.query):
+        return float(_UNIT_DAYS[match[1].lower()])
+    return None
+
+
 async def temporal_analysis(ctx: HandlerContext) -> dict[str, Any]:
-    records = await ctx.engine.memory.recent(ctx.namespace, limit=ctx.limit())
-    return {"memories": _memories(records), "count": len(records), "order": "newest first"}
+    days = _window_days(ctx)
+    records = await ctx.engine.memory.recent(ctx.namespace, limit=ctx.limit(), days=days)
+    return {"memories": _memories(records), "count": len(records), "order": "newest first",
+            "window_days": days}
 
 
 async def aggregate_insights(ctx: HandlerContext) -> dict[str, Any]:

@@ -137,7 +137,7 @@ class MemoryStore:
     async def get(self, namespace: str, memory_id: int) -> MemoryRecord | None:
         rows = await self.database.fetch(
             f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE} AND id = %(id)s",
-            {"ns": namespace, "id": memory_id})
+            {"ns": namespace, "id": memory_id}, prepare=True)
         return _record(rows[0]) if rows else None
 
     async def delete(self, namespace: str, memory_id: int) -> bool:
@@ -159,7 +159,7 @@ class MemoryStore:
             f"SELECT {_COLUMNS}, 1 - (embedding <=> %(q)s) AS score FROM memories"
             f" WHERE {_READABLE} AND embedding IS NOT NULL"
             " ORDER BY embedding <=> %(q)s LIMIT %(k)s",
-            {"ns": namespace, "q": _vector(embedding), "k": limit})
+            {"ns": namespace, "q": _vector(embedding), "k": limit}, prepare=True)
         return [_record(row, row["score"]) for row in rows]
 
     async def search(self, namespace: str, text: str, *, limit: int = 10) -> list[MemoryRecord]:
@@ -206,7 +206,7 @@ class MemoryStore:
             {"ns": namespace, "all": " & ".join(words), "any": " | ".join(words),
              "q": None if embedding is None else _vector(embedding),
              "cand": max(_RRF_CANDIDATES, limit), "rrf_k": _RRF_K, "k": limit,
-             "max_dist": 1.0 - self.min_similarity})
+             "max_dist": 1.0 - self.min_similarity}, prepare=True)
         return [_record(row, row["score"]) for row in rows]
 
     async def by_tag(self, namespace: str, tags: Sequence[str], *, limit: int = 10
@@ -215,7 +215,7 @@ class MemoryStore:
         rows = await self.database.fetch(
             f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE} AND tags && %(tags)s"
             " ORDER BY importance DESC, created_at DESC LIMIT %(k)s",
-            {"ns": namespace, "tags": wanted, "k": limit})
+            {"ns": namespace, "tags": wanted, "k": limit}, prepare=True)
         return [_record(row) for row in rows]
 
     async def by_importance(self, namespace: str, *, min_importance: float = 0.7,
@@ -223,14 +223,18 @@ class MemoryStore:
         rows = await self.database.fetch(
             f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE} AND importance >= %(min)s"
             " ORDER BY importance DESC, created_at DESC LIMIT %(k)s",
-            {"ns": namespace, "min": min_importance, "k": limit})
+            {"ns": namespace, "min": min_importance, "k": limit}, prepare=True)
         return [_record(row) for row in rows]
 
-    async def recent(self, namespace: str, *, limit: int = 10) -> list[MemoryRecord]:
+    async def recent(self, namespace: str, *, limit: int = 10, days: float | None = None
+                     ) -> list[MemoryRecord]:
+        """Newest first; with ``days``, only memories created within that many days."""
         rows = await self.database.fetch(
             f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE}"
+            " AND (%(days)s::float8 IS NULL"
+            "      OR created_at >= now() - make_interval(secs => %(days)s::float8 * 86400))"
             " ORDER BY created_at DESC, id DESC LIMIT %(k)s",
-            {"ns": namespace, "k": limit})
+            {"ns": namespace, "k": limit, "days": days}, prepare=True)
         return [_record(row) for row in rows]
 
     async def aggregate(self, namespace: str, text: str = "", *, top_tags: int = 10

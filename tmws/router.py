@@ -94,17 +94,19 @@ class HybridRouter:
         if pattern is not None:
             decision = self._trigger_decision(query, pattern, only)
         else:
-            allowed = _ALL_TYPES if only is None else [only]
+            # Keywords are weak evidence: never send a guess to a database that is down.
+            database_down = only is None and not self._database_available()
+            allowed = [only] if only is not None else (
+                [PatternType.INFRASTRUCTURE] if database_down else _ALL_TYPES)
             decision = self._keyword_decision(query, allowed, mode)
         self._decisions[decision.decided_by] += 1
         if decision.decided_by != "none":
             self._by_type[decision.pattern_type] += 1
         return decision
 
-    def _type_filter(self, mode: ExecutionMode) -> PatternType | None:
-        if mode is ExecutionMode.FAST or not self._database_available():
-            return PatternType.INFRASTRUCTURE
-        return None
+    @staticmethod
+    def _type_filter(mode: ExecutionMode) -> PatternType | None:
+        return PatternType.INFRASTRUCTURE if mode is ExecutionMode.FAST else None
 
     def _trigger_decision(self, query: str, pattern: PatternDefinition,
                           only: PatternType | None) -> RoutingDecision:

@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from tmws.config import Settings
 from tmws.database._vectors import search_settings_sql
 from tmws.errors import DatabaseError
+from tmws.metrics import DATABASE_CONNECTIONS_ACTIVE, DATABASE_QUERY_DURATION
 
 __all__ = ["Database", "first_line", "get_pool_stats"]
 
@@ -60,6 +61,7 @@ class Database:
             max_idle=min(600.0, settings.db_pool_recycle),
             check=AsyncConnectionPool.check_connection if settings.db_pool_pre_ping else None,
             kwargs=kwargs,
+            connection_class=_tracked_connection_class(self),
             configure=self._configure,
             open=False,
             name="tmws",
@@ -87,9 +89,18 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        if not self.available:
+            # Fail fast instead of queueing behind a pool that cannot connect.
+            raise DatabaseError(
+                f"database unavailable: the server could not be reached (retrying every "
+                f"{RETRY_AFTER_SECONDS:g}s)")
         try:
             async with self._pool.connection() as conn:
-                yield conn
+                DATABASE_CONNECTIONS_ACTIVE.inc()
+                try:
+                    yield conn
+                finally:
+                    DATABASE_CONNECTIONS_ACTIVE.dec()
         except PoolTimeout as exc:
             self._errors += 1
             self._mark_unreachable()
@@ -97,16 +108,19 @@ class Database:
                 f"no database connection within {self._settings.db_pool_timeout:g}s "
                 "(TMWS_DB_POOL_TIMEOUT): the pool is exhausted or the server is down") from exc
 
-    async def fetch(self, query: Any, params: Sequence[Any] | dict[str, Any] = ()
-                    ) -> list[dict[str, Any]]:
-        """Run one parameterised statement; returns its rows (empty for none)."""
+    async def fetch(self, query: Any, params: Sequence[Any] | dict[str, Any] = (), *,
+                    prepare: bool | None = None) -> list[dict[str, Any]]:
+        """Run one parameterised statement; returns its rows (empty for none).
+
+        ``prepare=True`` prepares the statement on first use per connection (hot queries).
+        """
         if self._echo:
             sql_logger.info("SQL %s", query if isinstance(query, str) else repr(query),
                             extra={"params_count": len(params)})
         started = time.perf_counter()
         try:
             async with self.connection() as conn:
-                cursor = await conn.execute(query, params)
+                cursor = await conn.execute(query, params, prepare=prepare)
                 rows: list[dict[str, Any]] = await cursor.fetchall() if cursor.description else []
         except psycopg.errors.QueryCanceled as exc:
             self._errors += 1
@@ -118,8 +132,10 @@ class Database:
         else:
             self._unreachable_since = None
         finally:
+            elapsed = time.perf_counter() - started
             self._queries += 1
-            self._query_seconds += time.perf_counter() - started
+            self._query_seconds += elapsed
+            DATABASE_QUERY_DURATION.observe(elapsed)
         return rows
 
     @property
@@ -132,6 +148,9 @@ class Database:
     def _mark_unreachable(self) -> None:
         if self.available:  # first failure, or the retry after the window failed too
             self._unreachable_since = time.monotonic()
+
+    def _mark_reachable(self) -> None:
+        self._unreachable_since = None
 
     async def ping(self, timeout: float | None = None) -> bool:
         """True if a round trip succeeds (within ``timeout`` seconds, if given)."""
@@ -160,6 +179,24 @@ class Database:
             "avg_query_ms": round(1000 * self._query_seconds / self._queries, 3)
                             if self._queries else 0.0,
         }
+
+
+def _tracked_connection_class(database: Database) -> type[psycopg.AsyncConnection[Any]]:
+    """A connection class that tells ``database`` whether the server accepts connections,
+    including the pool's own background reconnection attempts."""
+
+    class TrackedConnection(psycopg.AsyncConnection[Any]):
+        @classmethod
+        async def connect(cls, *args: Any, **kwargs: Any) -> TrackedConnection:
+            try:
+                conn = await super().connect(*args, **kwargs)
+            except psycopg.OperationalError:
+                database._mark_unreachable()
+                raise
+            database._mark_reachable()
+            return conn
+
+    return TrackedConnection
 
 
 def first_line(exc: BaseException) -> str:
