@@ -328,3 +328,17 @@ async def test_temporal_window_from_the_query(engine: PatternExecutionEngine,
     everything = await engine.execute("latest notes", context={**ctx, "days": 365,
                                                                "limit": 100})
     assert own(everything.result) == ["the march release", "the february outage"]
+
+
+async def test_cache_never_leaks_private_memories_across_namespaces(
+        engine: PatternExecutionEngine, namespace: str) -> None:
+    owner, other = {"namespace": namespace + "-a"}, {"namespace": namespace + "-b"}
+    await engine.execute("remember the payroll export runs on fridays", context=owner)
+    mine = await engine.execute("recall memories about payroll export", context=owner)
+    assert [m["content"] for m in mine.result["memories"]] == \
+        ["the payroll export runs on fridays"]
+    assert (await engine.execute("recall memories about payroll export",
+                                 context=owner)).cache_hit
+    theirs = await engine.execute("recall memories about payroll export", context=other)
+    assert not theirs.cache_hit
+    assert all(m["namespace"] != owner["namespace"] for m in theirs.result["memories"])
