@@ -131,3 +131,11 @@ def test_settings_choose_the_provider(server_url: str) -> None:
         Settings.from_env({"TMWS_EMBEDDING_PROVIDER": "openai", "TMWS_EMBEDDING_MODEL": "m"})
     with pytest.raises(ConfigError, match="TMWS_EMBEDDING_MODEL"):
         Settings.from_env({"TMWS_EMBEDDING_PROVIDER": "sentence-transformers"})
+
+
+def test_sentence_transformers_needs_its_package() -> None:
+    settings = Settings.from_env({"TMWS_EMBEDDING_PROVIDER": "sentence-transformers",
+                                  "TMWS_EMBEDDING_MODEL": "/models/minilm"})
+    # Whether or not the optional package is installed, the error says what to fix.
+    with pytest.raises(ConfigError, match=r"pip install sentence-transformers|cannot load"):
+        create_provider(settings)

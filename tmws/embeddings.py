@@ -145,7 +145,11 @@ class SentenceTransformersProvider:
         except ImportError:
             raise ConfigError("TMWS_EMBEDDING_PROVIDER", "sentence-transformers is not "
                               "installed: pip install sentence-transformers") from None
-        self._model = SentenceTransformer(model_path)
+        try:
+            self._model = SentenceTransformer(model_path)
+        except Exception as exc:  # missing files, bad format: all mean "fix the path"
+            raise ConfigError("TMWS_EMBEDDING_MODEL",
+                              f"cannot load model {model_path}: {exc}") from None
         self.model = model_path
         self.dim = dim
         self._batch_size = batch_size
