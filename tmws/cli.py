@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 
 import msgspec
@@ -15,6 +17,10 @@ from tmws.config import Settings
 from tmws.database import (
     Database,
     EmbeddedPostgres,
+    ImportReport,
+    check_embedding_config,
+    export_memories,
+    import_memories,
     reembed,
     require_current_schema,
     upgrade,
@@ -42,6 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     memory_commands = memories.add_subparsers(dest="memories_command", required=True)
     memory_commands.add_parser(
         "reembed", help="recompute every embedding with the configured provider and dimension")
+    import_ = memory_commands.add_parser(
+        "import", help="import memories from a JSON Lines file (exit 1 if lines were rejected)")
+    import_.add_argument("file")
+    import_.add_argument("--namespace", default="default",
+                         help="for lines without a namespace (default: default)")
+    import_.add_argument("--batch-size", type=_positive_int, default=1000,
+                         help="memories embedded and written per transaction (default: 1000)")
+    export = memory_commands.add_parser(
+        "export", help="write memories as JSON Lines ordered by id (embeddings excluded)")
+    export.add_argument("--namespace", default=None, help="only this namespace's memories")
+    export.add_argument("--output", "-o", default=None, help="file to write (default: stdout)")
     patterns = commands.add_parser("patterns", help="pattern library tools")
     pattern_commands = patterns.add_subparsers(dest="patterns_command", required=True)
     check = pattern_commands.add_parser("check", help="validate a pattern file")
@@ -63,7 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "execute":
             asyncio.run(_execute(settings, args.query, args.mode, args.namespace))
         elif args.command == "memories":
-            asyncio.run(_reembed(settings))
+            if args.memories_command == "import":
+                return asyncio.run(_import(settings, args.file, args.namespace, args.batch_size))
+            if args.memories_command == "export":
+                asyncio.run(_export(settings, args.namespace, args.output))
+            else:
+                asyncio.run(_reembed(settings))
         elif args.command == "patterns":
             from tmws.patterns import load_pattern_file
 
@@ -139,6 +161,92 @@ async def _reembed(settings: Settings) -> None:
         await provider.aclose()
     print(f"re-embedded {count} memories with {provider.name} ({provider.model}, "
           f"{provider.dim} dimensions)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+# Rejections listed in the import summary; the rest are counted.
+_SHOWN_REJECTIONS = 50
+
+
+async def _import(settings: Settings, file: str, namespace: str, batch_size: int) -> int:
+    """Exit status 0 if every line was written, 1 if some were rejected."""
+    if not namespace.strip():
+        raise TmwsError("--namespace must not be empty")
+    try:
+        with open(file, "rb") as counting:  # a first pass, for the progress bar's total
+            total = sum(1 for _ in counting)
+    except OSError as exc:
+        raise TmwsError(f"cannot read {file}: {exc.strerror or exc}") from None
+
+    def lines() -> Iterator[bytes]:
+        try:
+            with open(file, "rb") as source:
+                yield from source
+        except OSError as exc:
+            raise TmwsError(f"cannot read {file}: {exc.strerror or exc}") from None
+
+    report = ImportReport()
+    provider = create_provider(settings)
+    try:
+        async with _database(settings) as database:
+            await check_embedding_config(database, settings)
+            await import_memories(database, provider, lines(), namespace=namespace,
+                                  batch_size=batch_size, total_lines=total,
+                                  progress=_progress("import"), report=report)
+    except BaseException:
+        if report.written:
+            sys.stderr.write(f"\n{report.written} memories were written before the error; "
+                             f"lines 1-{report.settled_through} are settled\n")
+        raise
+    finally:
+        await provider.aclose()
+    print(f"imported {report.written} memories, rejected {len(report.rejected)} lines")
+    for rejection in report.rejected[:_SHOWN_REJECTIONS]:
+        print(f"line {rejection.line}: {rejection.reason}")
+    if len(report.rejected) > _SHOWN_REJECTIONS:
+        print(f"... and {len(report.rejected) - _SHOWN_REJECTIONS} more rejected lines")
+    return 1 if report.rejected else 0
+
+
+async def _export(settings: Settings, namespace: str | None, output: str | None) -> None:
+    """To a file, atomically: a failed export leaves no partial file behind."""
+    async with _database(settings) as database:
+        if output is None:
+            try:
+                count = await export_memories(database, sys.stdout.buffer.write,
+                                              namespace=namespace, progress=_progress("export"))
+                sys.stdout.flush()
+            except BrokenPipeError:  # `| head`: the reader is gone; spare it a traceback
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise TmwsError("the output was closed before the export finished") from None
+            print(f"exported {count} memories", file=sys.stderr)
+            return
+        directory = os.path.dirname(os.path.abspath(output))
+        try:
+            handle, partial = tempfile.mkstemp(prefix=".tmws-export-", dir=directory)
+        except OSError as exc:
+            raise TmwsError(f"cannot write {output}: {exc.strerror or exc}") from None
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(handle, 0o666 & ~umask)  # as `> FILE` would make it, not mkstemp's 0600
+            with os.fdopen(handle, "wb") as sink:
+                count = await export_memories(database, sink.write, namespace=namespace,
+                                              progress=_progress("export"))
+            os.replace(partial, output)
+        except OSError as exc:
+            os.unlink(partial)
+            raise TmwsError(f"cannot write {output}: {exc.strerror or exc}") from None
+        except BaseException:
+            os.unlink(partial)
+            raise
+    print(f"exported {count} memories to {output}")
 
 
 async def _execute(settings: Settings, query: str, mode: str | None,

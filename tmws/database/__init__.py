@@ -1,5 +1,6 @@
 """PostgreSQL access: the embedded default server, migrations and the connection pool."""
 
+from tmws.database._bulk import ImportReport, Rejection, export_memories, import_memories
 from tmws.database._embedded import EmbeddedPostgres
 from tmws.database._migrate import (
     PGVECTOR_HELP,
@@ -14,9 +15,13 @@ __all__ = [
     "PGVECTOR_HELP",
     "Database",
     "EmbeddedPostgres",
+    "ImportReport",
+    "Rejection",
     "available_migrations",
     "check_embedding_config",
+    "export_memories",
     "get_pool_stats",
+    "import_memories",
     "reembed",
     "require_current_schema",
     "upgrade",
