@@ -215,7 +215,9 @@ class MemoryStore:
         rows = await self.database.fetch(
             f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE} AND tags && %(tags)s"
             " ORDER BY importance DESC, created_at DESC LIMIT %(k)s",
-            {"ns": namespace, "tags": wanted, "k": limit}, prepare=True)
+            # Not prepared: after five runs PostgreSQL may switch to a generic plan that
+            # ignores how common the tag is, measured 2x slower (bench/README.md).
+            {"ns": namespace, "tags": wanted, "k": limit})
         return [_record(row) for row in rows]
 
     async def by_importance(self, namespace: str, *, min_importance: float = 0.7,
@@ -229,11 +231,19 @@ class MemoryStore:
     async def recent(self, namespace: str, *, limit: int = 10, days: float | None = None
                      ) -> list[MemoryRecord]:
         """Newest first; with ``days``, only memories created within that many days."""
+        # Own and shared rows as two index-ordered scans merged, rather than one OR filter
+        # that forces reading and sorting the whole readable set.
+        window = ("(%(days)s::float8 IS NULL"
+                  " OR created_at >= now() - make_interval(secs => %(days)s::float8 * 86400))")
         rows = await self.database.fetch(
-            f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE}"
-            " AND (%(days)s::float8 IS NULL"
-            "      OR created_at >= now() - make_interval(secs => %(days)s::float8 * 86400))"
-            " ORDER BY created_at DESC, id DESC LIMIT %(k)s",
+            f"SELECT * FROM ("
+            f" (SELECT {_COLUMNS} FROM memories WHERE namespace = %(ns)s AND {window}"
+            "  ORDER BY created_at DESC, id DESC LIMIT %(k)s)"
+            " UNION ALL"
+            f" (SELECT {_COLUMNS} FROM memories WHERE visibility = 'shared'"
+            f"  AND namespace <> %(ns)s AND {window}"
+            "  ORDER BY created_at DESC, id DESC LIMIT %(k)s)"
+            ") readable ORDER BY created_at DESC, id DESC LIMIT %(k)s",
             {"ns": namespace, "k": limit, "days": days}, prepare=True)
         return [_record(row) for row in rows]
 

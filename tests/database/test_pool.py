@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import asyncio
+
+import psycopg
 import pytest
 
 from tests.conftest import make_settings
 from tmws.database import Database, get_pool_stats
+from tmws.database._pool import PRE_PING_BYPASS_SECONDS
 from tmws.errors import DatabaseError
 
 
@@ -41,3 +45,21 @@ async def test_unreachable_database_fails_fast_with_the_variable_named() -> None
     database = Database(url, make_settings(url, db_pool_timeout="1"))
     with pytest.raises(DatabaseError, match="TMWS_DB_POOL_TIMEOUT"):
         await database.open()
+
+
+async def test_pre_ping_replaces_connections_the_server_dropped(database_url: str) -> None:
+    database = Database(database_url, make_settings(database_url, db_max_connections="2"))
+    await database.open()
+    try:
+        assert await database.ping()
+        # The server drops every pooled connection (an admin, a restart, an idle timeout).
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND application_name = ''")
+        await asyncio.sleep(PRE_PING_BYPASS_SECONDS + 0.1)  # past the bypass window
+        assert await database.ping()  # pre-ping found them dead and reconnected
+        assert database.available
+    finally:
+        await database.close()

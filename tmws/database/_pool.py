@@ -25,6 +25,8 @@ __all__ = ["Database", "first_line", "get_pool_stats"]
 logger = logging.getLogger("tmws.database")
 sql_logger = logging.getLogger("tmws.database.sql")
 
+# A connection returned to the pool this recently skips the pre-ping round trip.
+PRE_PING_BYPASS_SECONDS = 0.5
 # How long routing avoids a database that could not be reached before trying it again.
 RETRY_AFTER_SECONDS = 5.0
 
@@ -47,6 +49,8 @@ class Database:
         self._echo = settings.db_echo
         self._errors = 0
         self._unreachable_since: float | None = None
+        self._returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+            weakref.WeakKeyDictionary())
         self._queries = 0
         self._query_seconds = 0.0
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
@@ -59,13 +63,26 @@ class Database:
             timeout=settings.db_pool_timeout,
             max_lifetime=settings.db_pool_recycle,
             max_idle=min(600.0, settings.db_pool_recycle),
-            check=AsyncConnectionPool.check_connection if settings.db_pool_pre_ping else None,
+            check=self._pre_ping if settings.db_pool_pre_ping else None,
             kwargs=kwargs,
             connection_class=_tracked_connection_class(self),
             configure=self._configure,
             open=False,
             name="tmws",
         )
+
+    async def _pre_ping(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """TMWS_DB_POOL_PRE_PING: test a connection before lending it — unless it was in use
+        moments ago. A round trip per checkout costs as much as a fast query; a connection
+        that worked half a second ago almost surely still does, and if the server died in
+        between, the query fails and the outage handling takes over (HikariCP's
+        aliveBypassWindowMs makes the same trade)."""
+        if conn.closed or conn.broken:
+            raise psycopg.OperationalError("connection is closed")
+        returned = self._returned_at.get(conn)
+        if returned is not None and time.monotonic() - returned < PRE_PING_BYPASS_SECONDS:
+            return
+        await AsyncConnectionPool.check_connection(conn)
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         # Every connection speaks pgvector (binary vectors) and has the kNN knobs set.
@@ -101,9 +118,9 @@ class Database:
                     yield conn
                 finally:
                     DATABASE_CONNECTIONS_ACTIVE.dec()
+                    self._returned_at[conn] = time.monotonic()
         except PoolTimeout as exc:
             self._errors += 1
-            self._mark_unreachable()
             raise DatabaseError(
                 f"no database connection within {self._settings.db_pool_timeout:g}s "
                 "(TMWS_DB_POOL_TIMEOUT): the pool is exhausted or the server is down") from exc
@@ -126,8 +143,9 @@ class Database:
             self._errors += 1
             raise DatabaseError("statement timed out (TMWS_DB_STATEMENT_TIMEOUT)") from exc
         except psycopg.OperationalError as exc:
+            # One broken connection is not an outage: only failed connection attempts
+            # (see _tracked_connection_class) mark the server unreachable.
             self._errors += 1
-            self._mark_unreachable()
             raise DatabaseError(f"database unavailable: {first_line(exc)}") from exc
         else:
             self._unreachable_since = None
