@@ -98,7 +98,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     vector_probes: int = 10  # ivfflat lists searched per query
     hnsw_m: int = 16
     hnsw_ef_construction: int = 64
-    hnsw_ef_search: int = 40
+    # 100, not pgvector's 40: namespace filters apply after the graph search, and at 40 a
+    # third of namespaced kNN calls came back short (bench/README.md, memory patterns).
+    hnsw_ef_search: int = 100
     # Vector hits less similar than this (cosine) are not recalled: kNN always finds
     # *something*, and an unrelated memory is worse than none.
     recall_min_similarity: float = 0.1
