@@ -99,17 +99,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-async def _db_upgrade(settings: Settings) -> None:
-    embedded = None
-    conninfo = settings.database_url
-    if conninfo is None:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        conninfo = await asyncio.to_thread(embedded.start)
+@asynccontextmanager
+async def _server(settings: Settings) -> AsyncIterator[tuple[str, bool]]:
+    """(conninfo, embedded): TMWS_DATABASE_URL, or the bundled server for the duration."""
+    if settings.database_url is not None:
+        yield settings.database_url, False
+        return
+    embedded = EmbeddedPostgres(settings.data_dir)
+    conninfo = await asyncio.to_thread(embedded.start)
     try:
-        applied = await upgrade(conninfo, settings)
+        yield conninfo, True
     finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+        await asyncio.to_thread(embedded.stop)
+
+
+async def _db_upgrade(settings: Settings) -> None:
+    async with _server(settings) as (conninfo, _):
+        applied = await upgrade(conninfo, settings)
     if applied:
         for migration in applied:
             print(f"applied {migration.revision}: {migration.description}")
@@ -120,13 +126,8 @@ async def _db_upgrade(settings: Settings) -> None:
 @asynccontextmanager
 async def _database(settings: Settings) -> AsyncIterator[Database]:
     """The configured database, migrated (embedded) or checked current (external)."""
-    embedded = None
-    conninfo = settings.database_url
-    if conninfo is None:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        conninfo = await asyncio.to_thread(embedded.start)
-    try:
-        if embedded is not None:
+    async with _server(settings) as (conninfo, embedded):
+        if embedded:
             await upgrade(conninfo, settings)
         else:
             await require_current_schema(conninfo)
@@ -136,9 +137,6 @@ async def _database(settings: Settings) -> AsyncIterator[Database]:
             yield database
         finally:
             await database.close()
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
