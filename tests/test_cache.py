@@ -1,6 +1,11 @@
 from __future__ import annotations
 
-from tmws.cache import LocalCache, TieredLocalCache
+import asyncio
+import time
+import uuid
+
+from tests.conftest import PrivateRedis
+from tmws.cache import CacheManager, CircuitBreaker, LocalCache, TieredLocalCache
 
 
 class Clock:
@@ -48,3 +53,87 @@ def test_tiers_are_separate_and_report_rates() -> None:
     assert tiers.get("memory", "k") == 1
     stats = tiers.stats()
     assert stats["hits"] == 1 and stats["misses"] == 1 and stats["hit_rate"] == 50.0
+
+
+def test_circuit_breaker_opens_and_half_opens() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failures=2, reset_after=10, clock=clock)
+    breaker.failure()
+    assert breaker.state == "closed" and breaker.allow()
+    breaker.failure()
+    assert breaker.state == "open" and not breaker.allow() and breaker.trips == 1
+    clock.now = 10
+    assert breaker.state == "half_open" and breaker.allow()
+    breaker.failure()  # the trial failed: open again, for another full period
+    assert breaker.state == "open"
+    clock.now = 20
+    breaker.success()
+    assert breaker.state == "closed" and breaker.trips == 1
+
+
+async def test_redis_tier_round_trip_and_absolute_expiry(redis_url: str) -> None:
+    first = CacheManager(redis_url=redis_url, local_ttl=60)
+    second = CacheManager(redis_url=redis_url, local_ttl=60)
+    try:
+        key = uuid.uuid4().hex
+        assert await first.put("memory", key, b"value", ttl=1)
+        assert await first.get("memory", key) == (b"value", "local")
+        assert await second.get("memory", key) == (b"value", "redis")
+        assert await second.get("memory", key) == (b"value", "local")
+        await asyncio.sleep(1.1)
+        assert await second.get("memory", key) is None  # L1 never outlives the entry
+        assert second.stats()["redis"]["hits"] == 1
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_generations_are_shared_through_redis(redis_url: str) -> None:
+    first = CacheManager(redis_url=redis_url)
+    second = CacheManager(redis_url=redis_url)
+    namespace = uuid.uuid4().hex
+    try:
+        before = await second.generation(namespace)
+        await first.bump(namespace, shared=False)
+        after = await second.generation(namespace)
+        assert before is not None and after is not None
+        assert after[0] == before[0] + 1 and after[1] == before[1]
+        await first.bump(namespace, shared=True)
+        other = await second.generation(namespace + "-other")
+        assert other is not None and other[1] == after[1] + 1
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_oversized_values_are_counted_not_cached() -> None:
+    cache = CacheManager(max_value_bytes=4)
+    assert not await cache.put("hybrid", "k", b"too large", ttl=60)
+    assert await cache.get("hybrid", "k") is None
+    assert cache.stats()["oversize_skipped"] == 1
+
+
+async def test_redis_outage_degrades_and_recovers(private_redis: PrivateRedis) -> None:
+    cache = CacheManager(redis_url=private_redis.url, redis_timeout=0.2, breaker_failures=2,
+                         breaker_reset=0.5)
+    try:
+        assert await cache.ping() == "ok"
+        assert await cache.put("infrastructure", "k", b"v", ttl=60)
+        private_redis.stop()
+        assert await cache.get("infrastructure", "k") == (b"v", "local")  # L1 still serves
+        assert await cache.get("infrastructure", "other") is None
+        assert await cache.generation("ns") is None  # unknowable: callers must not cache
+        assert await cache.get("infrastructure", "another") is None
+        assert cache.breaker.state == "open"
+        started = time.monotonic()
+        assert await cache.get("infrastructure", "more") is None
+        assert time.monotonic() - started < 0.05  # open circuit: Redis is not even asked
+        assert (await cache.ping()).startswith("unavailable")
+        private_redis.start()
+        await asyncio.sleep(0.6)
+        assert await cache.ping() == "ok"
+        assert cache.breaker.state == "closed"
+        assert await cache.generation("ns") is not None
+        assert cache.stats()["redis"]["errors"] >= 2
+    finally:
+        await cache.close()

@@ -26,10 +26,10 @@ def test_topic_words_drop_command_words() -> None:
 
 
 async def test_store_get_delete_and_generation(store: MemoryStore, namespace: str) -> None:
-    assert store.generation(namespace) == (0, 0)
+    assert await store.generations.generation(namespace) == (0, 0)
     memory_id = await store.store(namespace, "  disk alerts fire at 90%  ", tags=["Ops", "ops"],
                                   importance=0.7, metadata={"source": "runbook"})
-    assert store.generation(namespace) == (1, 0)
+    assert await store.generations.generation(namespace) == (1, 0)
     record = await store.get(namespace, memory_id)
     assert record is not None
     assert record.content == "disk alerts fire at 90%" and record.tags == ["ops"]
@@ -37,7 +37,7 @@ async def test_store_get_delete_and_generation(store: MemoryStore, namespace: st
     assert await store.get(namespace + "x", memory_id) is None  # other namespace cannot read
     assert not await store.delete(namespace + "x", memory_id)
     assert await store.delete(namespace, memory_id)
-    assert store.generation(namespace) == (2, 0)
+    assert await store.generations.generation(namespace) == (2, 0)
     assert await store.get(namespace, memory_id) is None
 
 
@@ -56,7 +56,7 @@ async def test_invalid_memories_are_rejected(store: MemoryStore, namespace: str,
     with pytest.raises(InvalidRequestError, match=fragment):
         await store.store(namespace, content, importance=importance)
     assert await store.count(namespace) == 0
-    assert store.generation(namespace) == (0, 0)
+    assert await store.generations.generation(namespace) == (0, 0)
 
 
 async def test_search_ranks_and_is_injection_safe(store: MemoryStore, namespace: str) -> None:
@@ -120,9 +120,9 @@ async def test_namespaces_never_see_each_others_private_memories(
 async def test_shared_writes_change_every_namespaces_generation(store: MemoryStore,
                                                                 namespace: str) -> None:
     reader = namespace + "-reader"
-    before = store.generation(reader)
+    before = await store.generations.generation(reader)
     shared = await store.store(namespace, "everyone should know this", visibility="shared")
-    assert store.generation(reader) != before
+    assert await store.generations.generation(reader) != before
     assert await store.delete(namespace, shared)  # shared rows are visible to every test
     with pytest.raises(InvalidRequestError, match="visibility"):
         await store.store(namespace, "x", visibility="public")

@@ -6,6 +6,20 @@ subclasses ``tmws.errors.PatternError`` when it initialises.
 
 from __future__ import annotations
 
-from tmws._tmws_core import HashEmbedder, Matcher, PatternCompileError, __version__
+from tmws._tmws_core import (
+    HashEmbedder,
+    Matcher,
+    PatternCompileError,
+    __version__,
+    cache_key,
+    normalize_query,
+)
 
-__all__ = ["HashEmbedder", "Matcher", "PatternCompileError", "__version__"]
+__all__ = [
+    "HashEmbedder",
+    "Matcher",
+    "PatternCompileError",
+    "__version__",
+    "cache_key",
+    "normalize_query",
+]

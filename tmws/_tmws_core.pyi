@@ -190,3 +190,16 @@ class HashEmbedder:
         ``numpy.frombuffer(data, "<f4").reshape(len(texts), dim)``. Values are identical to
         :meth:`embed_batch`.
         """
+
+def normalize_query(query: str) -> str:
+    """``query`` lower-cased (Unicode), whitespace runs collapsed to one space, ends trimmed.
+
+    Queries that differ only in case or spacing share result-cache entries.
+    """
+
+def cache_key(parts: Sequence[str | bytes]) -> str:
+    """A 128-bit key of ``parts`` (XXH3-128 over length-prefixed parts), as 32 hex digits.
+
+    Identical on every machine and version, so instances sharing one Redis agree on keys;
+    ``["ab", "c"]`` and ``["a", "bc"]`` never collide by concatenation.
+    """

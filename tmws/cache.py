@@ -1,19 +1,22 @@
-"""The in-process result cache: one bounded LRU per pattern type, absolute TTLs.
+"""The result cache: an in-process LRU per pattern type (L1) in front of Redis (L2).
 
 Keys are built by the engine and carry everything that changes an answer (namespace,
-normalised query, mode, relevant context, pattern-set version and, for results read
-from memory, the namespace's memory generation), so entries never need invalidating:
-a change simply makes new keys.
+normalised query, mode, relevant context, the pattern set's fingerprint and, for results
+read from memory, the memory generations), so entries never need invalidating: a change
+simply makes new keys. Expiry is absolute: a hit never extends an entry's life.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import struct
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Generic, TypeVar
 
-__all__ = ["LocalCache", "TieredLocalCache"]
+__all__ = ["CacheManager", "CircuitBreaker", "LocalCache", "TieredLocalCache"]
 
 V = TypeVar("V")
 
@@ -87,3 +90,220 @@ class TieredLocalCache(Generic[V]):
             "evictions": sum(c.evictions for c in self._caches.values()),
             "size": {kind: len(c) for kind, c in self._caches.items()},
         }
+
+
+class CircuitBreaker:
+    """Stops calling a failing dependency for a while, then lets one trial call through.
+
+    closed --(``failures`` in a row)--> open --(``reset_after`` s)--> half-open --ok--> closed
+    """
+
+    def __init__(self, failures: int, reset_after: float, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._threshold = failures
+        self._reset_after = reset_after
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self.trips = 0
+
+    @property
+    def state(self) -> str:
+        if self._opened_at is None:
+            return "closed"
+        return "half_open" if self._clock() - self._opened_at >= self._reset_after else "open"
+
+    def allow(self) -> bool:
+        return self.state != "open"
+
+    def success(self) -> None:
+        self._failures = 0
+        self._opened_at = None
+
+    def failure(self) -> None:
+        self._failures += 1
+        if self.state == "half_open" or self._failures >= self._threshold:
+            if self._opened_at is None:
+                self.trips += 1
+            self._opened_at = self._clock()
+
+
+# Namespaces are arbitrary strings, so the shared counter lives outside their key prefix.
+_GEN_PREFIX = "tmws:gen:"
+_SHARED_KEY = "tmws:gen-shared"
+_RESULT_PREFIX = "tmws:r:"
+
+
+class CacheManager:
+    """Results in two tiers: a bounded in-process LRU (L1) in front of Redis (L2).
+
+    Every Redis call has a timeout and goes through a circuit breaker; when Redis fails,
+    results are served from L1 or executed — never failed because of the cache. Memory
+    generations (bumped by every write) live in Redis so that a write on one instance is
+    seen by all; while Redis is unreachable, results that depend on memory are neither read
+    from nor written to any cache, since another instance's writes cannot be seen.
+    """
+
+    def __init__(self, *, redis_url: str | None = None, local_ttl: float = 60.0,
+                 redis_ttl: float | None = None, max_local_size: int = 1000,
+                 type_sizes: Mapping[str, int] | None = None, redis_timeout: float = 5.0,
+                 redis_max_connections: int = 50, max_value_bytes: int = 1 << 20,
+                 breaker_failures: int = 5, breaker_reset: float = 30.0) -> None:
+        sizes = dict(type_sizes or {"infrastructure": max_local_size, "memory": max_local_size,
+                                    "hybrid": max_local_size})
+        self.local: TieredLocalCache[tuple[float, bytes]] = TieredLocalCache(
+            {kind: min(size, max_local_size) for kind, size in sizes.items()})
+        self.local_ttl = local_ttl
+        self.redis_ttl = redis_ttl
+        self.max_value_bytes = max_value_bytes
+        self.breaker = CircuitBreaker(breaker_failures, breaker_reset)
+        self._timeout = redis_timeout
+        self._redis: Any = None
+        if redis_url is not None:
+            import redis.asyncio as aioredis
+
+            self._redis = aioredis.from_url(
+                redis_url, max_connections=redis_max_connections, socket_timeout=redis_timeout,
+                socket_connect_timeout=redis_timeout, retry_on_timeout=False)
+        self._local_generations: dict[str, int] = {}
+        self._local_shared = 0
+        self.redis_hits = self.redis_misses = self.redis_errors = self.oversize = 0
+
+    @property
+    def redis_configured(self) -> bool:
+        return self._redis is not None
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def _call(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Run one Redis operation under the breaker and timeout; raises _Unavailable."""
+        if self._redis is None or not self.breaker.allow():
+            raise _Unavailable
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await operation(self._redis)
+        except Exception as exc:  # connection, timeout, protocol: all mean "Redis failed"
+            self.redis_errors += 1
+            self.breaker.failure()
+            raise _Unavailable from exc
+        self.breaker.success()
+        return result
+
+    # -- generations --------------------------------------------------------------------
+
+    async def generation(self, namespace: str) -> tuple[int, int] | None:
+        """What this namespace can read has changed iff this changes; None when unknowable
+        (Redis configured but unreachable): then memory results must not be cached."""
+        if self._redis is None:
+            return self._local_generations.get(namespace, 0), self._local_shared
+        try:
+            own, shared = await self._call(
+                lambda r: r.mget(_GEN_PREFIX + namespace, _SHARED_KEY))
+        except _Unavailable:
+            return None
+        return int(own or 0), int(shared or 0)
+
+    async def bump(self, namespace: str, *, shared: bool) -> None:
+        """A memory write: every cached result that could include it becomes unreachable."""
+        self._local_generations[namespace] = self._local_generations.get(namespace, 0) + 1
+        if shared:
+            self._local_shared += 1
+        if self._redis is None:
+            return
+
+        async def incr(r: Any) -> None:
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.incr(_GEN_PREFIX + namespace)
+                if shared:
+                    pipe.incr(_SHARED_KEY)
+                await pipe.execute()
+
+        with contextlib.suppress(_Unavailable):
+            await self._call(incr)
+
+    # -- results ------------------------------------------------------------------------
+
+    async def get(self, kind: str, key: str) -> tuple[bytes, str] | None:
+        """(encoded value, tier) or None."""
+        local = self.local.get(kind, key)
+        if local is not None:
+            return local[1], "local"
+        if self._redis is None:
+            return None
+        try:
+            raw = await self._call(lambda r: r.get(_RESULT_PREFIX + key))
+        except _Unavailable:
+            return None
+        if raw is None:
+            self.redis_misses += 1
+            return None
+        self.redis_hits += 1
+        expires_at, value = _unwrap(raw)
+        remaining = expires_at - time.time()
+        if remaining <= 0:
+            return None
+        self.local.put(kind, key, (expires_at, value), min(self.local_ttl, remaining))
+        return value, "redis"
+
+    async def put(self, kind: str, key: str, value: bytes, ttl: float) -> bool:
+        """Store in both tiers with an absolute expiry; False if too large to cache."""
+        if ttl <= 0:
+            return False
+        if len(value) > self.max_value_bytes:
+            self.oversize += 1
+            return False
+        expires_at = time.time() + ttl
+        self.local.put(kind, key, (expires_at, value), min(self.local_ttl, ttl))
+        if self._redis is not None:
+            redis_ttl = ttl if self.redis_ttl is None else min(ttl, self.redis_ttl)
+            wrapped = _wrap(time.time() + redis_ttl, value)
+            with contextlib.suppress(_Unavailable):
+                await self._call(lambda r: r.set(_RESULT_PREFIX + key, wrapped,
+                                                 px=max(1, int(redis_ttl * 1000))))
+        return True
+
+    def clear_local(self) -> None:
+        self.local.clear()
+
+    async def ping(self) -> str:
+        """'not configured', 'ok', or why not."""
+        if self._redis is None:
+            return "not configured"
+        if not self.breaker.allow():
+            return "unavailable: circuit open"
+        try:
+            await self._call(lambda r: r.ping())
+        except _Unavailable as exc:
+            return f"unavailable: {type(exc.__cause__).__name__}"
+        return "ok"
+
+    def stats(self) -> dict[str, Any]:
+        local = self.local.stats()
+        lookups = self.redis_hits + self.redis_misses
+        return {
+            "local": local,
+            "redis": {
+                "configured": self._redis is not None,
+                "hits": self.redis_hits,
+                "misses": self.redis_misses,
+                "hit_rate": 100.0 * self.redis_hits / lookups if lookups else 0.0,
+                "errors": self.redis_errors,
+                "circuit": self.breaker.state,
+                "circuit_trips": self.breaker.trips,
+            },
+            "oversize_skipped": self.oversize,
+        }
+
+
+class _Unavailable(Exception):
+    """Redis was not asked (circuit open, not configured) or failed."""
+
+
+def _wrap(expires_at: float, value: bytes) -> bytes:
+    return struct.pack("<d", expires_at) + value
+
+
+def _unwrap(raw: bytes) -> tuple[float, bytes]:
+    return struct.unpack("<d", raw[:8])[0], raw[8:]

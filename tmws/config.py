@@ -71,6 +71,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cache_ttl: int = 300
     cache_max_size: int = 1000
     cache_enabled: bool = True
+    cache_local_ttl: int = 60  # cap on how long this process trusts a result by itself
+    cache_max_value_bytes: int = 1 << 20  # larger results are not cached (counted)
+    cache_breaker_failures: int = 5  # Redis failures in a row that open the circuit
+    cache_breaker_reset: float = 30.0  # seconds before one trial call is let through
     # Security
     secret_key: str | None = None
     auth_enabled: bool = False
@@ -162,6 +166,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("redis_timeout", self.redis_timeout > 0, "must be positive"),
             ("cache_ttl", self.cache_ttl >= 0, "must be 0 or more"),
             ("cache_max_size", self.cache_max_size >= 0, "must be 0 or more"),
+            ("cache_local_ttl", self.cache_local_ttl >= 0, "must be 0 or more"),
+            ("cache_max_value_bytes", self.cache_max_value_bytes >= 0, "must be 0 or more"),
+            ("cache_breaker_failures", self.cache_breaker_failures >= 1, "must be at least 1"),
+            ("cache_breaker_reset", self.cache_breaker_reset > 0, "must be positive"),
             ("token_expire_minutes", self.token_expire_minutes >= 1, "must be at least 1"),
             ("rate_limit_requests", self.rate_limit_requests >= 1, "must be at least 1"),
             ("rate_limit_period", self.rate_limit_period >= 1, "must be at least 1"),

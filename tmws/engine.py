@@ -12,7 +12,8 @@ from typing import Any, Final
 import msgspec
 
 from tmws import __version__
-from tmws.cache import TieredLocalCache
+from tmws._native import cache_key, normalize_query
+from tmws.cache import CacheManager
 from tmws.config import Settings
 from tmws.database import (
     Database,
@@ -71,7 +72,8 @@ class PatternExecutionEngine:
     """
 
     def __init__(self, settings: Settings, library: PatternLibrary, database: Database,
-                 *, embedded: EmbeddedPostgres | None = None, redis: Any = None,
+                 *, embedded: EmbeddedPostgres | None = None,
+                 cache: CacheManager | None = None,
                  handlers: Mapping[str, Handler] | None = None,
                  provider: EmbeddingProvider | None = None) -> None:
         self.settings = settings
@@ -80,16 +82,16 @@ class PatternExecutionEngine:
         _check_handlers(library.patterns, self.handlers, library.source)
         self.library = library
         self.database = database
+        self.cache = cache or cache_manager_for(settings, library)
         self.memory = MemoryStore(database, provider or create_provider(settings),
-                                  min_similarity=settings.recall_min_similarity)
+                                  min_similarity=settings.recall_min_similarity,
+                                  generations=self.cache)
         self.registry = PatternRegistry(library.patterns)
         self.router = HybridRouter(self.registry,
                                    database_available=lambda: database.available)
         self._embedded = embedded
-        self._redis = redis
-        self._cache: TieredLocalCache[ExecutionResult] = TieredLocalCache(
-            {t.value: min(library.cache_config[t].max_size, settings.cache_max_size)
-             for t in PatternType})
+        self._inflight: dict[str, asyncio.Future[ExecutionResult]] = {}
+        self._singleflight_joins = 0
         self._counters = _Counters()
         self._by_type: dict[str, dict[str, int]] = {
             t.value: {"executions": 0, "failures": 0} for t in PatternType}
@@ -104,8 +106,7 @@ class PatternExecutionEngine:
         self._closed = True
         await self.database.close()
         await self.memory.provider.aclose()
-        if self._redis is not None:
-            await self._redis.aclose()
+        await self.cache.close()
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
 
@@ -144,14 +145,14 @@ class PatternExecutionEngine:
         # A trigger match alone fixes the pattern, so a cache hit skips the full routing
         # explanation (the cached result carries the one made when it was computed).
         pattern = self.router.match(query, mode)
-        key: tuple[Any, ...] | None = None
+        key: str | None = None
         if pattern is not None:
             handler_name = resolve_handler(pattern, pattern.pattern_type, self.handlers)
-            key = self._cache_key_for(caching, pattern, handler_name, query, mode, namespace,
-                                      ctx, pattern.pattern_type)
-            cached = None if key is None else self._cache.get(pattern.pattern_type, key)
-            if cached is not None:
-                return self._hit(started, pattern.pattern_type, cached)
+            key = await self._cache_key_for(caching, pattern, handler_name, query, mode,
+                                            namespace, ctx, pattern.pattern_type)
+            hit = await self._lookup(started, pattern.pattern_type, key)
+            if hit is not None:
+                return hit
 
         decision = self.router.explain(query, mode, pattern)
         meta: dict[str, Any] = {"routing": msgspec.to_builtins(decision), "mode": mode.value,
@@ -164,11 +165,11 @@ class PatternExecutionEngine:
                 error=f"no pattern matched the query{hint}", metadata=meta))
         if pattern is None:  # keyword-routed: the type's default handler
             handler_name = resolve_handler(None, decision.pattern_type, self.handlers)
-            key = self._cache_key_for(caching, None, handler_name, query, mode, namespace, ctx,
-                                      decision.pattern_type)
-            cached = None if key is None else self._cache.get(decision.pattern_type, key)
-            if cached is not None:
-                return self._hit(started, decision.pattern_type, cached)
+            key = await self._cache_key_for(caching, None, handler_name, query, mode,
+                                            namespace, ctx, decision.pattern_type)
+            hit = await self._lookup(started, decision.pattern_type, key)
+            if hit is not None:
+                return hit
         if handler_name not in self.handlers:
             return self._finish(started, decision.pattern_type, ExecutionResult(
                 pattern_name=decision.pattern_name, success=False, metadata=meta,
@@ -176,29 +177,54 @@ class PatternExecutionEngine:
                        "which is not bound; bind it with engine.bind_handler()")))
 
         handler_ctx = HandlerContext(self, query, mode, decision, pattern, ctx)
-        result = await self._run(handler_name, handler_ctx, decision, meta)
-        if key is not None and result.success and not result.metadata.get("partial"):
-            stored = msgspec.structs.replace(
-                result, metadata={**result.metadata, "cache_tier": "local"})
-            self._cache.put(decision.pattern_type, key, stored,
-                            self._ttl(pattern, decision.pattern_type))
+        if key is None:
+            result = await self._run(handler_name, handler_ctx, decision, meta)
+            return self._finish(started, decision.pattern_type, result)
+        joined = self._inflight.get(key)
+        if joined is not None:  # the same miss is already running here: share its answer
+            self._singleflight_joins += 1
+            shared = await asyncio.shield(joined)
+            return self._finish(started, decision.pattern_type,
+                                msgspec.structs.replace(shared, tokens_used=0))
+        flight: asyncio.Future[ExecutionResult] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = flight
+        try:
+            result = await self._run(handler_name, handler_ctx, decision, meta)
+            if result.success and not result.metadata.get("partial"):
+                await self.cache.put(decision.pattern_type, key, _encode(result),
+                                     self._ttl(pattern, decision.pattern_type))
+            flight.set_result(result)
+        except BaseException as exc:
+            flight.set_exception(exc)
+            flight.exception()  # retrieved: joiners re-raise it, nobody else must
+            raise
+        finally:
+            del self._inflight[key]
         return self._finish(started, decision.pattern_type, result)
 
-    def _hit(self, started: float, pattern_type: PatternType,
-             cached: ExecutionResult) -> ExecutionResult:
+    async def _lookup(self, started: float, pattern_type: PatternType,
+                      key: str | None) -> ExecutionResult | None:
+        if key is None:
+            return None
+        found = await self.cache.get(pattern_type, key)
+        if found is None:
+            return None
+        raw, tier = found
+        cached = _decode(raw)
         self._counters.tokens_saved += cached.tokens_used
-        hit = msgspec.structs.replace(cached, tokens_used=0, cache_hit=True)
+        hit = msgspec.structs.replace(cached, tokens_used=0, cache_hit=True,
+                                      metadata={**cached.metadata, "cache_tier": tier})
         return self._finish(started, pattern_type, hit)
 
-    def _cache_key_for(self, caching: bool, pattern: PatternDefinition | None,
-                       handler_name: str, query: str, mode: ExecutionMode, namespace: str,
-                       ctx: Mapping[str, Any], pattern_type: PatternType
-                       ) -> tuple[Any, ...] | None:
+    async def _cache_key_for(self, caching: bool, pattern: PatternDefinition | None,
+                             handler_name: str, query: str, mode: ExecutionMode,
+                             namespace: str, ctx: Mapping[str, Any], pattern_type: PatternType
+                             ) -> str | None:
         """The result-cache key, or None when this execution must not be cached."""
         if not caching or handler_name in self.write_handlers or (
                 pattern is not None and not pattern.cacheable):
             return None
-        return self._cache_key(query, mode, namespace, ctx, pattern_type)
+        return await self._cache_key(query, mode, namespace, ctx, pattern_type)
 
     def _validate(self, query: Any, mode: Any, context: Any
                   ) -> tuple[str, ExecutionMode, dict[str, Any]]:
@@ -227,21 +253,28 @@ class PatternExecutionEngine:
             raise InvalidRequestError("context must be an object (mapping)")
         return query, parsed, ctx
 
-    def _cache_key(self, query: str, mode: ExecutionMode, namespace: str,
-                   ctx: Mapping[str, Any], pattern_type: PatternType) -> tuple[Any, ...]:
+    async def _cache_key(self, query: str, mode: ExecutionMode, namespace: str,
+                         ctx: Mapping[str, Any], pattern_type: PatternType) -> str | None:
+        """A stable hash (rust_core) of everything the answer depends on; None if that
+        cannot be known (memory generations while Redis is unreachable)."""
         relevant = {k: v for k, v in ctx.items() if k not in _IDENTITY_KEYS}
-        fingerprint = msgspec.json.encode(relevant, order="sorted") if relevant else b""
-        generation = (self.memory.generation(namespace)
-                      if pattern_type is not PatternType.INFRASTRUCTURE
-                      or mode is ExecutionMode.COMPREHENSIVE else 0)
-        return (namespace, " ".join(query.lower().split()), mode, fingerprint,
-                self.registry.version, generation)
+        parts: list[str | bytes] = [
+            namespace, normalize_query(query), mode.value,
+            msgspec.json.encode(relevant, order="sorted") if relevant else b"",
+            self.registry.fingerprint]
+        if pattern_type is not PatternType.INFRASTRUCTURE or mode is ExecutionMode.COMPREHENSIVE:
+            generation = await self.cache.generation(namespace)
+            if generation is None:
+                return None
+            parts += [str(generation[0]), str(generation[1])]
+        return cache_key(parts)
 
     def _ttl(self, pattern: PatternDefinition | None, pattern_type: PatternType) -> float:
-        ttl = self.library.cache_config[pattern_type].ttl
+        """The pattern's cache_ttl, else its type's (cache_config), else TMWS_CACHE_TTL."""
         if pattern is not None and pattern.cache_ttl is not None:
-            ttl = pattern.cache_ttl
-        return float(min(ttl, self.settings.cache_ttl))
+            return float(pattern.cache_ttl)
+        type_config = self.library.cache_config.get(pattern_type)
+        return float(type_config.ttl if type_config else self.settings.cache_ttl)
 
     async def _run(self, handler_name: str, ctx: HandlerContext, decision: RoutingDecision,
                    meta: dict[str, Any]) -> ExecutionResult:
@@ -340,7 +373,8 @@ class PatternExecutionEngine:
             "success_rate": round(100.0 * c.successful / c.total, 2) if c.total else 0.0,
             "cache_hit_rate": round(100.0 * c.cache_hits / c.total, 2) if c.total else 0.0,
             "executions_by_type": {k: dict(v) for k, v in self._by_type.items()},
-            "cache_stats": self._cache.stats(),
+            "cache_stats": {**self.cache.stats(),
+                            "singleflight_joins": self._singleflight_joins},
             "registry_stats": self.registry.get_stats(),
             "router_stats": self.router.get_stats(),
         }
@@ -359,23 +393,42 @@ class PatternExecutionEngine:
         else:
             database = {"status": "not_probed", "reason": "fast mode never touches the database",
                         "pool": self.pool_stats()}
-        cache: dict[str, Any] = {"status": "ok", "local": "enabled"
-                                 if self.settings.cache_enabled else "disabled"}
-        if self._redis is None:
-            cache["redis"] = "not configured"
-        else:
-            try:
-                await self._redis.ping()
-                cache["redis"] = "ok"
-            except Exception as exc:  # any client error means Redis is degraded
-                cache["status"] = "degraded"
-                cache["redis"] = f"unavailable: {type(exc).__name__}"
+        redis = await self.cache.ping()
+        cache: dict[str, Any] = {
+            "status": "degraded" if redis.startswith("unavailable") else "ok",
+            "local": "enabled" if self.settings.cache_enabled else "disabled",
+            "redis": redis, "circuit": self.cache.breaker.state}
         healthy = database["status"] in ("ok", "not_probed") and cache["status"] == "ok"
         return {"healthy": healthy, "engine": engine, "database": database, "cache": cache}
 
 
 _TIMEOUT_VAR: Final = {PatternType.INFRASTRUCTURE: "INFRA", PatternType.MEMORY: "MEMORY",
                        PatternType.HYBRID: "HYBRID"}
+
+
+def cache_manager_for(settings: Settings, library: PatternLibrary) -> CacheManager:
+    """The two-tier cache the settings and the pattern file's cache_config describe."""
+    return CacheManager(
+        redis_url=settings.redis_url, local_ttl=settings.cache_local_ttl,
+        max_local_size=settings.cache_max_size,
+        type_sizes={t.value: c.max_size for t, c in library.cache_config.items()},
+        redis_timeout=settings.redis_timeout,
+        redis_max_connections=settings.redis_max_connections,
+        max_value_bytes=settings.cache_max_value_bytes,
+        breaker_failures=settings.cache_breaker_failures,
+        breaker_reset=settings.cache_breaker_reset)
+
+
+_result_encoder = msgspec.msgpack.Encoder()
+_result_decoder = msgspec.msgpack.Decoder(ExecutionResult)
+
+
+def _encode(result: ExecutionResult) -> bytes:
+    return _result_encoder.encode(result)
+
+
+def _decode(raw: bytes) -> ExecutionResult:
+    return _result_decoder.decode(raw)
 
 
 def _check_handlers(patterns: Sequence[PatternDefinition], handlers: Mapping[str, Handler],
@@ -415,17 +468,10 @@ async def create_pattern_execution_engine(settings: Settings | None = None, *,
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         raise
-    redis = None
-    if settings.redis_url is not None:
-        import redis.asyncio as aioredis
-
-        redis = aioredis.from_url(
-            settings.redis_url, max_connections=settings.redis_max_connections,
-            socket_timeout=settings.redis_timeout, socket_connect_timeout=settings.redis_timeout)
-    else:
+    if settings.redis_url is None:
         logger.info("TMWS_REDIS_URL not set: results are cached in this process only")
     try:
-        return PatternExecutionEngine(settings, library, database, embedded=embedded, redis=redis,
+        return PatternExecutionEngine(settings, library, database, embedded=embedded,
                                       handlers=handlers)
     except BaseException:
         await database.close()

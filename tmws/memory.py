@@ -15,6 +15,7 @@ from typing import Any, Final
 import msgspec
 from pgvector import Vector as PgVector
 
+from tmws.cache import CacheManager
 from tmws.database import Database
 from tmws.embeddings import EmbeddingProvider, Vector
 from tmws.errors import InvalidRequestError
@@ -88,21 +89,16 @@ class MemoryStore:
     """Memory operations over one database, with embeddings from ``provider``."""
 
     def __init__(self, database: Database, provider: EmbeddingProvider, *,
-                 min_similarity: float = 0.1) -> None:
+                 min_similarity: float = 0.1, generations: CacheManager | None = None) -> None:
         self.database = database
         self.provider = provider
         self.min_similarity = min_similarity
-        self._generations: dict[str, int] = {}
-        self._shared_generation = 0
+        # Every write bumps the generations the result cache keys on (locally, or in Redis
+        # for every instance sharing it).
+        self.generations = generations or CacheManager()
 
-    def generation(self, namespace: str) -> tuple[int, int]:
-        """Changes on every write this namespace can read (its own, or any shared one)."""
-        return self._generations.get(namespace, 0), self._shared_generation
-
-    def _bump(self, namespace: str, visibility: str) -> None:
-        self._generations[namespace] = self._generations.get(namespace, 0) + 1
-        if visibility == "shared":
-            self._shared_generation += 1
+    async def _bump(self, namespace: str, visibility: str) -> None:
+        await self.generations.bump(namespace, shared=visibility == "shared")
 
     async def _embed(self, text: str) -> Vector | None:
         vectors = await self.provider.embed([text])
@@ -131,7 +127,7 @@ class MemoryStore:
              msgspec.json.encode(dict(metadata or {})).decode(), visibility,
              None if embedding is None else _vector(embedding)),
         )
-        self._bump(namespace, visibility)
+        await self._bump(namespace, visibility)
         return int(rows[0]["id"])
 
     async def get(self, namespace: str, memory_id: int) -> MemoryRecord | None:
@@ -146,7 +142,7 @@ class MemoryStore:
             "DELETE FROM memories WHERE namespace = %s AND id = %s RETURNING visibility",
             (namespace, memory_id))
         if rows:
-            self._bump(namespace, rows[0]["visibility"])
+            await self._bump(namespace, rows[0]["visibility"])
         return bool(rows)
 
     async def similar(self, namespace: str, text: str, *, limit: int = 10

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from tmws._native import Matcher
+import msgspec
+
+from tmws._native import Matcher, cache_key
 from tmws.errors import PatternConfigError
 from tmws.models import PatternDefinition, PatternType
 
@@ -22,6 +24,7 @@ class PatternRegistry:
     def __init__(self, patterns: Iterable[PatternDefinition] = (), *,
                  match_cache_size: int = 10_000) -> None:
         self._patterns: dict[str, PatternDefinition] = {}
+        self.fingerprint = cache_key([])
         self._matcher = Matcher([], cache_capacity=match_cache_size)
         self._match_cache_size = match_cache_size
         self.register_batch(list(patterns))
@@ -69,6 +72,8 @@ class PatternRegistry:
         warmup = [q for p in staged.values() for q in p.example_queries]
         self._matcher.replace(specs, warmup=warmup)  # raises before anything changes
         self._patterns = staged
+        # Content, not the local version counter, so instances with equal sets share L2.
+        self.fingerprint = cache_key([msgspec.msgpack.encode(p) for p in staged.values()])
 
     # -- queries ---------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ pub mod embed;
 pub mod engine;
 pub mod errors;
 pub mod hir;
+pub mod keys;
 pub mod matcher;
 pub mod path;
 #[cfg(feature = "pyo3")]

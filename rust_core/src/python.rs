@@ -12,6 +12,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
 
 use crate::embed::{HashEmbedder, MAX_DIM, MIN_DIM};
 use crate::errors::CompileError;
+use crate::keys;
 use crate::matcher::{Matcher, PatternSpec};
 
 /// `PatternCompileError`, created at module init as a subclass of `tmws.errors.PatternError`.
@@ -295,6 +296,34 @@ impl PyHashEmbedder {
     }
 }
 
+/// See [`crate::keys::normalize_query`].
+#[pyfunction]
+fn normalize_query(query: &str) -> String {
+    keys::normalize_query(query)
+}
+
+/// See [`crate::keys::cache_key`]; parts are `str` (UTF-8) or `bytes`.
+#[pyfunction]
+fn cache_key(parts: Vec<KeyPart>) -> String {
+    keys::cache_key(&parts)
+}
+
+/// One part of a cache key: text or raw bytes.
+#[derive(FromPyObject)]
+enum KeyPart {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl AsRef<[u8]> for KeyPart {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            KeyPart::Text(text) => text.as_bytes(),
+            KeyPart::Bytes(bytes) => bytes,
+        }
+    }
+}
+
 /// Fills the `_tmws_core` module.
 pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -302,5 +331,7 @@ pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PatternCompileError", exception_type(py)?.bind(py))?;
     m.add_class::<PyMatcher>()?;
     m.add_class::<PyHashEmbedder>()?;
+    m.add_function(wrap_pyfunction!(normalize_query, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_key, m)?)?;
     Ok(())
 }

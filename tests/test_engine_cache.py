@@ -1,0 +1,117 @@
+"""The engine's result caching across tiers and instances, against real Redis servers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.conftest import PrivateRedis, make_settings
+from tmws import PatternDefinition, PatternExecutionEngine, PatternType
+from tmws.engine import create_pattern_execution_engine
+from tmws.handlers import HandlerContext
+
+
+@pytest.fixture
+async def two_instances(database_url: str, redis_url: str
+                        ) -> AsyncIterator[tuple[PatternExecutionEngine, PatternExecutionEngine]]:
+    settings = make_settings(database_url, redis_url=redis_url)
+    first = await create_pattern_execution_engine(settings)
+    second = await create_pattern_execution_engine(settings)
+    yield first, second
+    await first.close()
+    await second.close()
+
+
+async def test_second_instance_hits_redis_then_its_own_memory(
+        two_instances: tuple[PatternExecutionEngine, PatternExecutionEngine],
+        namespace: str) -> None:
+    first, second = two_instances
+    ctx = {"namespace": namespace}
+    computed = await first.execute("run tool vector_search", context=ctx)
+    assert not computed.cache_hit
+    shared = await second.execute("run tool vector_search", context=ctx)
+    assert shared.cache_hit and shared.metadata["cache_tier"] == "redis"
+    assert shared.result == computed.result and shared.tokens_used == 0
+    local = await second.execute("RUN  tool vector_search", context=ctx)
+    assert local.cache_hit and local.metadata["cache_tier"] == "local"
+    stats = second.get_stats()["cache_stats"]
+    assert stats["redis"]["hits"] == 1 and stats["local"]["hits"] == 1
+
+
+async def test_a_write_on_one_instance_is_seen_by_the_other(
+        two_instances: tuple[PatternExecutionEngine, PatternExecutionEngine],
+        namespace: str) -> None:
+    first, second = two_instances
+    ctx = {"namespace": namespace}
+    assert (await first.execute("recall memories about rollbacks", context=ctx)
+            ).result["count"] == 0
+    cached = await second.execute("recall memories about rollbacks", context=ctx)
+    assert cached.cache_hit and cached.result["count"] == 0
+    assert (await first.execute("remember rollbacks need a feature flag", context=ctx)).success
+    fresh = await second.execute("recall memories about rollbacks", context=ctx)
+    assert not fresh.cache_hit
+    assert [m["content"] for m in fresh.result["memories"]] == \
+        ["rollbacks need a feature flag"]
+
+
+async def test_concurrent_identical_misses_run_once(database_url: str) -> None:
+    calls = 0
+
+    async def slow(ctx: HandlerContext) -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.2)
+        return {"answer": 42}
+
+    async with await create_pattern_execution_engine(
+            make_settings(database_url), handlers={"slow": slow}) as engine:
+        engine.registry.register(PatternDefinition(
+            name="slow_answer", pattern_type=PatternType.INFRASTRUCTURE,
+            trigger_pattern=r"\bdeep thought\b", priority=100, handler="slow", cost_tokens=7))
+        results = await asyncio.gather(*(engine.execute("ask deep thought") for _ in range(5)))
+        assert calls == 1
+        assert all(r.success and r.result == {"answer": 42} for r in results)
+        assert sum(r.tokens_used for r in results) == 7  # paid once
+        assert engine.get_stats()["cache_stats"]["singleflight_joins"] == 4
+        assert (await engine.execute("ask deep thought")).cache_hit
+
+
+async def test_redis_outage_never_fails_a_request(database_url: str,
+                                                  private_redis: PrivateRedis,
+                                                  namespace: str) -> None:
+    settings = make_settings(database_url, redis_url=private_redis.url, redis_timeout="0.2",
+                             cache_breaker_failures="2", cache_breaker_reset="0.5")
+    ctx = {"namespace": namespace}
+    async with await create_pattern_execution_engine(settings) as engine:
+        await engine.execute("run tool vector_search", context=ctx)
+        await engine.execute("remember outages teach humility", context=ctx)
+        private_redis.stop()
+        tool = await engine.execute("run tool vector_search", context=ctx)
+        assert tool.success and tool.cache_hit  # L1
+        for _ in range(2):  # memory results bypass every cache: other writers are unseen
+            recall = await engine.execute("recall memories about outages", context=ctx)
+            assert recall.success and not recall.cache_hit
+            assert recall.result["count"] == 1
+        assert (await engine.execute("remember redis was down", context=ctx)).success
+        health = await engine.execute("check health", use_cache=False)
+        assert not health.success and health.result["cache"]["status"] == "degraded"
+        assert engine.get_stats()["cache_stats"]["redis"]["circuit"] in ("open", "half_open")
+
+        private_redis.start()
+        await asyncio.sleep(0.6)
+        healthy = await engine.execute("check health", use_cache=False)
+        assert healthy.success, healthy.error
+        await engine.execute("recall memories about outages", context=ctx)
+        again = await engine.execute("recall memories about outages", context=ctx)
+        assert again.cache_hit  # cached again once Redis is back
+
+
+async def test_oversized_results_are_not_cached(database_url: str) -> None:
+    settings = make_settings(database_url, cache_max_value_bytes="64")
+    async with await create_pattern_execution_engine(settings) as engine:
+        await engine.execute("run tool vector_search")
+        second = await engine.execute("run tool vector_search")
+        assert not second.cache_hit
+        assert engine.get_stats()["cache_stats"]["oversize_skipped"] == 2
