@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -115,3 +115,36 @@ async def test_oversized_results_are_not_cached(database_url: str) -> None:
         second = await engine.execute("run tool vector_search")
         assert not second.cache_hit
         assert engine.get_stats()["cache_stats"]["oversize_skipped"] == 2
+
+
+async def _eventually(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_pattern_changes_reach_every_instance(database_url: str,
+                                                    private_redis: PrivateRedis) -> None:
+    settings = make_settings(database_url, redis_url=private_redis.url)
+    async with await create_pattern_execution_engine(settings) as first, \
+            await create_pattern_execution_engine(settings) as second:
+        await second.execute("run tool vector_search")
+        assert (await second.execute("run tool vector_search")).cache_hit
+        first.registry.register(PatternDefinition(
+            name="deploy_status", pattern_type=PatternType.INFRASTRUCTURE,
+            trigger_pattern=r"\bdeploy\s+status\b", priority=50, cost_tokens=5))
+        await _eventually(lambda: "deploy_status" in second.registry)
+        assert second.registry.fingerprint == first.registry.fingerprint
+        routed = await second.execute("what is the deploy status")
+        assert routed.pattern_name == "deploy_status"
+        assert not (await second.execute("run tool vector_search")).cache_hit  # L1 dropped
+        first.registry.unregister("deploy_status")
+        await _eventually(lambda: "deploy_status" not in second.registry)
+        assert second.get_stats()["registry_stats"]["sync"]["applied"] == 2
+        assert first.get_stats()["registry_stats"]["sync"]["published"] == 2
+
+        count = await second.reload_patterns()  # from the file: back to the shipped set
+        await _eventually(lambda: first.registry.fingerprint == second.registry.fingerprint)
+        assert len(first.registry) == count

@@ -13,6 +13,7 @@ import msgspec
 
 from tmws import __version__
 from tmws._native import cache_key, normalize_query
+from tmws._pattern_sync import PatternSync
 from tmws.cache import CacheManager
 from tmws.config import Settings
 from tmws.database import (
@@ -90,6 +91,10 @@ class PatternExecutionEngine:
         self.router = HybridRouter(self.registry,
                                    database_available=lambda: database.available)
         self._embedded = embedded
+        self._sync: PatternSync | None = None
+        self._applying_remote = False
+        self._background: set[asyncio.Task[None]] = set()
+        self.registry.add_listener(self._patterns_changed)
         self._inflight: dict[str, asyncio.Future[ExecutionResult]] = {}
         self._singleflight_joins = 0
         self._counters = _Counters()
@@ -104,6 +109,10 @@ class PatternExecutionEngine:
         if self._closed:
             return
         self._closed = True
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._sync is not None:
+            await self._sync.close()
         await self.database.close()
         await self.memory.provider.aclose()
         await self.cache.close()
@@ -116,6 +125,42 @@ class PatternExecutionEngine:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
+
+    async def start_pattern_sync(self) -> None:
+        """Share pattern-set changes with every instance on the same Redis (no-op without)."""
+        if self.settings.redis_url is None or self._sync is not None:
+            return
+        self._sync = PatternSync(
+            self.settings.redis_url, timeout=self.settings.redis_timeout,
+            current=lambda: (self.registry.fingerprint, self.registry.patterns()),
+            apply=self._apply_remote_patterns)
+        await self._sync.start()
+
+    async def reload_patterns(self) -> int:
+        """Re-read TMWS_PATTERN_CONFIG and swap the set in (all or nothing); returns the
+        number of patterns. Other instances on the same Redis follow."""
+        library = await asyncio.to_thread(
+            load_pattern_file, self.settings.pattern_config or default_library_path())
+        _check_handlers(library.patterns, self.handlers, library.source)
+        self.registry.replace_all(library.patterns)
+        self.library = library
+        return len(library.patterns)
+
+    def _patterns_changed(self) -> None:
+        self.cache.clear_local()  # keys carry the fingerprint; this just frees the memory
+        if self._sync is None or self._applying_remote:
+            return
+        task = asyncio.get_running_loop().create_task(self._sync.publish())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _apply_remote_patterns(self, patterns: list[PatternDefinition]) -> None:
+        _check_handlers(patterns, self.handlers, "the shared pattern set")
+        self._applying_remote = True
+        try:
+            self.registry.replace_all(patterns)
+        finally:
+            self._applying_remote = False
 
     def bind_handler(self, name: str, handler: Handler, *, writes: bool = False) -> None:
         """Bind an async handler; patterns use it through ``handler: name`` or their name.
@@ -375,7 +420,13 @@ class PatternExecutionEngine:
             "executions_by_type": {k: dict(v) for k, v in self._by_type.items()},
             "cache_stats": {**self.cache.stats(),
                             "singleflight_joins": self._singleflight_joins},
-            "registry_stats": self.registry.get_stats(),
+            "registry_stats": {
+                **self.registry.get_stats(),
+                "fingerprint": self.registry.fingerprint,
+                "sync": None if self._sync is None else {
+                    "published": self._sync.published, "applied": self._sync.applied,
+                    "errors": self._sync.errors},
+            },
             "router_stats": self.router.get_stats(),
         }
 
@@ -471,8 +522,10 @@ async def create_pattern_execution_engine(settings: Settings | None = None, *,
     if settings.redis_url is None:
         logger.info("TMWS_REDIS_URL not set: results are cached in this process only")
     try:
-        return PatternExecutionEngine(settings, library, database, embedded=embedded,
-                                      handlers=handlers)
+        engine = PatternExecutionEngine(settings, library, database, embedded=embedded,
+                                        handlers=handlers)
+        await engine.start_pattern_sync()
+        return engine
     except BaseException:
         await database.close()
         if embedded is not None:

@@ -6,7 +6,7 @@ failed registration leaves the registry exactly as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -25,6 +25,7 @@ class PatternRegistry:
                  match_cache_size: int = 10_000) -> None:
         self._patterns: dict[str, PatternDefinition] = {}
         self.fingerprint = cache_key([])
+        self._listeners: list[Callable[[], None]] = []
         self._matcher = Matcher([], cache_capacity=match_cache_size)
         self._match_cache_size = match_cache_size
         self.register_batch(list(patterns))
@@ -66,6 +67,10 @@ class PatternRegistry:
             staged[pattern.name] = pattern
         self._swap(staged)
 
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Called after every successful change of the pattern set."""
+        self._listeners.append(listener)
+
     def _swap(self, staged: dict[str, PatternDefinition]) -> None:
         specs = [(p.name, p.trigger_pattern, p.priority, p.pattern_type.value)
                  for p in staged.values()]
@@ -74,6 +79,8 @@ class PatternRegistry:
         self._patterns = staged
         # Content, not the local version counter, so instances with equal sets share L2.
         self.fingerprint = cache_key([msgspec.msgpack.encode(p) for p in staged.values()])
+        for listener in self._listeners:
+            listener()
 
     # -- queries ---------------------------------------------------------------------------
 
