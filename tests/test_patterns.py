@@ -42,6 +42,7 @@ def test_valid_file_overrides_only_what_it_names() -> None:
     assert library.performance_targets[PatternType.INFRASTRUCTURE].p95 == 20
     assert library.performance_targets[PatternType.MEMORY].p95 == 100  # default kept
     assert library.cache_config[PatternType.MEMORY].max_size == 10
+    assert PatternType.HYBRID not in library.cache_config  # TMWS_CACHE_TTL/_MAX_SIZE apply
 
 
 @pytest.mark.parametrize(("text", "fragments"), [

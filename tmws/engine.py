@@ -462,7 +462,8 @@ def cache_manager_for(settings: Settings, library: PatternLibrary) -> CacheManag
     return CacheManager(
         redis_url=settings.redis_url, local_ttl=settings.cache_local_ttl,
         max_local_size=settings.cache_max_size,
-        type_sizes={t.value: c.max_size for t, c in library.cache_config.items()},
+        type_sizes={t.value: library.cache_config[t].max_size if t in library.cache_config
+                    else settings.cache_max_size for t in PatternType},
         redis_timeout=settings.redis_timeout,
         redis_max_connections=settings.redis_max_connections,
         max_value_bytes=settings.cache_max_value_bytes,

@@ -50,11 +50,6 @@ _DEFAULT_TARGETS = {
     PatternType.MEMORY: LatencyTargets(50, 100, 150),
     PatternType.HYBRID: LatencyTargets(100, 200, 300),
 }
-_DEFAULT_CACHE = {
-    PatternType.INFRASTRUCTURE: CacheSettings(300, 500),
-    PatternType.MEMORY: CacheSettings(300, 1000),
-    PatternType.HYBRID: CacheSettings(600, 200),
-}
 
 
 class PatternLibrary(msgspec.Struct, frozen=True):
@@ -62,7 +57,7 @@ class PatternLibrary(msgspec.Struct, frozen=True):
 
     patterns: tuple[PatternDefinition, ...]
     performance_targets: dict[PatternType, LatencyTargets]
-    cache_config: dict[PatternType, CacheSettings]
+    cache_config: dict[PatternType, CacheSettings]  # only the types the file configures
     source: str
 
 
@@ -126,7 +121,8 @@ def parse_pattern_library(text: str, *, source: str = "<string>") -> PatternLibr
 
     targets = _per_type(document.get("performance_targets"), LatencyTargets, _DEFAULT_TARGETS,
                         "performance_targets", source)
-    cache = _per_type(document.get("cache_config"), CacheSettings, _DEFAULT_CACHE,
+    # Types the file leaves out fall back to TMWS_CACHE_TTL and TMWS_CACHE_MAX_SIZE.
+    cache = _per_type(document.get("cache_config"), CacheSettings, {},
                       "cache_config", source)
     return PatternLibrary(tuple(patterns), targets, cache, source)
 
