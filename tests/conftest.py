@@ -93,7 +93,8 @@ class PrivateRedis:
     def start(self) -> None:
         self._process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self._directory)],
+             "--appendonly", "no", "--dir", str(self._directory),
+             "--enable-debug-command", "local"],  # DEBUG SLEEP simulates a stalled server
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10

@@ -4,6 +4,8 @@ import asyncio
 import time
 import uuid
 
+import redis
+
 from tests.conftest import PrivateRedis
 from tmws.cache import CacheManager, CircuitBreaker, LocalCache, TieredLocalCache
 
@@ -135,5 +137,21 @@ async def test_redis_outage_degrades_and_recovers(private_redis: PrivateRedis) -
         assert cache.breaker.state == "closed"
         assert await cache.generation("ns") is not None
         assert cache.stats()["redis"]["errors"] >= 2
+    finally:
+        await cache.close()
+
+
+async def test_slow_redis_times_out_instead_of_stalling(private_redis: PrivateRedis) -> None:
+    cache = CacheManager(redis_url=private_redis.url, redis_timeout=0.2, breaker_failures=5)
+    try:
+        assert await cache.ping() == "ok"
+        stall = asyncio.create_task(asyncio.to_thread(
+            redis.Redis(port=private_redis.port).execute_command, "DEBUG", "SLEEP", "1"))
+        await asyncio.sleep(0.1)  # the server is now asleep for a second
+        started = time.monotonic()
+        assert await cache.get("memory", "key") is None
+        assert time.monotonic() - started < 0.5
+        assert cache.stats()["redis"]["errors"] == 1
+        await stall
     finally:
         await cache.close()
