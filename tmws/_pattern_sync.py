@@ -1,8 +1,8 @@
 """Pattern-set changes shared over Redis: every instance on one Redis runs the same set.
 
 A change made here (register, unregister, reload) stores the whole set under
-``tmws:patterns`` and publishes ``<instance id> <fingerprint>`` on the channel of the same
-name; every other instance fetches the set, swaps it in and drops its local result cache.
+``tmws:patterns`` and publishes ``<instance id> <fingerprint>`` on ``tmws:patterns:<db>``;
+every other instance fetches the set, swaps it in and drops its local result cache.
 An instance that starts later loads its pattern file: runtime registrations that must
 survive a restart belong in the file too.
 """
@@ -25,7 +25,7 @@ __all__ = ["PatternSync"]
 
 logger = logging.getLogger("tmws.sync")
 
-CHANNEL = "tmws:patterns"
+KEY = "tmws:patterns"
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(list[PatternDefinition])
 
@@ -40,6 +40,9 @@ class PatternSync:
 
         self._redis: Any = aioredis.from_url(redis_url, socket_connect_timeout=timeout,
                                              socket_timeout=timeout)
+        # Pub/sub ignores database numbers: name the database so that deployments sharing
+        # one server on different databases do not hear each other.
+        self._channel = f"{KEY}:{self._redis.connection_pool.connection_kwargs.get('db', 0)}"
         self._timeout = timeout
         self._current = current
         self._apply = apply
@@ -66,8 +69,8 @@ class PatternSync:
         try:
             async with asyncio.timeout(self._timeout):
                 async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.set(CHANNEL, _encoder.encode(patterns))
-                    pipe.publish(CHANNEL, f"{self.instance} {fingerprint}")
+                    pipe.set(KEY, _encoder.encode(patterns))
+                    pipe.publish(self._channel, f"{self.instance} {fingerprint}")
                     await pipe.execute()
             self.published += 1
         except Exception as exc:  # Redis down: other instances miss this change
@@ -78,7 +81,7 @@ class PatternSync:
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(self._channel)
                     self._subscribed.set()
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
@@ -94,7 +97,7 @@ class PatternSync:
         origin, _, fingerprint = data.decode().partition(" ")
         if origin == self.instance or fingerprint == self._current()[0]:
             return
-        raw = await self._redis.get(CHANNEL)
+        raw = await self._redis.get(KEY)
         if raw is None:
             return
         try:
