@@ -79,11 +79,11 @@ async def test_redis_tier_round_trip_and_absolute_expiry(redis_url: str) -> None
     try:
         key = uuid.uuid4().hex
         assert await first.put("memory", key, b"value", ttl=1)
-        assert await first.get("memory", key) == (b"value", "local")
-        assert await second.get("memory", key) == (b"value", "redis")
-        assert await second.get("memory", key) == (b"value", "local")
+        assert (await first.get("memory", key))[:2] == (b"value", "local")
+        assert (await second.get("memory", key))[:2] == (b"value", "redis")
+        assert (await second.get("memory", key))[:2] == (b"value", "local")
         await asyncio.sleep(1.1)
-        assert await second.get("memory", key) is None  # L1 never outlives the entry
+        assert (await second.get("memory", key)).value is None  # L1 never outlives the entry
         assert second.stats()["redis"]["hits"] == 1
     finally:
         await first.close()
@@ -111,7 +111,7 @@ async def test_generations_are_shared_through_redis(redis_url: str) -> None:
 async def test_oversized_values_are_counted_not_cached() -> None:
     cache = CacheManager(max_value_bytes=4)
     assert not await cache.put("hybrid", "k", b"too large", ttl=60)
-    assert await cache.get("hybrid", "k") is None
+    assert (await cache.get("hybrid", "k")).value is None
     assert cache.stats()["oversize_skipped"] == 1
 
 
@@ -122,13 +122,14 @@ async def test_redis_outage_degrades_and_recovers(private_redis: PrivateRedis) -
         assert await cache.ping() == "ok"
         assert await cache.put("infrastructure", "k", b"v", ttl=60)
         private_redis.stop()
-        assert await cache.get("infrastructure", "k") == (b"v", "local")  # L1 still serves
-        assert await cache.get("infrastructure", "other") is None
+        assert (await cache.get("infrastructure", "k"))[:2] == (b"v", "local")  # L1 still serves
+        assert (await cache.get("infrastructure", "other")).value is None
         assert await cache.generation("ns") is None  # unknowable: callers must not cache
-        assert await cache.get("infrastructure", "another") is None
+        assert not (await cache.get("memory", "k2", namespace="ns")).cacheable
+        assert (await cache.get("infrastructure", "another")).value is None
         assert cache.breaker.state == "open"
         started = time.monotonic()
-        assert await cache.get("infrastructure", "more") is None
+        assert (await cache.get("infrastructure", "more")).value is None
         assert time.monotonic() - started < 0.05  # open circuit: Redis is not even asked
         assert (await cache.ping()).startswith("unavailable")
         private_redis.start()
@@ -149,9 +150,28 @@ async def test_slow_redis_times_out_instead_of_stalling(private_redis: PrivateRe
             redis.Redis(port=private_redis.port).execute_command, "DEBUG", "SLEEP", "1"))
         await asyncio.sleep(0.1)  # the server is now asleep for a second
         started = time.monotonic()
-        assert await cache.get("memory", "key") is None
+        assert (await cache.get("memory", "key")).value is None
         assert time.monotonic() - started < 0.5
         assert cache.stats()["redis"]["errors"] == 1
         await stall
     finally:
         await cache.close()
+
+
+async def test_memory_entries_carry_their_generation(redis_url: str) -> None:
+    first = CacheManager(redis_url=redis_url)
+    second = CacheManager(redis_url=redis_url)
+    namespace, key = uuid.uuid4().hex, uuid.uuid4().hex
+    try:
+        miss = await first.get("memory", key, namespace=namespace)
+        assert miss.value is None and miss.generation is not None
+        await first.put("memory", key, b"answer", ttl=60, generation=miss.generation)
+        assert (await second.get("memory", key, namespace=namespace))[:2] == (b"answer",
+                                                                            "redis")
+        await second.bump(namespace, shared=False)  # a write on the other instance
+        for cache in (first, second):  # neither tier may answer from before the write
+            stale = await cache.get("memory", key, namespace=namespace)
+            assert stale.value is None and stale.generation != miss.generation
+    finally:
+        await first.close()
+        await second.close()

@@ -14,11 +14,14 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
-__all__ = ["CacheManager", "CircuitBreaker", "LocalCache", "TieredLocalCache"]
+__all__ = ["CacheManager", "CircuitBreaker", "Generation", "LocalCache", "Lookup",
+           "TieredLocalCache"]
 
 V = TypeVar("V")
+# (namespace generation, shared generation): changes on every write a namespace can read.
+Generation = tuple[int, int]
 
 
 class LocalCache(Generic[V]):
@@ -32,13 +35,15 @@ class LocalCache(Generic[V]):
         self.misses = 0
         self.evictions = 0
 
-    def get(self, key: Hashable) -> V | None:
+    def get(self, key: Hashable, accept: Callable[[V], bool] | None = None) -> V | None:
+        """The live value, if any (and if ``accept`` approves it; a rejected entry is
+        dropped and counted as a miss)."""
         entry = self._entries.get(key)
         if entry is None:
             self.misses += 1
             return None
         expires, value = entry
-        if expires <= self._clock():
+        if expires <= self._clock() or (accept is not None and not accept(value)):
             del self._entries[key]
             self.misses += 1
             return None
@@ -70,8 +75,9 @@ class TieredLocalCache(Generic[V]):
         self._caches: dict[str, LocalCache[V]] = {
             kind: LocalCache(size, clock=clock) for kind, size in sizes.items()}
 
-    def get(self, kind: str, key: Hashable) -> V | None:
-        return self._caches[kind].get(key)
+    def get(self, kind: str, key: Hashable,
+            accept: Callable[[V], bool] | None = None) -> V | None:
+        return self._caches[kind].get(key, accept)
 
     def put(self, kind: str, key: Hashable, value: V, ttl: float) -> None:
         self._caches[kind].put(key, value, ttl)
@@ -151,7 +157,7 @@ class CacheManager:
                  breaker_failures: int = 5, breaker_reset: float = 30.0) -> None:
         sizes = dict(type_sizes or {"infrastructure": max_local_size, "memory": max_local_size,
                                     "hybrid": max_local_size})
-        self.local: TieredLocalCache[tuple[float, bytes]] = TieredLocalCache(
+        self.local: TieredLocalCache[tuple[float, Generation | None, bytes]] = TieredLocalCache(
             {kind: min(size, max_local_size) for kind, size in sizes.items()})
         self.local_ttl = local_ttl
         self.redis_ttl = redis_ttl
@@ -197,7 +203,7 @@ class CacheManager:
         """What this namespace can read has changed iff this changes; None when unknowable
         (Redis configured but unreachable): then memory results must not be cached."""
         if self._redis is None:
-            return self._local_generations.get(namespace, 0), self._local_shared
+            return self._local_generation(namespace)
         try:
             own, shared = await self._call(
                 lambda r: r.mget(_GEN_PREFIX + namespace, _SHARED_KEY))
@@ -225,44 +231,84 @@ class CacheManager:
 
     # -- results ------------------------------------------------------------------------
 
-    async def get(self, kind: str, key: str) -> tuple[bytes, str] | None:
-        """(encoded value, tier) or None."""
-        local = self.local.get(kind, key)
-        if local is not None:
-            return local[1], "local"
-        if self._redis is None:
-            return None
-        try:
-            raw = await self._call(lambda r: r.get(_RESULT_PREFIX + key))
-        except _Unavailable:
-            return None
-        if raw is None:
-            self.redis_misses += 1
-            return None
-        self.redis_hits += 1
-        expires_at, value = _unwrap(raw)
-        remaining = expires_at - time.time()
-        if remaining <= 0:
-            return None
-        self.local.put(kind, key, (expires_at, value), min(self.local_ttl, remaining))
-        return value, "redis"
+    async def get(self, kind: str, key: str, *, namespace: str | None = None) -> Lookup:
+        """Look ``key`` up in L1, then L2.
 
-    async def put(self, kind: str, key: str, value: bytes, ttl: float) -> bool:
-        """Store in both tiers with an absolute expiry; False if too large to cache."""
+        With ``namespace``, the result depends on that namespace's memories: an entry counts
+        only if it was computed at the current generations, and those are read in the same
+        Redis round trip as the L2 value. The lookup also returns them, for the ``put`` of a
+        miss — or says the result must not be cached when they cannot be known.
+        """
+        if namespace is None:
+            generation: Generation | None = None
+            raw = None
+            local = self.local.get(kind, key)
+            if local is not None:
+                return Lookup(local[2], "local", None)
+            if self._redis is None:
+                return Lookup(None, None, None)
+            try:
+                raw = await self._call(lambda r: r.get(_RESULT_PREFIX + key))
+            except _Unavailable:
+                return Lookup(None, None, None)
+        elif self._redis is None:
+            generation = self._local_generation(namespace)
+            raw = None
+        else:
+            async def both(r: Any) -> list[Any]:
+                async with r.pipeline(transaction=False) as pipe:
+                    pipe.mget(_GEN_PREFIX + namespace, _SHARED_KEY)
+                    pipe.get(_RESULT_PREFIX + key)
+                    result: list[Any] = await pipe.execute()
+                    return result
+
+            try:
+                (own, shared), raw = await self._call(both)
+            except _Unavailable:
+                return Lookup(None, None, None, cacheable=False)
+            generation = (int(own or 0), int(shared or 0))
+        if namespace is not None:
+            # Generations only grow: an entry from an older one is dead for good.
+            local = self.local.get(kind, key, lambda entry: entry[1] == generation)
+            if local is not None:
+                return Lookup(local[2], "local", generation)
+        if raw is None:
+            if self._redis is not None:
+                self.redis_misses += 1
+            return Lookup(None, None, generation)
+        expires_at, stored_generation, value = _unwrap(raw)
+        remaining = expires_at - time.time()
+        if remaining <= 0 or stored_generation != generation:
+            self.redis_misses += 1
+            return Lookup(None, None, generation)
+        self.redis_hits += 1
+        self.local.put(kind, key, (expires_at, generation, value), min(self.local_ttl, remaining))
+        return Lookup(value, "redis", generation)
+
+    async def put(self, kind: str, key: str, value: bytes, ttl: float, *,
+                  generation: Generation | None = None) -> bool:
+        """Store in both tiers with an absolute expiry; False if too large to cache.
+
+        ``generation`` is the one :meth:`get` returned before the result was computed, so a
+        write that raced the computation leaves the entry already stale.
+        """
         if ttl <= 0:
             return False
         if len(value) > self.max_value_bytes:
             self.oversize += 1
             return False
         expires_at = time.time() + ttl
-        self.local.put(kind, key, (expires_at, value), min(self.local_ttl, ttl))
+        self.local.put(kind, key, (expires_at, generation, value), min(self.local_ttl, ttl))
         if self._redis is not None:
             redis_ttl = ttl if self.redis_ttl is None else min(ttl, self.redis_ttl)
-            wrapped = _wrap(time.time() + redis_ttl, value)
+            wrapped = _wrap(time.time() + redis_ttl, generation, value)
             with contextlib.suppress(_Unavailable):
                 await self._call(lambda r: r.set(_RESULT_PREFIX + key, wrapped,
                                                  px=max(1, int(redis_ttl * 1000))))
         return True
+
+    def _local_generation(self, namespace: str) -> Generation:
+        return self._local_generations.get(namespace, 0), self._local_shared
 
     def clear_local(self) -> None:
         self.local.clear()
@@ -301,9 +347,25 @@ class _Unavailable(Exception):
     """Redis was not asked (circuit open, not configured) or failed."""
 
 
-def _wrap(expires_at: float, value: bytes) -> bytes:
-    return struct.pack("<d", expires_at) + value
+# expires_at (epoch seconds), then the generations the value was computed at (-1: none).
+_ENVELOPE = struct.Struct("<dqq")
 
 
-def _unwrap(raw: bytes) -> tuple[float, bytes]:
-    return struct.unpack("<d", raw[:8])[0], raw[8:]
+def _wrap(expires_at: float, generation: Generation | None, value: bytes) -> bytes:
+    own, shared = generation if generation is not None else (-1, -1)
+    return _ENVELOPE.pack(expires_at, own, shared) + value
+
+
+def _unwrap(raw: bytes) -> tuple[float, Generation | None, bytes]:
+    expires_at, own, shared = _ENVELOPE.unpack_from(raw)
+    generation = None if own < 0 else (own, shared)
+    return expires_at, generation, raw[_ENVELOPE.size:]
+
+
+class Lookup(NamedTuple):
+    """What :meth:`CacheManager.get` found."""
+
+    value: bytes | None  # the encoded result, on a hit
+    tier: str | None  # "local" or "redis", on a hit
+    generation: Generation | None  # pass to put() for memory-dependent results
+    cacheable: bool = True  # False: the generations cannot be known (Redis unreachable)

@@ -7,14 +7,14 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
 from tmws import __version__
 from tmws._native import cache_key, normalize_query
 from tmws._pattern_sync import PatternSync
-from tmws.cache import CacheManager
+from tmws.cache import CacheManager, Generation
 from tmws.config import Settings
 from tmws.database import (
     Database,
@@ -53,6 +53,12 @@ logger = logging.getLogger("tmws.engine")
 
 # Context keys that only say who is asking; everything else may change the answer.
 _IDENTITY_KEYS: Final = frozenset({"namespace", "request_id"})
+
+
+class _Slot(NamedTuple):
+    key: str
+    generation: Generation | None  # memory generations the lookup saw, for the put
+    hit: ExecutionResult | None
 
 
 class _Counters:
@@ -190,14 +196,13 @@ class PatternExecutionEngine:
         # A trigger match alone fixes the pattern, so a cache hit skips the full routing
         # explanation (the cached result carries the one made when it was computed).
         pattern = self.router.match(query, mode)
-        key: str | None = None
+        slot: _Slot | None = None
         if pattern is not None:
             handler_name = resolve_handler(pattern, pattern.pattern_type, self.handlers)
-            key = await self._cache_key_for(caching, pattern, handler_name, query, mode,
-                                            namespace, ctx, pattern.pattern_type)
-            hit = await self._lookup(started, pattern.pattern_type, key)
-            if hit is not None:
-                return hit
+            slot = await self._lookup(caching, pattern, handler_name, query, mode, namespace,
+                                      ctx, pattern.pattern_type)
+            if slot is not None and slot.hit is not None:
+                return self._finish(started, pattern.pattern_type, slot.hit)
 
         decision = self.router.explain(query, mode, pattern)
         meta: dict[str, Any] = {"routing": msgspec.to_builtins(decision), "mode": mode.value,
@@ -210,11 +215,10 @@ class PatternExecutionEngine:
                 error=f"no pattern matched the query{hint}", metadata=meta))
         if pattern is None:  # keyword-routed: the type's default handler
             handler_name = resolve_handler(None, decision.pattern_type, self.handlers)
-            key = await self._cache_key_for(caching, None, handler_name, query, mode,
-                                            namespace, ctx, decision.pattern_type)
-            hit = await self._lookup(started, decision.pattern_type, key)
-            if hit is not None:
-                return hit
+            slot = await self._lookup(caching, None, handler_name, query, mode, namespace, ctx,
+                                      decision.pattern_type)
+            if slot is not None and slot.hit is not None:
+                return self._finish(started, decision.pattern_type, slot.hit)
         if handler_name not in self.handlers:
             return self._finish(started, decision.pattern_type, ExecutionResult(
                 pattern_name=decision.pattern_name, success=False, metadata=meta,
@@ -222,9 +226,10 @@ class PatternExecutionEngine:
                        "which is not bound; bind it with engine.bind_handler()")))
 
         handler_ctx = HandlerContext(self, query, mode, decision, pattern, ctx)
-        if key is None:
+        if slot is None:
             result = await self._run(handler_name, handler_ctx, decision, meta)
             return self._finish(started, decision.pattern_type, result)
+        key = slot.key
         joined = self._inflight.get(key)
         if joined is not None:  # the same miss is already running here: share its answer
             self._singleflight_joins += 1
@@ -237,7 +242,8 @@ class PatternExecutionEngine:
             result = await self._run(handler_name, handler_ctx, decision, meta)
             if result.success and not result.metadata.get("partial"):
                 await self.cache.put(decision.pattern_type, key, _encode(result),
-                                     self._ttl(pattern, decision.pattern_type))
+                                     self._ttl(pattern, decision.pattern_type),
+                                     generation=slot.generation)
             flight.set_result(result)
         except BaseException as exc:
             flight.set_exception(exc)
@@ -247,29 +253,32 @@ class PatternExecutionEngine:
             del self._inflight[key]
         return self._finish(started, decision.pattern_type, result)
 
-    async def _lookup(self, started: float, pattern_type: PatternType,
-                      key: str | None) -> ExecutionResult | None:
-        if key is None:
-            return None
-        found = await self.cache.get(pattern_type, key)
-        if found is None:
-            return None
-        raw, tier = found
-        cached = _decode(raw)
-        self._counters.tokens_saved += cached.tokens_used
-        hit = msgspec.structs.replace(cached, tokens_used=0, cache_hit=True,
-                                      metadata={**cached.metadata, "cache_tier": tier})
-        return self._finish(started, pattern_type, hit)
-
-    async def _cache_key_for(self, caching: bool, pattern: PatternDefinition | None,
-                             handler_name: str, query: str, mode: ExecutionMode,
-                             namespace: str, ctx: Mapping[str, Any], pattern_type: PatternType
-                             ) -> str | None:
-        """The result-cache key, or None when this execution must not be cached."""
+    async def _lookup(self, caching: bool, pattern: PatternDefinition | None,
+                      handler_name: str, query: str, mode: ExecutionMode, namespace: str,
+                      ctx: Mapping[str, Any], pattern_type: PatternType) -> _Slot | None:
+        """The cache slot of this execution (with the hit, if any), or None when it must
+        not be cached: caching off, a write, cache_ttl 0, or memory generations unknowable
+        because Redis is unreachable."""
         if not caching or handler_name in self.write_handlers or (
                 pattern is not None and not pattern.cacheable):
             return None
-        return await self._cache_key(query, mode, namespace, ctx, pattern_type)
+        relevant = {k: v for k, v in ctx.items() if k not in _IDENTITY_KEYS}
+        key = cache_key([namespace, normalize_query(query), mode.value,
+                         msgspec.json.encode(relevant, order="sorted") if relevant else b"",
+                         self.registry.fingerprint])
+        depends_on_memory = (pattern_type is not PatternType.INFRASTRUCTURE
+                             or mode is ExecutionMode.COMPREHENSIVE)
+        found = await self.cache.get(pattern_type, key,
+                                     namespace=namespace if depends_on_memory else None)
+        if not found.cacheable:
+            return None
+        hit = None
+        if found.value is not None:
+            cached = _decode(found.value)
+            self._counters.tokens_saved += cached.tokens_used
+            hit = msgspec.structs.replace(cached, tokens_used=0, cache_hit=True,
+                                          metadata={**cached.metadata, "cache_tier": found.tier})
+        return _Slot(key, found.generation, hit)
 
     def _validate(self, query: Any, mode: Any, context: Any
                   ) -> tuple[str, ExecutionMode, dict[str, Any]]:
@@ -297,22 +306,6 @@ class PatternExecutionEngine:
         else:
             raise InvalidRequestError("context must be an object (mapping)")
         return query, parsed, ctx
-
-    async def _cache_key(self, query: str, mode: ExecutionMode, namespace: str,
-                         ctx: Mapping[str, Any], pattern_type: PatternType) -> str | None:
-        """A stable hash (rust_core) of everything the answer depends on; None if that
-        cannot be known (memory generations while Redis is unreachable)."""
-        relevant = {k: v for k, v in ctx.items() if k not in _IDENTITY_KEYS}
-        parts: list[str | bytes] = [
-            namespace, normalize_query(query), mode.value,
-            msgspec.json.encode(relevant, order="sorted") if relevant else b"",
-            self.registry.fingerprint]
-        if pattern_type is not PatternType.INFRASTRUCTURE or mode is ExecutionMode.COMPREHENSIVE:
-            generation = await self.cache.generation(namespace)
-            if generation is None:
-                return None
-            parts += [str(generation[0]), str(generation[1])]
-        return cache_key(parts)
 
     def _ttl(self, pattern: PatternDefinition | None, pattern_type: PatternType) -> float:
         """The pattern's cache_ttl, else its type's (cache_config), else TMWS_CACHE_TTL."""
