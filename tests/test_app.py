@@ -150,3 +150,30 @@ def test_embedded_default_with_two_workers(tmp_path: Path) -> None:
     while pid_file.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not pid_file.exists(), "embedded PostgreSQL was not stopped on exit"
+
+
+def test_readiness_reports_each_dependency(server: str) -> None:
+    response = httpx.get(server + "/health/ready", timeout=10)
+    assert response.status_code == 200
+    assert response.json() == {"pattern_engine": True, "database": True, "redis": True,
+                               "healthy": True}
+
+
+def test_metrics_use_the_guides_names_and_labels(server: str) -> None:
+    post(server, "/api/v1/execute", '{"query": "run tool vector_search"}')
+    post(server, "/api/v1/execute", '{"query": "run tool vector_search"}')
+    post(server, "/api/v1/execute", '{"query": "what is the weather in paris"}')
+    response = httpx.get(server + "/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert ('tmws_pattern_executions_total{pattern_name="execute_mcp_tool",'
+            'pattern_type="infrastructure",success="true"}') in text
+    assert 'pattern_name="none"' in text and "weather" not in text  # bounded labels
+    assert 'tmws_pattern_execution_duration_seconds_bucket{le="0.01",' \
+           'pattern_type="infrastructure"}' in text
+    assert 'tmws_pattern_tokens_used_total{pattern_type="infrastructure"}' in text
+    assert 'tmws_pattern_cache_hit_rate{cache_type="local"}' in text
+    assert "tmws_database_connections_active" in text
+    assert "tmws_database_query_duration_seconds_bucket" in text
+    assert 'tmws_info{pattern_service="enabled",version="0.1.0"} 1.0' in text

@@ -10,7 +10,7 @@ from tmws.config import Settings
 from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
 from tmws.errors import TmwsError
 from tmws.http import HTTPError, Receive, Request, Scope, Send, error_body, send_json
-from tmws.routes import ROUTES
+from tmws.routes import CONTENT_TYPES, ROUTES
 
 __all__ = ["TmwsApp", "create_app"]
 
@@ -51,6 +51,7 @@ class TmwsApp:
                                 f"use {allowed}", [(b"allow", allowed.encode())])
             request = Request(scope, receive, engine.settings.max_body_bytes)
             status, body = await handler(engine, request)
+            content_type = CONTENT_TYPES.get(scope["path"])
         except HTTPError as exc:
             await send_json(send, exc.status, error_body(exc.code, exc.message), exc.headers)
             return
@@ -63,7 +64,12 @@ class TmwsApp:
             await send_json(send, 500, error_body("internal_error", "internal error; see the "
                                                   "server log"))
             return
-        await send_json(send, status, body)
+        if content_type is None:
+            await send_json(send, status, body)
+        else:
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", content_type)]})
+            await send({"type": "http.response.body", "body": body})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -36,6 +36,7 @@ from tmws.handlers import (
 )
 from tmws.handlers import HealthCheckFailed as _HealthCheckFailed
 from tmws.memory import MemoryStore
+from tmws.metrics import ExecutionMetrics
 from tmws.models import (
     ExecutionMode,
     ExecutionResult,
@@ -104,6 +105,7 @@ class PatternExecutionEngine:
         self._inflight: dict[str, asyncio.Future[ExecutionResult]] = {}
         self._singleflight_joins = 0
         self._counters = _Counters()
+        self.metrics = ExecutionMetrics()
         self._by_type: dict[str, dict[str, int]] = {
             t.value: {"executions": 0, "failures": 0} for t in PatternType}
         self._closed = False
@@ -379,8 +381,12 @@ class PatternExecutionEngine:
 
     def _finish(self, started: float, pattern_type: PatternType,
                 result: ExecutionResult) -> ExecutionResult:
-        elapsed = (time.perf_counter() - started) * 1000
+        seconds = time.perf_counter() - started
+        elapsed = seconds * 1000
         result.execution_time_ms = round(elapsed, 3)
+        # A pattern name that is not registered (a stale cached one) must not become a label.
+        name = result.pattern_name if result.pattern_name in self.registry else None
+        self.metrics.record(pattern_type, name, result.success, seconds, result.tokens_used)
         counters = self._counters
         counters.total += 1
         counters.time_ms += elapsed
@@ -422,6 +428,14 @@ class PatternExecutionEngine:
             },
             "router_stats": self.router.get_stats(),
         }
+
+    def cache_hit_rates(self) -> dict[str, float]:
+        """Hit rates in percent per cache type: local, redis, match, and overall."""
+        stats = self.get_stats()
+        return {"local": stats["cache_stats"]["local"]["hit_rate"],
+                "redis": stats["cache_stats"]["redis"]["hit_rate"],
+                "match": stats["registry_stats"]["match_cache"]["hit_rate"],
+                "overall": stats["cache_hit_rate"]}
 
     def pool_stats(self) -> dict[str, Any]:
         return self.database.pool_stats()

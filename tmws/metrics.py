@@ -1,19 +1,77 @@
-"""Prometheus metrics, named and bucketed as the operations guide's dashboards expect."""
+"""Prometheus metrics, named, labelled and bucketed as the operations guide's dashboards and
+alerts expect.
+
+Label values stay bounded: ``pattern_name`` is a registered pattern's name or ``none``
+(keyword-routed or unmatched queries), never text from the query.
+"""
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
-__all__ = ["DATABASE_CONNECTIONS_ACTIVE", "DATABASE_QUERY_DURATION"]
+from tmws import __version__
 
+__all__ = [
+    "DATABASE_CONNECTIONS_ACTIVE",
+    "DATABASE_QUERY_DURATION",
+    "PATTERN_CACHE_HIT_RATE",
+    "PATTERN_EXECUTIONS",
+    "PATTERN_EXECUTION_DURATION",
+    "PATTERN_TOKENS_USED",
+    "TMWS_INFO",
+    "ExecutionMetrics",
+]
+
+PATTERN_EXECUTIONS: Final = Counter(
+    "tmws_pattern_executions_total", "Total pattern executions",
+    ["pattern_type", "pattern_name", "success"])
+PATTERN_EXECUTION_DURATION: Final = Histogram(
+    "tmws_pattern_execution_duration_seconds", "Pattern execution duration",
+    ["pattern_type"], buckets=[0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0])
+PATTERN_CACHE_HIT_RATE: Final = Gauge(
+    "tmws_pattern_cache_hit_rate", "Pattern cache hit rate (0..1)", ["cache_type"])
+PATTERN_TOKENS_USED: Final = Counter(
+    "tmws_pattern_tokens_used_total", "Total tokens used", ["pattern_type"])
 DATABASE_CONNECTIONS_ACTIVE: Final = Gauge(
-    "tmws_database_connections_active",
-    "Active database connections",
-)
+    "tmws_database_connections_active", "Active database connections")
 DATABASE_QUERY_DURATION: Final = Histogram(
-    "tmws_database_query_duration_seconds",
-    "Database query duration",
-    buckets=[0.01, 0.05, 0.1, 0.5, 1.0],
-)
+    "tmws_database_query_duration_seconds", "Database query duration",
+    buckets=[0.01, 0.05, 0.1, 0.5, 1.0])
+TMWS_INFO: Final = Info("tmws", "TMWS version and configuration")
+TMWS_INFO.info({"version": __version__, "pattern_service": "enabled"})
+
+
+class ExecutionMetrics:
+    """Records executions; label children are cached because ``labels()`` is not free."""
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, str, bool], Any] = {}
+        self._durations: dict[str, Any] = {}
+        self._tokens: dict[str, Any] = {}
+
+    def record(self, pattern_type: str, pattern_name: str | None, success: bool,
+               seconds: float, tokens: int) -> None:
+        name = pattern_name or "none"
+        counter = self._counters.get((pattern_type, name, success))
+        if counter is None:
+            counter = PATTERN_EXECUTIONS.labels(pattern_type, name, str(success).lower())
+            self._counters[(pattern_type, name, success)] = counter
+        counter.inc()
+        duration = self._durations.get(pattern_type)
+        if duration is None:
+            duration = self._durations[pattern_type] = PATTERN_EXECUTION_DURATION.labels(
+                pattern_type)
+        duration.observe(seconds)
+        if tokens:
+            used = self._tokens.get(pattern_type)
+            if used is None:
+                used = self._tokens[pattern_type] = PATTERN_TOKENS_USED.labels(pattern_type)
+            used.inc(tokens)
+
+    @staticmethod
+    def publish_hit_rates(rates: dict[str, float]) -> None:
+        """Percentages from get_stats() as 0..1 ratios (the guide's alert compares to 0.7)."""
+        for cache_type, percent in rates.items():
+            PATTERN_CACHE_HIT_RATE.labels(cache_type).set(percent / 100.0)

@@ -6,14 +6,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tmws import __version__
 from tmws.engine import PatternExecutionEngine
 from tmws.errors import InvalidRequestError
 from tmws.http import HTTPError, Request
+from tmws.metrics import ExecutionMetrics
 from tmws.models import ExecutionMode
 
-__all__ = ["ROUTES", "ExecuteRequest", "Route", "RouteRequest"]
+__all__ = ["CONTENT_TYPES", "ROUTES", "ExecuteRequest", "Route", "RouteRequest"]
 
 
 class ExecuteRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -100,7 +102,32 @@ async def stats(engine: PatternExecutionEngine, request: Request) -> tuple[int, 
 
 
 async def health(engine: PatternExecutionEngine, request: Request) -> tuple[int, bytes]:
+    """Liveness: the process answers."""
     return 200, _encoder.encode({"status": "ok", "version": __version__})
+
+
+async def ready(engine: PatternExecutionEngine, request: Request) -> tuple[int, bytes]:
+    """The guide's health check: pattern engine, database, Redis; 503 unless all are ok."""
+    report = await engine.health()
+    redis = report["cache"]["redis"]
+    checks: dict[str, Any] = {
+        "pattern_engine": report["engine"]["status"] == "ok",
+        "database": report["database"]["status"] == "ok",
+        # Not configured is fine: the service runs on its local cache.
+        "redis": redis in ("ok", "not configured"),
+    }
+    if redis.startswith("unavailable"):
+        checks["redis_error"] = redis
+    if not checks["database"]:
+        checks["database_error"] = report["database"]["status"]
+    checks["healthy"] = all(checks[k] for k in ("pattern_engine", "database", "redis"))
+    return (200 if checks["healthy"] else 503), _encoder.encode(checks)
+
+
+async def metrics(engine: PatternExecutionEngine, request: Request) -> tuple[int, bytes]:
+    """Prometheus exposition (text format 0.0.4)."""
+    ExecutionMetrics.publish_hit_rates(engine.cache_hit_rates())
+    return 200, generate_latest()
 
 
 Route = Callable[[PatternExecutionEngine, Request], Awaitable[tuple[int, bytes]]]
@@ -110,4 +137,8 @@ ROUTES: Final[dict[str, dict[str, Route]]] = {
     "/api/v1/route": {"POST": route},
     "/api/v1/stats": {"GET": stats},
     "/health": {"GET": health},
+    "/health/ready": {"GET": ready},
+    "/metrics": {"GET": metrics},
 }
+# Routes whose body is not JSON.
+CONTENT_TYPES: Final = {"/metrics": CONTENT_TYPE_LATEST.encode()}
