@@ -177,3 +177,26 @@ def test_metrics_use_the_guides_names_and_labels(server: str) -> None:
     assert "tmws_database_connections_active" in text
     assert "tmws_database_query_duration_seconds_bucket" in text
     assert 'tmws_info{pattern_service="enabled",version="0.1.0"} 1.0' in text
+
+
+def test_metrics_add_up_across_workers(tmp_path: Path) -> None:
+    """Two Granian workers: any scrape reports every worker's executions."""
+    process, base = _start({"TMWS_DATA_DIR": str(tmp_path / "data"), "TMWS_WORKERS": "2"},
+                           tmp_path)
+    try:
+        sent = 30
+        with httpx.Client(timeout=10) as client:  # new connections spread over the workers
+            for i in range(sent):
+                response = client.post(base + "/api/v1/execute",
+                                       json={"query": f"run tool number {i}"},
+                                       headers={"connection": "close"})
+                assert response.status_code == 200
+        for _ in range(6):  # whichever worker answers the scrape
+            text = httpx.get(base + "/metrics", headers={"connection": "close"},
+                             timeout=10).text
+            line = next(x for x in text.splitlines() if x.startswith(
+                'tmws_pattern_executions_total{pattern_name="execute_mcp_tool"'))
+            assert float(line.rsplit(" ", 1)[1]) == sent
+            assert 'tmws_info{pattern_service="enabled",version="0.1.0"} 1.0' in text
+    finally:
+        assert _stop(process) == 0

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from typing import Final
 
 from tmws.config import Settings
 from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
 from tmws.errors import TmwsError
 from tmws.http import HTTPError, Receive, Request, Scope, Send, error_body, send_json
+from tmws.metrics import worker_exited
 from tmws.routes import CONTENT_TYPES, ROUTES
 
 __all__ = ["TmwsApp", "create_app"]
@@ -89,6 +91,7 @@ class TmwsApp:
                 if self.engine is not None:
                     engine, self.engine = self.engine, None
                     await engine.close()
+                worker_exited(os.getpid())
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -7,21 +7,36 @@ Label values stay bounded: ``pattern_name`` is a registered pattern's name or ``
 
 from __future__ import annotations
 
+import os
 from typing import Any, Final
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+    multiprocess,
+)
 
 from tmws import __version__
+
+# Set by `tmws serve` for its workers: each process writes its samples to files there and a
+# scrape of any worker adds them all up (prometheus-client's multiprocess mode).
+MULTIPROCESS: Final = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 __all__ = [
     "DATABASE_CONNECTIONS_ACTIVE",
     "DATABASE_QUERY_DURATION",
+    "MULTIPROCESS",
     "PATTERN_CACHE_HIT_RATE",
     "PATTERN_EXECUTIONS",
     "PATTERN_EXECUTION_DURATION",
     "PATTERN_TOKENS_USED",
-    "TMWS_INFO",
     "ExecutionMetrics",
+    "exposition",
+    "worker_exited",
 ]
 
 PATTERN_EXECUTIONS: Final = Counter(
@@ -31,16 +46,37 @@ PATTERN_EXECUTION_DURATION: Final = Histogram(
     "tmws_pattern_execution_duration_seconds", "Pattern execution duration",
     ["pattern_type"], buckets=[0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0])
 PATTERN_CACHE_HIT_RATE: Final = Gauge(
-    "tmws_pattern_cache_hit_rate", "Pattern cache hit rate (0..1)", ["cache_type"])
+    "tmws_pattern_cache_hit_rate", "Pattern cache hit rate (0..1)", ["cache_type"],
+    multiprocess_mode="livemostrecent")
 PATTERN_TOKENS_USED: Final = Counter(
     "tmws_pattern_tokens_used_total", "Total tokens used", ["pattern_type"])
 DATABASE_CONNECTIONS_ACTIVE: Final = Gauge(
-    "tmws_database_connections_active", "Active database connections")
+    "tmws_database_connections_active", "Active database connections",
+    multiprocess_mode="livesum")
 DATABASE_QUERY_DURATION: Final = Histogram(
     "tmws_database_query_duration_seconds", "Database query duration",
     buckets=[0.01, 0.05, 0.1, 0.5, 1.0])
-TMWS_INFO: Final = Info("tmws", "TMWS version and configuration")
-TMWS_INFO.info({"version": __version__, "pattern_service": "enabled"})
+_INFO_LABELS: Final = {"version": __version__, "pattern_service": "enabled"}
+if MULTIPROCESS:  # Info metrics cannot be shared between processes; a gauge of 1 can
+    Gauge("tmws_info", "TMWS version and configuration", list(_INFO_LABELS),
+          multiprocess_mode="max").labels(**_INFO_LABELS).set(1)
+else:
+    Info("tmws", "TMWS version and configuration").info(_INFO_LABELS)
+
+
+def exposition() -> bytes:
+    """The scrape body: this process's metrics, or every worker's in multiprocess mode."""
+    if not MULTIPROCESS:
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a finished worker's live gauges (multiprocess mode)."""
+    if MULTIPROCESS:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 class ExecutionMetrics:

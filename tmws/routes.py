@@ -6,13 +6,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import msgspec
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from tmws import __version__
 from tmws.engine import PatternExecutionEngine
 from tmws.errors import InvalidRequestError
 from tmws.http import HTTPError, Request
-from tmws.metrics import ExecutionMetrics
+from tmws.metrics import ExecutionMetrics, exposition
 from tmws.models import ExecutionMode
 
 __all__ = ["CONTENT_TYPES", "ROUTES", "ExecuteRequest", "Route", "RouteRequest"]
@@ -127,7 +127,7 @@ async def ready(engine: PatternExecutionEngine, request: Request) -> tuple[int, 
 async def metrics(engine: PatternExecutionEngine, request: Request) -> tuple[int, bytes]:
     """Prometheus exposition (text format 0.0.4)."""
     ExecutionMetrics.publish_hit_rates(engine.cache_hit_rates())
-    return 200, generate_latest()
+    return 200, exposition()
 
 
 Route = Callable[[PatternExecutionEngine, Request], Awaitable[tuple[int, bytes]]]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
+import shutil
+import tempfile
 
 from tmws.config import Settings
 from tmws.database import EmbeddedPostgres, upgrade
@@ -34,6 +37,13 @@ def serve(settings: Settings) -> None:
         conninfo = embedded.start()
         asyncio.run(upgrade(conninfo, settings))
         os.environ["TMWS_DATABASE_URL"] = conninfo
+    # Workers must import prometheus-client with PROMETHEUS_MULTIPROC_DIR already set, so
+    # they are spawned fresh rather than forked from this process (which imported it).
+    multiproc_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiproc_dir = tempfile.mkdtemp(prefix="tmws-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
+    multiprocessing.set_start_method("spawn", force=True)
     try:
         Granian(
             "tmws.app:create_app",
@@ -45,6 +55,9 @@ def serve(settings: Settings) -> None:
             log_level=settings.log_level.lower(),  # type: ignore[arg-type]
         ).serve()
     finally:
+        if multiproc_dir is not None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            shutil.rmtree(multiproc_dir, ignore_errors=True)
         if embedded is not None:
             os.environ.pop("TMWS_DATABASE_URL", None)
             embedded.stop()
