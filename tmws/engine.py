@@ -276,10 +276,11 @@ class PatternExecutionEngine:
             return None
         hit = None
         if found.value is not None:
-            cached = _decode(found.value)
-            self._counters.tokens_saved += cached.tokens_used
-            hit = msgspec.structs.replace(cached, tokens_used=0, cache_hit=True,
-                                          metadata={**cached.metadata, "cache_tier": found.tier})
+            hit = _decode(found.value)  # a fresh object per hit: safe to mark in place
+            self._counters.tokens_saved += hit.tokens_used
+            hit.tokens_used = 0
+            hit.cache_hit = True
+            hit.metadata["cache_tier"] = found.tier
         return _Slot(key, found.generation, hit)
 
     def _validate(self, query: Any, mode: Any, context: Any
