@@ -264,7 +264,7 @@ class PatternExecutionEngine:
         if not caching or handler_name in self.write_handlers or (
                 pattern is not None and not pattern.cacheable):
             return None
-        relevant = {k: v for k, v in ctx.items() if k not in _IDENTITY_KEYS}
+        relevant = {k: v for k, v in ctx.items() if k not in _IDENTITY_KEYS} if ctx else None
         key = cache_key([namespace, normalize_query(query), mode.value,
                          msgspec.json.encode(relevant, order="sorted") if relevant else b"",
                          self.registry.fingerprint])

@@ -83,27 +83,23 @@ class ExecutionMetrics:
     """Records executions; label children are cached because ``labels()`` is not free."""
 
     def __init__(self) -> None:
-        self._counters: dict[tuple[str, str, bool], Any] = {}
-        self._durations: dict[str, Any] = {}
-        self._tokens: dict[str, Any] = {}
+        # (type, name, success) -> (executions counter, duration histogram, tokens counter)
+        self._children: dict[tuple[str, str | None, bool], tuple[Any, Any, Any]] = {}
 
     def record(self, pattern_type: str, pattern_name: str | None, success: bool,
                seconds: float, tokens: int) -> None:
-        name = pattern_name or "none"
-        counter = self._counters.get((pattern_type, name, success))
-        if counter is None:
-            counter = PATTERN_EXECUTIONS.labels(pattern_type, name, str(success).lower())
-            self._counters[(pattern_type, name, success)] = counter
-        counter.inc()
-        duration = self._durations.get(pattern_type)
-        if duration is None:
-            duration = self._durations[pattern_type] = PATTERN_EXECUTION_DURATION.labels(
-                pattern_type)
+        children = self._children.get((pattern_type, pattern_name, success))
+        if children is None:
+            children = (
+                PATTERN_EXECUTIONS.labels(pattern_type, pattern_name or "none",
+                                          str(success).lower()),
+                PATTERN_EXECUTION_DURATION.labels(pattern_type),
+                PATTERN_TOKENS_USED.labels(pattern_type))
+            self._children[(pattern_type, pattern_name, success)] = children
+        executions, duration, used = children
+        executions.inc()
         duration.observe(seconds)
         if tokens:
-            used = self._tokens.get(pattern_type)
-            if used is None:
-                used = self._tokens[pattern_type] = PATTERN_TOKENS_USED.labels(pattern_type)
             used.inc(tokens)
 
     @staticmethod
