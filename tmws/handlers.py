@@ -259,6 +259,7 @@ HANDLERS: Final[dict[str, Handler]] = {
     "aggregate_insights": aggregate_insights,
     "temporal_analysis": temporal_analysis,
     "contextual_recommendation": recall_with_decision,
+    "recall_with_decision": recall_with_decision,
 }
 WRITE_HANDLERS: Final = frozenset({"store_memory"})
 _TYPE_DEFAULTS: Final = {
@@ -266,7 +267,6 @@ _TYPE_DEFAULTS: Final = {
     PatternType.MEMORY: "recall_memory",
     PatternType.HYBRID: "recall_with_decision",
 }
-HANDLERS["recall_with_decision"] = recall_with_decision
 
 
 def resolve_handler(pattern: PatternDefinition | None, pattern_type: PatternType,
