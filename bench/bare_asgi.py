@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from tmws.http import Receive, Scope, Send
-from tmws.routes import ExecuteRequest
+from tmws.schemas import ExecuteRequest
 
 _decoder = msgspec.json.Decoder(ExecuteRequest)
 _encoder = msgspec.json.Encoder()

@@ -10,15 +10,19 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
+from tmws.app import TmwsApp
 from tmws.config import Settings
 from tmws.database import EmbeddedPostgres, upgrade
 from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
+from tmws.middleware import RequestIdMiddleware
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 # The machine's PostgreSQL 15 has no pgvector: used to test the missing-extension error.
@@ -121,3 +125,39 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+# The HTTP app in process, around a real engine (tests/test_app.py serves it with Granian).
+SECRET = "test-secret-0123456789-abcdefghijklmnop"
+
+ApiFactory = Callable[..., AbstractAsyncContextManager[tuple[httpx.AsyncClient,
+                                                             PatternExecutionEngine]]]
+
+
+@pytest.fixture
+def make_api(database_url: str) -> ApiFactory:
+    """``async with make_api(auth_enabled="true") as (client, engine)``."""
+
+    @asynccontextmanager
+    async def build(**overrides: str) -> AsyncIterator[tuple[httpx.AsyncClient,
+                                                             PatternExecutionEngine]]:
+        if overrides.get("auth_enabled") == "true":
+            overrides.setdefault("secret_key", SECRET)
+        settings = make_settings(database_url, **overrides)
+        async with await create_pattern_execution_engine(settings) as engine:
+            app = TmwsApp(settings)
+            app.attach(engine)
+            transport = httpx.ASGITransport(app=RequestIdMiddleware(app),
+                                            client=("127.0.0.1", 40000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://tmws") as client:
+                yield client, engine
+            for guard in app._guards:
+                await guard.close()
+
+    return build
+
+
+@pytest.fixture
+async def api(make_api: ApiFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_api() as (client, _):
+        yield client

@@ -61,3 +61,37 @@ def test_log_file_and_sql_echo(database_url: str, tmp_path: Path) -> None:
     text = log_file.read_text()
     assert "SQL INSERT INTO memories" in text
     assert "the echo test" not in text  # statements are logged, parameter values are not
+
+
+def test_token_create_prints_a_verifiable_token() -> None:
+    from tmws.auth import TokenAuthority
+
+    secret = "cli-test-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+    env = {"TMWS_SECRET_KEY": secret}
+    done = run("token", "create", "--namespace", "agent-7", "--scopes", "execute,metrics:read",
+               "--expires", "5", env=env)
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
+    assert done.stdout == token + "\n"  # nothing else, so TOKEN=$(tmws token create) works
+    principal = TokenAuthority(secret, 60).verify(token)
+    assert principal.namespace == "agent-7"
+    assert principal.scopes == {"execute", "metrics:read"}
+    assert "agent-7" in done.stderr and "execute metrics:read" in done.stderr
+    assert secret not in done.stderr and token not in done.stderr
+    default = run("token", "create", "--namespace", "agent-7", env=env)
+    assert TokenAuthority(secret, 60).verify(default.stdout.strip()).scopes == {
+        "execute", "memories:read", "memories:write"}
+
+
+def test_token_create_needs_a_secret() -> None:
+    for env in ({}, {"TMWS_SECRET_KEY": "short-secret"}):
+        done = run("token", "create", "--namespace", "agent-7", env=env)
+        assert done.returncode == 2 and done.stdout == ""
+        assert "TMWS_SECRET_KEY" in done.stderr and "short-secret" not in done.stderr
+
+
+def test_token_create_rejects_an_unknown_scope() -> None:
+    env = {"TMWS_SECRET_KEY": "cli-test-secret-0123456789abcdefghijklmnopqrstuvwxyz"}
+    done = run("token", "create", "--namespace", "a", "--scopes", "execute", "root", env=env)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "'root'" in done.stderr and "memories:read" in done.stderr

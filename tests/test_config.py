@@ -60,3 +60,46 @@ def test_secrets_are_not_echoed_in_errors() -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"TMWS_DATABASE_URL": "mysql://user:hunter2@host/db"})
     assert "hunter2" not in str(caught.value)
+
+
+_SECRET = "s" * 32
+_PRODUCTION = {"TMWS_ENVIRONMENT": "production", "TMWS_AUTH_ENABLED": "true",
+               "TMWS_SECRET_KEY": _SECRET}
+
+
+def test_production_with_auth_and_a_long_secret_starts() -> None:
+    assert Settings.from_env(_PRODUCTION).auth_enabled
+
+
+@pytest.mark.parametrize(("changes", "variable"), [
+    ({"TMWS_DEBUG": "true"}, "TMWS_DEBUG"),
+    ({"TMWS_SECRET_KEY": "short-secret"}, "TMWS_SECRET_KEY"),
+    ({"TMWS_SECRET_KEY": ""}, "TMWS_SECRET_KEY"),
+    ({"TMWS_AUTH_ENABLED": "false"}, "TMWS_AUTH_ENABLED"),
+])
+def test_production_refuses_unsafe_settings(changes: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**_PRODUCTION, **changes})
+    assert caught.value.variable == variable
+    assert "short-secret" not in str(caught.value)
+
+
+def test_production_without_auth_needs_the_explicit_override() -> None:
+    settings = Settings.from_env({**_PRODUCTION, "TMWS_AUTH_ENABLED": "false",
+                                  "TMWS_ALLOW_UNAUTHENTICATED": "true"})
+    assert not settings.auth_enabled
+
+
+def test_auth_needs_a_long_secret_everywhere() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"TMWS_AUTH_ENABLED": "true", "TMWS_SECRET_KEY": "x" * 31})
+    assert caught.value.variable == "TMWS_SECRET_KEY"
+    assert Settings.from_env({"TMWS_AUTH_ENABLED": "true", "TMWS_SECRET_KEY": _SECRET})
+
+
+def test_metrics_networks_are_parsed() -> None:
+    settings = Settings.from_env({"TMWS_METRICS_ALLOWED_NETWORKS": "10.0.0.0/8, ::1"})
+    assert [str(n) for n in settings.metrics_networks()] == ["10.0.0.0/8", "::1/128"]
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"TMWS_METRICS_ALLOWED_NETWORKS": "10.0.0.0/33"})
+    assert caught.value.variable == "TMWS_METRICS_ALLOWED_NETWORKS"

@@ -1,4 +1,10 @@
-"""The ASGI application served by Granian."""
+"""The ASGI application served by Granian.
+
+Pure ASGI rather than a framework: a cached execute costs ~50 µs of server CPU on this
+stack, and measured under wrk a bare ASGI+msgspec endpoint does ~25k req/s where
+Starlette does ~21k and Litestar ~12k (issue 5's figures). Routing is a dict lookup,
+guards run only when enabled, and every body is msgspec in and out.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,18 @@ from typing import Final
 
 from tmws.config import Settings
 from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
-from tmws.errors import TmwsError
-from tmws.http import HTTPError, Receive, Request, Scope, Send, error_body, send_json
+from tmws.errors import (
+    AuthError,
+    DatabaseError,
+    InvalidRequestError,
+    PatternError,
+    TmwsError,
+)
+from tmws.guards import Guard, build_guards
+from tmws.http import ASGIApp, HTTPError, Receive, Request, Scope, Send, error_body, send_json
 from tmws.metrics import worker_exited
-from tmws.routes import CONTENT_TYPES, ROUTES
+from tmws.middleware import RequestIdMiddleware
+from tmws.routes import ROUTER
 
 __all__ = ["TmwsApp", "create_app"]
 
@@ -22,11 +36,17 @@ _NOT_READY: Final = error_body("not_ready", "the service is starting or stopping
 
 
 class TmwsApp:
-    """Pure ASGI: lifespan opens the engine; requests dispatch on exact paths."""
+    """Lifespan opens the engine; requests are routed, guarded, then answered."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self._settings = settings
         self.engine: PatternExecutionEngine | None = None
+        self._guards: list[Guard] = []
+
+    def attach(self, engine: PatternExecutionEngine) -> None:
+        """Serve an engine built elsewhere (tests, or an application embedding tmws)."""
+        self.engine = engine
+        self._guards = build_guards(engine)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -40,47 +60,39 @@ class TmwsApp:
         if engine is None:
             await send_json(send, 503, _NOT_READY)
             return
-        methods = ROUTES.get(scope["path"])
+        extra: list[tuple[bytes, bytes]] = []
         try:
-            if methods is None:
-                raise HTTPError(404, "not_found", f"no route {scope['path']}; see the README "
-                                "for the API")
-            handler = methods.get(scope["method"])
-            if handler is None:
-                allowed = ", ".join(methods)
-                raise HTTPError(405, "method_not_allowed",
-                                f"{scope['method']} is not allowed on {scope['path']}; "
-                                f"use {allowed}", [(b"allow", allowed.encode())])
-            request = Request(scope, receive, engine.settings.max_body_bytes)
-            status, body = await handler(engine, request)
-            content_type = CONTENT_TYPES.get(scope["path"])
+            route, params = ROUTER.resolve(scope["method"], scope["path"])
+            request = Request(scope, receive, engine.settings.max_body_bytes, params)
+            for guard in self._guards:
+                extra += await guard.check(route, request)
+            response = await route.endpoint(engine, request)
         except HTTPError as exc:
-            await send_json(send, exc.status, error_body(exc.code, exc.message), exc.headers)
+            await send_json(send, exc.status, error_body(exc.code, exc.message),
+                            exc.headers + extra)
             return
-        except TmwsError as exc:
-            logger.warning("request failed: %s", exc)
-            await send_json(send, 503, error_body("unavailable", str(exc)))
+        except Exception as exc:
+            status, body = _failure(exc, scope["path"])
+            await send_json(send, status, body, extra)
             return
-        except Exception:
-            logger.exception("unhandled error on %s", scope["path"])
-            await send_json(send, 500, error_body("internal_error", "internal error; see the "
-                                                  "server log"))
-            return
-        if content_type is None:
-            await send_json(send, status, body)
-        else:
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", content_type)]})
-            await send({"type": "http.response.body", "body": body})
+        headers = [(b"content-type", response.content_type)]
+        if response.headers:
+            headers += response.headers
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers + extra if extra else headers})
+        await send({"type": "http.response.body", "body": response.body})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    self.engine = await create_pattern_execution_engine(self._settings)
+                    self.attach(await create_pattern_execution_engine(self._settings))
                 except Exception as exc:
                     logger.error("start-up failed: %s", exc)
+                    if self.engine is not None:
+                        await self.engine.close()
+                        self.engine = None
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 # Start-up objects live as long as the process: keep them out of every
@@ -90,12 +102,31 @@ class TmwsApp:
             elif message["type"] == "lifespan.shutdown":
                 if self.engine is not None:
                     engine, self.engine = self.engine, None
+                    for guard in self._guards:
+                        await guard.close()
                     await engine.close()
                 worker_exited(os.getpid())
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
 
-def create_app(settings: Settings | None = None) -> TmwsApp:
+def _failure(exc: Exception, path: str) -> tuple[int, bytes]:
+    """Status and body for an exception an endpoint let through."""
+    if isinstance(exc, AuthError):
+        return exc.status, error_body(exc.code, str(exc))
+    if isinstance(exc, DatabaseError):
+        logger.warning("database unavailable on %s: %s", path, exc)
+        return 503, error_body("database_unavailable", f"{exc}; retry shortly")
+    if isinstance(exc, InvalidRequestError | PatternError):
+        return 422, error_body("invalid_request", str(exc))
+    if isinstance(exc, TmwsError):
+        logger.warning("request failed on %s: %s", path, exc)
+        return 503, error_body("unavailable", str(exc))
+    logger.exception("unhandled error on %s", path)
+    return 500, error_body("internal_error", "internal error; the server log has the details "
+                           "under this response's X-Request-ID")
+
+
+def create_app(settings: Settings | None = None) -> ASGIApp:
     """The application factory Granian calls in each worker."""
-    return TmwsApp(settings)
+    return RequestIdMiddleware(TmwsApp(settings))

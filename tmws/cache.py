@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Generic, NamedTuple, TypeVar
 
 __all__ = ["CacheManager", "CircuitBreaker", "Generation", "LocalCache", "Lookup",
-           "TieredLocalCache"]
+           "RedisUnavailable", "TieredLocalCache"]
 
 V = TypeVar("V")
 # (namespace generation, shared generation): changes on every write a namespace can read.
@@ -168,9 +168,13 @@ class CacheManager:
         if redis_url is not None:
             import redis.asyncio as aioredis
 
-            self._redis = aioredis.from_url(
-                redis_url, max_connections=redis_max_connections, socket_timeout=redis_timeout,
-                socket_connect_timeout=redis_timeout, retry_on_timeout=False)
+            # A blocking pool: at the connection limit a call waits (within the timeout) for
+            # a free connection instead of failing, which would count as a Redis outage.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                redis_url, max_connections=redis_max_connections, timeout=redis_timeout,
+                socket_timeout=redis_timeout, socket_connect_timeout=redis_timeout,
+                retry_on_timeout=False)
+            self._redis = aioredis.Redis(connection_pool=pool)
         self._local_generations: dict[str, int] = {}
         self._local_shared = 0
         self.redis_hits = self.redis_misses = self.redis_errors = self.oversize = 0
@@ -181,7 +185,7 @@ class CacheManager:
 
     async def close(self) -> None:
         if self._redis is not None:
-            await self._redis.aclose()
+            await self._redis.aclose(close_connection_pool=True)
 
     async def _call(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
         """Run one Redis operation under the breaker and timeout; raises _Unavailable."""
@@ -196,6 +200,16 @@ class CacheManager:
             raise _Unavailable from exc
         self.breaker.success()
         return result
+
+    async def run(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Run ``operation(redis_client)`` for another Redis user (e.g. the rate limiter),
+        sharing this cache's client, timeout and circuit breaker.
+
+        Raises :class:`RedisUnavailable` when Redis is not configured or the circuit is open
+        (``__cause__`` is None), or when the call failed or timed out (``__cause__`` says
+        why; the failure counts in ``redis_errors`` and towards the breaker).
+        """
+        return await self._call(operation)
 
     # -- generations --------------------------------------------------------------------
 
@@ -343,8 +357,12 @@ class CacheManager:
         }
 
 
-class _Unavailable(Exception):
-    """Redis was not asked (circuit open, not configured) or failed."""
+class RedisUnavailable(Exception):
+    """Redis was not asked (circuit open, not configured) or failed (see ``__cause__``)."""
+
+
+class _Unavailable(RedisUnavailable):
+    """What :meth:`CacheManager._call` raises; callers outside this module catch the base."""
 
 
 # expires_at (epoch seconds), then the generations the value was computed at (-1: none).

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -63,6 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     pattern_commands = patterns.add_subparsers(dest="patterns_command", required=True)
     check = pattern_commands.add_parser("check", help="validate a pattern file")
     check.add_argument("file")
+    token = commands.add_parser("token", help="API tokens (TMWS_SECRET_KEY)")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser(
+        "create", help="mint a bearer token: printed alone on stdout, a summary on stderr")
+    create.add_argument("--namespace", required=True, help="the namespace the token acts in")
+    create.add_argument("--scopes", nargs="+", default=None, metavar="SCOPE",
+                        help="comma- or space-separated (default: execute memories:read "
+                        "memories:write)")
+    create.add_argument("--expires", type=_positive_int, default=None, metavar="MINUTES",
+                        help="lifetime in minutes (default: TMWS_TOKEN_EXPIRE_MINUTES)")
     return parser
 
 
@@ -70,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        configure_logging(settings)
+        # serve logs on stdout (the guide's console handler); other commands keep stdout for
+        # their output.
+        configure_logging(settings, stream="stdout" if args.command == "serve" else "stderr")
         if args.command == "serve":
             from tmws.server import serve
 
@@ -91,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             library = load_pattern_file(args.file)
             print(f"{args.file}: {len(library.patterns)} patterns OK")
+        elif args.command == "token":
+            _token_create(settings, args.namespace, args.scopes, args.expires)
     except TmwsError as exc:
         print(f"tmws: error: {exc}", file=sys.stderr)
         return 2
@@ -245,6 +260,25 @@ async def _export(settings: Settings, namespace: str | None, output: str | None)
             os.unlink(partial)
             raise
     print(f"exported {count} memories to {output}")
+
+
+def _token_create(settings: Settings, namespace: str, scopes: Sequence[str] | None,
+                  expires: int | None) -> None:
+    """The token alone on stdout (for `TOKEN=$(tmws token create ...)`); never the secret."""
+    from tmws.auth import DEFAULT_SCOPES, SCOPES, TokenAuthority, parse_scopes
+
+    authority = TokenAuthority.from_settings(settings)
+    try:
+        granted = DEFAULT_SCOPES if scopes is None else parse_scopes(" ".join(scopes))
+        token = authority.create(namespace, granted, expires_minutes=expires)
+    except ValueError as exc:
+        raise TmwsError(str(exc)) from None
+    principal = authority.verify(token)  # also proves the token round-trips
+    expiry = datetime.fromtimestamp(principal.expires_at or 0, UTC).isoformat(timespec="seconds")
+    print(token)
+    shown = " ".join(scope for scope in SCOPES if scope in principal.scopes)
+    print(f"token for namespace {principal.namespace}: scopes {shown}; expires {expiry}",
+          file=sys.stderr)
 
 
 async def _execute(settings: Settings, query: str, mode: str | None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, Final
 
@@ -16,9 +17,11 @@ import msgspec
 
 from tmws.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "default_pool_size"]
+__all__ = ["ENV_PREFIX", "MIN_SECRET_LENGTH", "Settings", "default_pool_size"]
 
 ENV_PREFIX: Final = "TMWS_"
+# HS256 keys shorter than this are guessable offline from one token.
+MIN_SECRET_LENGTH: Final = 32
 
 _ENVIRONMENTS: Final = ("development", "staging", "production", "test")
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -79,9 +82,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     secret_key: str | None = None
     auth_enabled: bool = False
     token_expire_minutes: int = 60
+    # Production refuses TMWS_AUTH_ENABLED=false unless this says it is deliberate
+    # (e.g. an authenticating proxy in front).
+    allow_unauthenticated: bool = False
     rate_limit_enabled: bool = False
     rate_limit_requests: int = 100
     rate_limit_period: int = 60
+    # /metrics: comma-separated client networks allowed to scrape (empty: any), and whether
+    # a token with the metrics:read scope is also required when auth is on.
+    metrics_allowed_networks: str | None = None
+    metrics_require_token: bool = False
+    # Audit records (executions, pattern and memory changes) in the database.
+    audit_enabled: bool = True
+    # Seconds SIGTERM waits for in-flight requests before workers are killed.
+    shutdown_timeout: int = 30
     # Pattern service
     pattern_default_mode: str = "balanced"
     pattern_cache_enabled: bool = True
@@ -173,6 +187,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("token_expire_minutes", self.token_expire_minutes >= 1, "must be at least 1"),
             ("rate_limit_requests", self.rate_limit_requests >= 1, "must be at least 1"),
             ("rate_limit_period", self.rate_limit_period >= 1, "must be at least 1"),
+            ("shutdown_timeout", self.shutdown_timeout >= 1, "must be at least 1 second"),
             ("pattern_infra_timeout", self.pattern_infra_timeout >= 1, "must be at least 1 ms"),
             ("pattern_memory_timeout", self.pattern_memory_timeout >= 1, "must be at least 1 ms"),
             ("pattern_hybrid_timeout", self.pattern_hybrid_timeout >= 1, "must be at least 1 ms"),
@@ -215,6 +230,39 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("redis://", "rediss://", "unix://")
         ):
             raise ConfigError(self.env_name("redis_url"), "must be a redis:// or rediss:// URL")
+        self.metrics_networks()  # raises on a malformed network
+        self._validate_security()
+
+    def _validate_security(self) -> None:
+        secret_ok = self.secret_key is not None and len(self.secret_key) >= MIN_SECRET_LENGTH
+        if self.auth_enabled and not secret_ok:
+            raise ConfigError(self.env_name("secret_key"),
+                              f"TMWS_AUTH_ENABLED=true needs a secret of at least "
+                              f"{MIN_SECRET_LENGTH} characters (e.g. `openssl rand -hex 32`)")
+        if self.environment != "production":
+            return
+        if self.debug:
+            raise ConfigError(self.env_name("debug"), "must be false in production")
+        if not secret_ok:
+            raise ConfigError(self.env_name("secret_key"),
+                              f"production needs a secret of at least {MIN_SECRET_LENGTH} "
+                              "characters (e.g. `openssl rand -hex 32`)")
+        if not self.auth_enabled and not self.allow_unauthenticated:
+            raise ConfigError(self.env_name("auth_enabled"),
+                              "must be true in production; set TMWS_ALLOW_UNAUTHENTICATED=true "
+                              "if an authenticating proxy protects the service")
+
+    def metrics_networks(self) -> list[IPv4Network | IPv6Network]:
+        """The networks allowed to scrape /metrics (empty: any client)."""
+        networks: list[IPv4Network | IPv6Network] = []
+        for part in (self.metrics_allowed_networks or "").split(","):
+            if part.strip():
+                try:
+                    networks.append(ip_network(part.strip(), strict=False))
+                except ValueError as exc:
+                    raise ConfigError(self.env_name("metrics_allowed_networks"),
+                                      f"invalid network {part.strip()!r}: {exc}") from None
+        return networks
 
     def timeout_ms(self, pattern_type: str) -> int:
         """The handler timeout for a pattern type, in milliseconds."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, NamedTuple
 
@@ -14,6 +14,7 @@ import msgspec
 from tmws import __version__
 from tmws._native import cache_key, normalize_query
 from tmws._pattern_sync import PatternSync
+from tmws.audit import AuditLog
 from tmws.cache import CacheManager, Generation
 from tmws.config import Settings
 from tmws.database import (
@@ -48,12 +49,16 @@ from tmws.patterns import PatternLibrary, default_library_path, load_pattern_fil
 from tmws.registry import PatternRegistry
 from tmws.router import HybridRouter
 
-__all__ = ["PatternExecutionEngine", "create_pattern_execution_engine"]
+__all__ = ["Authorize", "PatternExecutionEngine", "create_pattern_execution_engine"]
 
 logger = logging.getLogger("tmws.engine")
 
 # Context keys that only say who is asking; everything else may change the answer.
 _IDENTITY_KEYS: Final = frozenset({"namespace", "request_id"})
+
+
+# authorize(reads_memory, writes_memory): raise to refuse an execution.
+Authorize = Callable[[bool, bool], None]
 
 
 class _Slot(NamedTuple):
@@ -110,6 +115,9 @@ class PatternExecutionEngine:
             t.value: {"executions": 0, "failures": 0} for t in PatternType}
         self._closed = False
         self._caching = settings.cache_enabled and settings.pattern_cache_enabled
+        # Every execution is recorded in _finish; the HTTP layer records pattern and memory
+        # changes with engine.audit.record(actor, "pattern.register", target=..., outcome=...).
+        self.audit = AuditLog(database, enabled=settings.audit_enabled)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -121,6 +129,7 @@ class PatternExecutionEngine:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._sync is not None:
             await self._sync.close()
+        await self.audit.close()  # its last records need the database
         await self.database.close()
         await self.memory.provider.aclose()
         await self.cache.close()
@@ -184,12 +193,15 @@ class PatternExecutionEngine:
     # -- execution --------------------------------------------------------------------------
 
     async def execute(self, query: str, execution_mode: ExecutionMode | str | None = None,
-                      context: Mapping[str, Any] | None = None, use_cache: bool = True
-                      ) -> ExecutionResult:
+                      context: Mapping[str, Any] | None = None, use_cache: bool = True, *,
+                      authorize: Authorize | None = None) -> ExecutionResult:
         """Route and execute one query.
 
         Invalid input (empty or oversize query, unknown mode, malformed context) raises
         InvalidRequestError; everything that happens after routing is reported in the result.
+        ``authorize(reads_memory, writes_memory)`` is called once the route is known and
+        before anything runs or is read from the cache; whatever it raises propagates (the
+        HTTP layer checks token scopes this way).
         """
         started = time.perf_counter()
         query, mode, ctx = self._validate(query, execution_mode, context)
@@ -201,10 +213,12 @@ class PatternExecutionEngine:
         slot: _Slot | None = None
         if pattern is not None:
             handler_name = resolve_handler(pattern, pattern.pattern_type, self.handlers)
+            if authorize is not None:
+                self._authorize(authorize, pattern.pattern_type, handler_name, mode)
             slot = await self._lookup(caching, pattern, handler_name, query, mode, namespace,
                                       ctx, pattern.pattern_type)
             if slot is not None and slot.hit is not None:
-                return self._finish(started, pattern.pattern_type, slot.hit)
+                return self._finish(started, pattern.pattern_type, slot.hit, namespace, mode)
 
         decision = self.router.explain(query, mode, pattern)
         meta: dict[str, Any] = {"routing": msgspec.to_builtins(decision), "mode": mode.value,
@@ -213,31 +227,35 @@ class PatternExecutionEngine:
             nearest = decision.alternative_routes
             hint = f"; nearest candidates: {', '.join(nearest)}" if nearest else ""
             return self._finish(started, decision.pattern_type, ExecutionResult(
-                pattern_name=None, success=False,
-                error=f"no pattern matched the query{hint}", metadata=meta))
+                pattern_name=None, success=False, error_code="no_pattern_matched",
+                error=f"no pattern matched the query{hint}", metadata=meta), namespace, mode)
         if pattern is None:  # keyword-routed: the type's default handler
             handler_name = resolve_handler(None, decision.pattern_type, self.handlers)
+            if authorize is not None:
+                self._authorize(authorize, decision.pattern_type, handler_name, mode)
             slot = await self._lookup(caching, None, handler_name, query, mode, namespace, ctx,
                                       decision.pattern_type)
             if slot is not None and slot.hit is not None:
-                return self._finish(started, decision.pattern_type, slot.hit)
+                return self._finish(started, decision.pattern_type, slot.hit, namespace, mode)
         if handler_name not in self.handlers:
             return self._finish(started, decision.pattern_type, ExecutionResult(
                 pattern_name=decision.pattern_name, success=False, metadata=meta,
+                error_code="handler_unbound",
                 error=(f"pattern {decision.pattern_name!r} names handler {handler_name!r}, "
-                       "which is not bound; bind it with engine.bind_handler()")))
+                       "which is not bound; bind it with engine.bind_handler()")),
+                namespace, mode)
 
         handler_ctx = HandlerContext(self, query, mode, decision, pattern, ctx)
         if slot is None:
             result = await self._run(handler_name, handler_ctx, decision, meta)
-            return self._finish(started, decision.pattern_type, result)
+            return self._finish(started, decision.pattern_type, result, namespace, mode)
         key = slot.key
         joined = self._inflight.get(key)
         if joined is not None:  # the same miss is already running here: share its answer
             self._singleflight_joins += 1
             shared = await asyncio.shield(joined)
             return self._finish(started, decision.pattern_type,
-                                msgspec.structs.replace(shared, tokens_used=0))
+                                msgspec.structs.replace(shared, tokens_used=0), namespace, mode)
         flight: asyncio.Future[ExecutionResult] = asyncio.get_running_loop().create_future()
         self._inflight[key] = flight
         try:
@@ -253,7 +271,13 @@ class PatternExecutionEngine:
             raise
         finally:
             del self._inflight[key]
-        return self._finish(started, decision.pattern_type, result)
+        return self._finish(started, decision.pattern_type, result, namespace, mode)
+
+    def _authorize(self, authorize: Authorize, pattern_type: PatternType, handler_name: str,
+                   mode: ExecutionMode) -> None:
+        reads = (pattern_type is not PatternType.INFRASTRUCTURE
+                 or mode is ExecutionMode.COMPREHENSIVE)
+        authorize(reads, handler_name in self.write_handlers)
 
     async def _lookup(self, caching: bool, pattern: PatternDefinition | None,
                       handler_name: str, query: str, mode: ExecutionMode, namespace: str,
@@ -344,23 +368,30 @@ class PatternExecutionEngine:
             error = (f"pattern {name or pattern_type.value!r} ({pattern_type.value}) timed out "
                      f"after {timeout_ms} ms (TMWS_PATTERN_"
                      f"{'HYBRID' if comprehensive else _TIMEOUT_VAR[pattern_type]}_TIMEOUT)")
+            code = "pattern_timeout"
             if pattern_type is not PatternType.INFRASTRUCTURE and not self.database.available:
                 error = f"database unavailable: {error}"
+                code = "database_unavailable"
                 if pattern_type is PatternType.HYBRID:
                     return await self._partial(ctx, tokens, meta, error)
             return ExecutionResult(pattern_name=name, success=False, tokens_used=tokens,
-                                   metadata=meta, error=error)
+                                   metadata=meta, error=error, error_code=code)
         except DatabaseError as exc:
             if pattern_type is PatternType.HYBRID:
                 return await self._partial(ctx, tokens, meta, str(exc))
             return ExecutionResult(pattern_name=name, success=False, tokens_used=tokens,
-                                   error=str(exc), metadata=meta)
+                                   error=str(exc), error_code="database_unavailable",
+                                   metadata=meta)
         except _HealthCheckFailed as exc:
             return ExecutionResult(pattern_name=name, success=False, result=exc.report,
-                                   tokens_used=tokens, error=str(exc), metadata=meta)
+                                   tokens_used=tokens, error=str(exc),
+                                   error_code="health_check_failed", metadata=meta)
+        except InvalidRequestError as exc:
+            return ExecutionResult(pattern_name=name, success=False, tokens_used=tokens,
+                                   error=str(exc), error_code="invalid_request", metadata=meta)
         except TmwsError as exc:
             return ExecutionResult(pattern_name=name, success=False, tokens_used=tokens,
-                                   error=str(exc), metadata=meta)
+                                   error=str(exc), error_code="handler_error", metadata=meta)
         return ExecutionResult(pattern_name=name, success=True, result=value,
                                tokens_used=tokens, metadata=meta)
 
@@ -380,8 +411,8 @@ class PatternExecutionEngine:
             result={"partial": True, "missing": f"memories: {reason}", "delegate": delegate},
             metadata={**meta, "partial": True})
 
-    def _finish(self, started: float, pattern_type: PatternType,
-                result: ExecutionResult) -> ExecutionResult:
+    def _finish(self, started: float, pattern_type: PatternType, result: ExecutionResult,
+                namespace: str, mode: ExecutionMode) -> ExecutionResult:
         seconds = time.perf_counter() - started
         elapsed = seconds * 1000
         result.execution_time_ms = round(elapsed, 3)
@@ -401,6 +432,14 @@ class PatternExecutionEngine:
         else:
             counters.failed += 1
             type_counts["failures"] += 1
+        if self.audit.enabled:
+            self.audit.record(
+                namespace, "execute", target=result.pattern_name,
+                outcome="success" if result.success else result.error_code or "failure",
+                tokens=result.tokens_used, duration_ms=elapsed,
+                # _value_: the plain str (no enum objects kept alive, no slow .value)
+                detail={"pattern_type": pattern_type._value_, "cache_hit": result.cache_hit,
+                        "mode": mode._value_})
         return result
 
     # -- introspection ----------------------------------------------------------------------
@@ -428,6 +467,7 @@ class PatternExecutionEngine:
                     "errors": self._sync.errors},
             },
             "router_stats": self.router.get_stats(),
+            "audit_stats": self.audit.stats(),
         }
 
     def cache_hit_rates(self) -> dict[str, float]:

@@ -7,6 +7,9 @@ Every error derives from one root, so callers can catch ``TmwsError`` alone::
      ├── PatternError                a pattern or pattern file is unusable
      │    ├── PatternCompileError    the Rust core rejected a trigger regex (native type)
      │    └── PatternConfigError     a pattern file is malformed (names file, pattern, problem)
+     ├── AuthError                   a request is not authenticated or not allowed
+     │    ├── AuthenticationError    missing, malformed, tampered or expired token (401)
+     │    └── PermissionDeniedError  the token lacks the scope or namespace (403)
      ├── DatabaseError               PostgreSQL is unreachable or misconfigured
      │    └── ExtensionMissingError  the server lacks the pgvector extension
      └── ExecutionError              a query could not be executed
@@ -22,6 +25,8 @@ subclass of ``PatternError`` and re-exported here; it carries ``pattern_name`` a
 from __future__ import annotations
 
 __all__ = [
+    "AuthError",
+    "AuthenticationError",
     "ConfigError",
     "DatabaseError",
     "ExecutionError",
@@ -32,6 +37,7 @@ __all__ = [
     "PatternConfigError",
     "PatternError",
     "PatternTimeoutError",
+    "PermissionDeniedError",
     "TmwsError",
 ]
 
@@ -68,6 +74,26 @@ class PatternConfigError(PatternError):
         self.source = source
         self.pattern = pattern
         self.problem = problem
+
+
+class AuthError(TmwsError):
+    """A request cannot be served for the caller; ``code`` is the stable API error code."""
+
+    status = 401
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AuthenticationError(AuthError):
+    """No usable token: missing, malformed, tampered, wrong algorithm or expired (401)."""
+
+
+class PermissionDeniedError(AuthError):
+    """A valid token that may not do this: missing scope or another namespace (403)."""
+
+    status = 403
 
 
 class DatabaseError(TmwsError):

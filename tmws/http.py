@@ -1,20 +1,27 @@
-"""Minimal ASGI plumbing shared by the app and its routes: requests, responses, errors."""
+"""Minimal ASGI plumbing shared by the app, its middleware and its endpoints."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Final, NamedTuple
+from urllib.parse import parse_qsl
 
 import msgspec
 
 __all__ = [
+    "PRINCIPAL_KEY",
     "ASGIApp",
+    "ErrorBody",
+    "ErrorDetail",
     "HTTPError",
+    "Message",
     "Receive",
     "Request",
+    "Response",
     "Scope",
     "Send",
     "error_body",
+    "header",
     "send_json",
 ]
 
@@ -24,12 +31,18 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+# Where middleware leaves the authenticated caller for the endpoints (tmws.auth.Principal).
+PRINCIPAL_KEY: Final = "tmws.principal"
+
 _encoder = msgspec.json.Encoder()
-_JSON_HEADERS = [(b"content-type", b"application/json")]
+_JSON: Final = b"application/json"
 
 
 class HTTPError(Exception):
-    """An error answered as JSON: ``{"error": {"code": ..., "message": ...}}``."""
+    """An error answered as JSON: ``{"error": {"code": ..., "message": ...}}``.
+
+    ``code`` is stable (clients branch on it); ``message`` says what to fix.
+    """
 
     def __init__(self, status: int, code: str, message: str,
                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -45,37 +58,64 @@ class ErrorDetail(msgspec.Struct):
     message: str
 
 
-class ErrorBody(msgspec.Struct):
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    """Every error response. ``result`` carries the failed execution where there is one."""
+
     error: ErrorDetail
+    result: Any = None
 
 
-def error_body(code: str, message: str) -> bytes:
-    return _encoder.encode(ErrorBody(ErrorDetail(code, message)))
+def error_body(code: str, message: str, result: Any = None) -> bytes:
+    return _encoder.encode(ErrorBody(ErrorDetail(code, message), result))
+
+
+class Response(NamedTuple):
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]] | None = None
+    content_type: bytes = _JSON
 
 
 async def send_json(send: Send, status: int, body: bytes,
                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": _JSON_HEADERS + (headers or [])})
+                "headers": [(b"content-type", _JSON), *(headers or ())]})
     await send({"type": "http.response.body", "body": body})
 
 
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a request header (``name`` in lower case, as ASGI gives it)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
 class Request:
-    """What a route needs from the ASGI scope, with the body read under a size limit."""
+    """What an endpoint needs from the ASGI scope, with the body read under a size limit."""
 
     __slots__ = ("_receive", "max_body", "path_params", "scope")
 
-    def __init__(self, scope: Scope, receive: Receive, max_body: int) -> None:
+    def __init__(self, scope: Scope, receive: Receive, max_body: int,
+                 path_params: dict[str, str] | None = None) -> None:
         self.scope = scope
         self._receive = receive
         self.max_body = max_body
-        self.path_params: dict[str, str] = {}
+        self.path_params = path_params or {}
+
+    @property
+    def principal(self) -> Any:
+        """The authenticated caller (``tmws.auth.Principal``), None with auth off."""
+        return self.scope.get(PRINCIPAL_KEY)
+
+    def query_params(self) -> dict[str, str]:
+        raw: bytes = self.scope.get("query_string", b"")
+        return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True)) if raw else {}
 
     async def json_body(self) -> bytes:
         for key, value in self.scope["headers"]:
             if key == b"content-type":
-                if value != b"application/json" and value.split(b";")[0].strip().lower() not in (
-                        b"application/json", b""):
+                if value != _JSON and value.split(b";")[0].strip().lower() not in (_JSON, b""):
                     raise HTTPError(415, "unsupported_media_type",
                                     "send the body as application/json "
                                     f"(got {bytes(value).decode('latin-1')})")

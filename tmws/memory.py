@@ -74,11 +74,13 @@ _RRF_CANDIDATES: Final = 50
 _RRF_K: Final = 60
 
 
-def _record(row: Mapping[str, Any], score: float | None = None) -> MemoryRecord:
+def _record(row: Mapping[str, Any], score: float | None = None, *,
+            full: bool = False) -> MemoryRecord:
     content: str = row["content"]
+    limit = len(content) if full else PREVIEW_CHARS
     return MemoryRecord(
-        id=row["id"], namespace=row["namespace"], content=content[:PREVIEW_CHARS],
-        truncated=len(content) > PREVIEW_CHARS, memory_type=row["memory_type"],
+        id=row["id"], namespace=row["namespace"], content=content[:limit],
+        truncated=len(content) > limit, memory_type=row["memory_type"],
         importance=round(float(row["importance"]), 4), tags=list(row["tags"]),
         visibility=row["visibility"], created_at=row["created_at"],
         metadata=row["metadata"] or {}, score=None if score is None else round(float(score), 6),
@@ -130,11 +132,13 @@ class MemoryStore:
         await self._bump(namespace, visibility)
         return int(rows[0]["id"])
 
-    async def get(self, namespace: str, memory_id: int) -> MemoryRecord | None:
+    async def get(self, namespace: str, memory_id: int, *, full: bool = False
+                  ) -> MemoryRecord | None:
+        """One readable memory; ``full=True`` returns the whole content, not a preview."""
         rows = await self.database.fetch(
             f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE} AND id = %(id)s",
             {"ns": namespace, "id": memory_id}, prepare=True)
-        return _record(rows[0]) if rows else None
+        return _record(rows[0], full=full) if rows else None
 
     async def delete(self, namespace: str, memory_id: int) -> bool:
         """Only the owner deletes, shared or not."""

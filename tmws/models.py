@@ -140,4 +140,7 @@ class ExecutionResult(msgspec.Struct, kw_only=True):
     tokens_used: int = 0
     cache_hit: bool = False
     error: str | None = None
+    # Stable reason for a failure: no_pattern_matched, pattern_timeout, database_unavailable,
+    # invalid_request, handler_unbound, health_check_failed, handler_error.
+    error_code: str | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)

@@ -75,10 +75,15 @@ class PatternRegistry:
         specs = [(p.name, p.trigger_pattern, p.priority, p.pattern_type.value)
                  for p in staged.values()]
         warmup = [q for p in staged.values() for q in p.example_queries]
-        self._matcher.replace(specs, warmup=warmup)  # raises before anything changes
+        try:
+            # Content, not the local version counter, so instances with equal sets share L2.
+            # Computed first: like the matcher, it must fail before anything changes.
+            fingerprint = cache_key([msgspec.msgpack.encode(p) for p in staged.values()])
+            self._matcher.replace(specs, warmup=warmup)  # raises before anything changes
+        except OverflowError as exc:  # an integer (priority, metadata) beyond 64 bits
+            raise PatternConfigError(f"a number is out of range: {exc}") from None
         self._patterns = staged
-        # Content, not the local version counter, so instances with equal sets share L2.
-        self.fingerprint = cache_key([msgspec.msgpack.encode(p) for p in staged.values()])
+        self.fingerprint = fingerprint
         for listener in self._listeners:
             listener()
 

@@ -1,144 +1,84 @@
-"""The HTTP routes: thin msgspec layers over the engine."""
+"""The HTTP API: every route, its scope, its types. /openapi.json is generated from this."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from tmws import __version__
-from tmws.engine import PatternExecutionEngine
-from tmws.errors import InvalidRequestError
-from tmws.http import HTTPError, Request
-from tmws.metrics import ExecutionMetrics, exposition
-from tmws.models import ExecutionMode
+from tmws import endpoints
+from tmws.memory import MemoryRecord
+from tmws.models import ExecutionResult, PatternDefinition, RoutingDecision
+from tmws.routing import Route, Router
+from tmws.schemas import (
+    DeletedMemory,
+    ExecuteRequest,
+    Health,
+    MemoryCreate,
+    MemoryList,
+    MemorySearch,
+    PatternList,
+    PatternRegistration,
+    PatternReload,
+    Readiness,
+    RouteRequest,
+)
 
-__all__ = ["CONTENT_TYPES", "ROUTES", "ExecuteRequest", "Route", "RouteRequest"]
+__all__ = ["ROUTER", "ROUTES"]
 
+_BODY: Final = (400, 413, 415, 422)  # every route with a JSON body can answer these
 
-class ExecuteRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Body of ``POST /api/v1/execute``."""
+ROUTES: Final = (
+    Route("POST", "/api/v1/execute", endpoints.execute,
+          "Route and execute a query", scope="execute",
+          request_type=ExecuteRequest, response_type=ExecutionResult,
+          errors=(*_BODY, 503, 504)),
+    Route("POST", "/api/v1/route", endpoints.route,
+          "Explain where a query would go, without executing it", scope="execute",
+          request_type=RouteRequest, response_type=RoutingDecision, errors=_BODY),
+    Route("GET", "/api/v1/patterns", endpoints.list_patterns,
+          "List the registered patterns", scope="execute", response_type=PatternList,
+          errors=(422,), query=(("type", "only patterns of this type"),)),
+    Route("POST", "/api/v1/patterns", endpoints.register_pattern,
+          "Register a pattern (the regex is compiled first; nothing changes on error)",
+          scope="patterns:admin", request_type=PatternRegistration,
+          response_type=PatternDefinition, status=201, errors=(*_BODY, 409)),
+    Route("POST", "/api/v1/patterns/reload", endpoints.reload_patterns,
+          "Re-read TMWS_PATTERN_CONFIG and swap the whole set in", scope="patterns:admin",
+          response_type=PatternReload, errors=(422,)),
+    Route("GET", "/api/v1/patterns/{name}", endpoints.get_pattern,
+          "Read one pattern", scope="execute", response_type=PatternDefinition,
+          errors=(404,)),
+    Route("DELETE", "/api/v1/patterns/{name}", endpoints.delete_pattern,
+          "Unregister a pattern", scope="patterns:admin", response_type=PatternDefinition,
+          errors=(404,)),
+    Route("POST", "/api/v1/memories", endpoints.create_memory,
+          "Store a memory in the caller's namespace", scope="memories:write",
+          request_type=MemoryCreate, response_type=MemoryRecord, status=201,
+          errors=(*_BODY, 503)),
+    Route("POST", "/api/v1/memories/search", endpoints.search_memories,
+          "Search the memories readable by the caller", scope="memories:read",
+          request_type=MemorySearch, response_type=MemoryList, errors=(*_BODY, 503)),
+    Route("GET", "/api/v1/memories/{id}", endpoints.get_memory,
+          "Read one memory (whole content)", scope="memories:read",
+          response_type=MemoryRecord, errors=(404, 422, 503),
+          query=(("namespace", "with auth off: the namespace to read as"),)),
+    Route("DELETE", "/api/v1/memories/{id}", endpoints.delete_memory,
+          "Delete a memory the caller owns", scope="memories:write",
+          response_type=DeletedMemory, errors=(404, 422, 503),
+          query=(("namespace", "with auth off: the namespace to act as"),)),
+    Route("GET", "/api/v1/stats", endpoints.stats,
+          "Engine statistics (executions, caches, registry, router)", scope="metrics:read",
+          response_type=dict[str, Any]),
+    Route("GET", "/health", endpoints.health, "Liveness: the process answers", scope=None,
+          response_type=Health, rate_limited=False),
+    Route("GET", "/health/ready", endpoints.ready,
+          "Readiness: pattern engine, database and Redis (503 when not ready)",
+          response_type=Readiness, errors=(503,), rate_limited=False),
+    Route("GET", "/metrics", endpoints.metrics, "Prometheus metrics", scope=None,
+          content_type=CONTENT_TYPE_LATEST, errors=(403,), rate_limited=False),
+    Route("GET", "/openapi.json", endpoints.openapi, "This API description (OpenAPI 3.1)",
+          response_type=dict[str, Any], rate_limited=False),
+)
 
-    query: str
-    execution_mode: str | None = None
-    context: dict[str, Any] | None = None
-    use_cache: bool = True
-
-
-class RouteRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Body of ``POST /api/v1/route``."""
-
-    query: str
-    execution_mode: str | None = None
-    context: dict[str, Any] | None = None
-
-
-_encoder: Final = msgspec.json.Encoder()
-_execute_decoder: Final = msgspec.json.Decoder(ExecuteRequest)
-_route_decoder: Final = msgspec.json.Decoder(RouteRequest)
-_MODES: Final = ", ".join(m.value for m in ExecutionMode)
-
-
-def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
-    if not body.strip():
-        raise HTTPError(400, "empty_body", "the request body is empty; send a JSON object "
-                        "with at least a \"query\" field")
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise HTTPError(422, "validation_error", _explain(str(exc))) from None
-    except msgspec.DecodeError as exc:
-        raise HTTPError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
-
-
-def _explain(message: str) -> str:
-    # msgspec says "Object missing required field `query`" / "... - at `$.use_cache`"
-    return message.replace("Object contains unknown field", "unknown field") \
-        .replace("Object missing required field", "missing required field")
-
-
-def _check_query(engine: PatternExecutionEngine, query: str) -> None:
-    if not query.strip():
-        raise HTTPError(422, "empty_query", "query is empty - at `$.query`")
-    limit = engine.settings.max_query_length
-    if len(query) > limit:
-        raise HTTPError(413, "query_too_long",
-                        f"query is {len(query)} characters; the limit is {limit} "
-                        "(TMWS_MAX_QUERY_LENGTH)")
-
-
-def _check_mode(mode: str | None) -> None:
-    if mode is not None and mode not in ExecutionMode._value2member_map_:
-        raise HTTPError(422, "unknown_mode",
-                        f"unknown execution_mode {mode!r}; use one of: {_MODES} - at "
-                        "`$.execution_mode`")
-
-
-async def execute(engine: PatternExecutionEngine, request: Request) -> tuple[int, bytes]:
-    body = _decode(_execute_decoder, await request.json_body())
-    _check_query(engine, body.query)
-    _check_mode(body.execution_mode)
-    try:
-        result = await engine.execute(body.query, body.execution_mode, body.context,
-                                      body.use_cache)
-    except InvalidRequestError as exc:
-        raise HTTPError(422, "invalid_request", str(exc)) from None
-    return 200, _encoder.encode(result)
-
-
-async def route(engine: PatternExecutionEngine, request: Request) -> tuple[int, bytes]:
-    body = _decode(_route_decoder, await request.json_body())
-    _check_query(engine, body.query)
-    _check_mode(body.execution_mode)
-    mode = body.execution_mode or engine.settings.pattern_default_mode
-    decision = await engine.router.route(body.query.strip(), mode, body.context)
-    return 200, _encoder.encode(decision)
-
-
-async def stats(engine: PatternExecutionEngine, request: Request) -> tuple[int, bytes]:
-    return 200, _encoder.encode(engine.get_stats())
-
-
-async def health(engine: PatternExecutionEngine, request: Request) -> tuple[int, bytes]:
-    """Liveness: the process answers."""
-    return 200, _encoder.encode({"status": "ok", "version": __version__})
-
-
-async def ready(engine: PatternExecutionEngine, request: Request) -> tuple[int, bytes]:
-    """The guide's health check: pattern engine, database, Redis; 503 unless all are ok."""
-    report = await engine.health()
-    redis = report["cache"]["redis"]
-    checks: dict[str, Any] = {
-        "pattern_engine": report["engine"]["status"] == "ok",
-        "database": report["database"]["status"] == "ok",
-        # Not configured is fine: the service runs on its local cache.
-        "redis": redis in ("ok", "not configured"),
-    }
-    if redis.startswith("unavailable"):
-        checks["redis_error"] = redis
-    if not checks["database"]:
-        checks["database_error"] = report["database"]["status"]
-    checks["healthy"] = all(checks[k] for k in ("pattern_engine", "database", "redis"))
-    return (200 if checks["healthy"] else 503), _encoder.encode(checks)
-
-
-async def metrics(engine: PatternExecutionEngine, request: Request) -> tuple[int, bytes]:
-    """Prometheus exposition (text format 0.0.4)."""
-    ExecutionMetrics.publish_hit_rates(engine.cache_hit_rates())
-    return 200, exposition()
-
-
-Route = Callable[[PatternExecutionEngine, Request], Awaitable[tuple[int, bytes]]]
-
-ROUTES: Final[dict[str, dict[str, Route]]] = {
-    "/api/v1/execute": {"POST": execute},
-    "/api/v1/route": {"POST": route},
-    "/api/v1/stats": {"GET": stats},
-    "/health": {"GET": health},
-    "/health/ready": {"GET": ready},
-    "/metrics": {"GET": metrics},
-}
-# Routes whose body is not JSON.
-CONTENT_TYPES: Final = {"/metrics": CONTENT_TYPE_LATEST.encode()}
+ROUTER: Final = Router(ROUTES)

@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 
+from tmws._logging import granian_log_options
 from tmws.config import Settings
 from tmws.database import EmbeddedPostgres, upgrade
 from tmws.patterns import default_library_path, load_pattern_file
@@ -23,11 +24,6 @@ def serve(settings: Settings) -> None:
     from granian import Granian
     from granian.constants import Interfaces
 
-    if settings.auth_enabled or settings.rate_limit_enabled:
-        # Refuse rather than run unprotected while the operator believes otherwise.
-        var = "TMWS_AUTH_ENABLED" if settings.auth_enabled else "TMWS_RATE_LIMIT_ENABLED"
-        raise SystemExit(f"{var}=true is not supported by this version of tmws yet; unset it "
-                         "or put the service behind an authenticating proxy")
     # Fail here, with the file and pattern named, rather than inside every worker.
     load_pattern_file(settings.pattern_config or default_library_path())
     embedded: EmbeddedPostgres | None = None
@@ -55,7 +51,9 @@ def serve(settings: Settings) -> None:
             port=settings.api_port,
             interface=Interfaces.ASGI,
             workers=settings.workers,
-            log_level=settings.log_level.lower(),  # type: ignore[arg-type]
+            # SIGTERM stops accepting and lets in-flight requests finish for this long.
+            workers_kill_timeout=settings.shutdown_timeout,
+            **granian_log_options(settings),  # JSON lines, also in every worker
         ).serve()
     finally:
         if multiproc_dir is not None:

@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tmws.config import Settings
 from tmws.database._vectors import search_settings_sql
-from tmws.errors import DatabaseError
+from tmws.errors import DatabaseError, InvalidRequestError
 from tmws.metrics import DATABASE_CONNECTIONS_ACTIVE, DATABASE_QUERY_DURATION
 
 __all__ = ["Database", "first_line", "get_pool_stats"]
@@ -147,6 +147,11 @@ class Database:
             # (see _tracked_connection_class) mark the server unreachable.
             self._errors += 1
             raise DatabaseError(f"database unavailable: {first_line(exc)}") from exc
+        except psycopg.DataError as exc:
+            # A value PostgreSQL cannot take (SQLSTATE class 22: a NUL character, a number
+            # or a date out of range): the caller's input, answered as such, not a 500.
+            raise InvalidRequestError(f"the database refused a value: {first_line(exc)}"
+                                      ) from exc
         else:
             self._unreachable_since = None
         finally:

@@ -1,0 +1,104 @@
+"""/api/v1/patterns: list, read, register, delete, reload — nothing changes on error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import ApiFactory
+
+PATTERN: dict[str, Any] = {
+    "name": "deploy_status", "pattern_type": "infrastructure",
+    "trigger_pattern": r"deploy(ment)?\s+status", "priority": 5, "cost_tokens": 20,
+}
+
+
+async def test_list_and_filter(api: httpx.AsyncClient) -> None:
+    everything = (await api.get("/api/v1/patterns")).json()
+    assert everything["count"] == len(everything["patterns"]) > 0
+    assert everything["fingerprint"]
+    memory = (await api.get("/api/v1/patterns", params={"type": "memory"})).json()
+    assert memory["count"] > 0
+    assert {p["pattern_type"] for p in memory["patterns"]} == {"memory"}
+    wrong = await api.get("/api/v1/patterns", params={"type": "nope"})
+    assert wrong.status_code == 422 and "memory" in wrong.json()["error"]["message"]
+
+
+async def test_register_get_execute_delete(api: httpx.AsyncClient) -> None:
+    before = (await api.get("/api/v1/patterns")).json()["fingerprint"]
+    created = await api.post("/api/v1/patterns", json=PATTERN)
+    assert created.status_code == 201, created.text
+    assert created.headers["location"] == "/api/v1/patterns/deploy_status"
+    assert created.json()["trigger_pattern"] == PATTERN["trigger_pattern"]
+    fetched = await api.get("/api/v1/patterns/deploy_status")
+    assert fetched.status_code == 200 and fetched.json()["priority"] == 5
+    routed = await api.post("/api/v1/route", json={"query": "what is the deploy status"})
+    assert routed.json()["pattern_name"] == "deploy_status"
+    assert (await api.get("/api/v1/patterns")).json()["fingerprint"] != before
+
+    again = await api.post("/api/v1/patterns", json=PATTERN)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "pattern_exists"
+    replaced = await api.post("/api/v1/patterns", json={**PATTERN, "priority": 7,
+                                                        "replace": True})
+    assert replaced.status_code == 201 and replaced.json()["priority"] == 7
+
+    deleted = await api.delete("/api/v1/patterns/deploy_status")
+    assert deleted.status_code == 200 and deleted.json()["name"] == "deploy_status"
+    assert (await api.get("/api/v1/patterns/deploy_status")).status_code == 404
+    assert (await api.delete("/api/v1/patterns/deploy_status")).status_code == 404
+    assert (await api.get("/api/v1/patterns")).json()["fingerprint"] == before
+
+
+async def test_rejected_registrations_change_nothing(api: httpx.AsyncClient) -> None:
+    before = (await api.get("/api/v1/patterns")).json()
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({**PATTERN, "trigger_pattern": "deploy(("}, 422, "deploy_status"),
+        ({**PATTERN, "trigger_pattern": r"(?<=x)deploy"}, 422, "deploy_status"),
+        ({**PATTERN, "handler": "no_such_handler"}, 422, "no_such_handler"),
+        ({**PATTERN, "pattern_type": "cosmic"}, 422, "pattern_type"),
+        ({**PATTERN, "colour": "blue"}, 422, "colour"),
+        ({**PATTERN, "name": "has space"}, 422, "name"),
+        ({k: v for k, v in PATTERN.items() if k != "trigger_pattern"}, 422, "trigger_pattern"),
+    ]
+    for body, status, named in cases:
+        response = await api.post("/api/v1/patterns", json=body)
+        assert response.status_code == status, (body, response.text)
+        assert named in response.json()["error"]["message"], response.text
+    after = (await api.get("/api/v1/patterns")).json()
+    assert after == before
+
+
+async def test_reload(make_api: ApiFactory, tmp_path: Path) -> None:
+    library = tmp_path / "patterns.yaml"
+    library.write_text(
+        "infrastructure_patterns:\n"
+        "  - name: ping_service\n    pattern_type: infrastructure\n"
+        "    trigger_pattern: 'ping\\s+\\w+'\n")
+    async with make_api(pattern_config=str(library)) as (api, _):
+        assert (await api.get("/api/v1/patterns")).json()["count"] == 1
+        library.write_text(library.read_text() +
+                           "  - name: pong_service\n    pattern_type: infrastructure\n"
+                           "    trigger_pattern: 'pong\\s+\\w+'\n")
+        reloaded = await api.post("/api/v1/patterns/reload")
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["patterns"] == 2
+        assert reloaded.json()["propagation"] == "this process"
+        fingerprint = reloaded.json()["fingerprint"]
+
+        library.write_text("infrastructure_patterns:\n"
+                           "  - name: broken\n    pattern_type: [unclosed\n")
+        failed = await api.post("/api/v1/patterns/reload")
+        assert failed.status_code == 422
+        assert failed.json()["error"]["code"] == "invalid_pattern_file"
+        assert str(library) in failed.json()["error"]["message"]
+        current = (await api.get("/api/v1/patterns")).json()
+        assert current["count"] == 2 and current["fingerprint"] == fingerprint
+
+
+async def test_pattern_named_reload_is_readable(api: httpx.AsyncClient) -> None:
+    created = await api.post("/api/v1/patterns", json={**PATTERN, "name": "reload"})
+    assert created.status_code == 201
+    assert (await api.get("/api/v1/patterns/reload")).json()["name"] == "reload"
+    assert (await api.put("/api/v1/patterns/reload")).status_code == 405

@@ -1,0 +1,31 @@
+"""HTTP endpoints: each takes the engine and a request and returns a Response."""
+
+from tmws.endpoints.execution import execute, route
+from tmws.endpoints.memories import create_memory, delete_memory, get_memory, search_memories
+from tmws.endpoints.patterns import (
+    delete_pattern,
+    get_pattern,
+    list_patterns,
+    register_pattern,
+    reload_patterns,
+)
+from tmws.endpoints.system import health, metrics, openapi, ready, stats
+
+__all__ = [
+    "create_memory",
+    "delete_memory",
+    "delete_pattern",
+    "execute",
+    "get_memory",
+    "get_pattern",
+    "health",
+    "list_patterns",
+    "metrics",
+    "openapi",
+    "ready",
+    "register_pattern",
+    "reload_patterns",
+    "route",
+    "search_memories",
+    "stats",
+]

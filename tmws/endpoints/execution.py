@@ -1,0 +1,64 @@
+"""``POST /api/v1/execute`` and ``POST /api/v1/route``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from tmws.endpoints._common import check_query, decode, encoder, namespace_for
+from tmws.errors import InvalidRequestError
+from tmws.http import HTTPError, Request, Response, error_body
+from tmws.schemas import ExecuteRequest, RouteRequest
+
+if TYPE_CHECKING:
+    from tmws.engine import PatternExecutionEngine
+
+__all__ = ["execute", "route"]
+
+_execute_decoder: Final = msgspec.json.Decoder(ExecuteRequest)
+_route_decoder: Final = msgspec.json.Decoder(RouteRequest)
+# Failed executions that are the service's fault or a dependency's, not an answer.
+_FAILURE_STATUS: Final = {"pattern_timeout": 504, "database_unavailable": 503,
+                          "invalid_request": 422}
+
+
+async def execute(engine: PatternExecutionEngine, request: Request) -> Response:
+    body = decode(_execute_decoder, await request.json_body())
+    check_query(engine, body.query)
+    context = body.context
+    requested = context.get("namespace") if context else None
+    namespace = namespace_for(request, requested)
+    if request.principal is not None and requested != namespace:
+        context = {**(context or {}), "namespace": namespace}
+    principal = request.principal
+    authorize = None
+    if principal is not None:
+        def authorize(reads_memory: bool, writes_memory: bool) -> None:
+            # The execute scope runs patterns; touching memories needs their scopes too.
+            if reads_memory:
+                principal.require("memories:read")
+            if writes_memory:
+                principal.require("memories:write")
+    try:
+        result = await engine.execute(body.query, body.execution_mode, context, body.use_cache,
+                                      authorize=authorize)
+    except InvalidRequestError as exc:
+        raise HTTPError(422, "invalid_request", str(exc)) from None
+    status = _FAILURE_STATUS.get(result.error_code or "") if not result.success else None
+    if status is not None:
+        return Response(status, error_body(result.error_code or "", result.error or "",
+                                           result))
+    return Response(200, encoder.encode(result))
+
+
+async def route(engine: PatternExecutionEngine, request: Request) -> Response:
+    body = decode(_route_decoder, await request.json_body())
+    check_query(engine, body.query)
+    context = body.context
+    namespace = namespace_for(request, context.get("namespace") if context else None)
+    if context is not None:
+        context = {**context, "namespace": namespace}
+    mode = body.execution_mode or engine.settings.pattern_default_mode
+    decision = await engine.router.route(body.query.strip(), mode, context)
+    return Response(200, encoder.encode(decision))

@@ -1,0 +1,136 @@
+"""Request and response bodies of the HTTP API (msgspec; /openapi.json is generated from them).
+
+Request bodies reject unknown fields: a misspelt option is an error, not silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from tmws.memory import MemoryRecord
+from tmws.models import PatternDefinition, PatternType
+
+__all__ = [
+    "DeletedMemory",
+    "ExecuteRequest",
+    "Health",
+    "MemoryCreate",
+    "MemoryList",
+    "MemorySearch",
+    "PatternList",
+    "PatternRegistration",
+    "PatternReload",
+    "Readiness",
+    "RouteRequest",
+]
+
+Query = Annotated[str, msgspec.Meta(min_length=1, description="The natural-language query.")]
+Namespace = Annotated[str, msgspec.Meta(
+    min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$",
+    description="With auth on, the token's subject; another namespace is refused (403).")]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
+Importance = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Mode = Annotated[Literal["fast", "balanced", "comprehensive"], msgspec.Meta(
+    description="Default: TMWS_PATTERN_DEFAULT_MODE.")]
+
+
+class ExecuteRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``POST /api/v1/execute``."""
+
+    query: Query
+    execution_mode: Mode | None = None
+    context: dict[str, Any] | None = None
+    use_cache: bool = True
+
+
+class RouteRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``POST /api/v1/route``."""
+
+    query: Query
+    execution_mode: Mode | None = None
+    context: dict[str, Any] | None = None
+
+
+class PatternRegistration(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Body of ``POST /api/v1/patterns``: a pattern as written in the pattern file."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=128,
+                                      pattern=r"^[A-Za-z0-9_-]+$")]
+    pattern_type: PatternType
+    trigger_pattern: Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
+    cost_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    priority: int = 0
+    cache_ttl: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    handler: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    replace: bool = msgspec.field(default=False)  # replace a pattern of the same name
+
+
+class PatternList(msgspec.Struct):
+    patterns: list[PatternDefinition]
+    count: int
+    fingerprint: str
+
+
+class PatternReload(msgspec.Struct):
+    patterns: int
+    fingerprint: str
+    source: str
+    # "redis": every instance and worker on the same Redis follows; otherwise this process.
+    propagation: str
+
+
+class MemoryCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Body of ``POST /api/v1/memories``."""
+
+    content: Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
+    memory_type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "general"
+    importance: Importance = 0.5
+    tags: Annotated[list[Annotated[str, msgspec.Meta(max_length=128)]],
+                    msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    visibility: Literal["private", "shared"] = "private"
+    namespace: Namespace | None = None
+
+
+class MemorySearch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Body of ``POST /api/v1/memories/search``.
+
+    With ``query``: hybrid recall (full text + vectors) or ``method="vector"`` kNN. Without
+    it: by ``tags``, else by ``min_importance``, else the most recent.
+    """
+
+    query: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+    method: Literal["hybrid", "vector"] = "hybrid"
+    tags: Annotated[list[str], msgspec.Meta(max_length=64)] | None = None
+    min_importance: Importance | None = None
+    days: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    limit: Limit = 10
+    namespace: Namespace | None = None
+
+
+class MemoryList(msgspec.Struct):
+    results: list[MemoryRecord]
+    count: int
+
+
+class DeletedMemory(msgspec.Struct):
+    deleted: int
+
+
+class Health(msgspec.Struct):
+    status: str
+    version: str
+
+
+class Readiness(msgspec.Struct, omit_defaults=True):
+    """The operations guide's health check."""
+
+    pattern_engine: bool
+    database: bool
+    redis: bool
+    healthy: bool
+    database_error: str | None = None
+    redis_error: str | None = None
