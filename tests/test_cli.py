@@ -95,3 +95,23 @@ def test_token_create_rejects_an_unknown_scope() -> None:
     done = run("token", "create", "--namespace", "a", "--scopes", "execute", "root", env=env)
     assert done.returncode == 2 and done.stdout == ""
     assert "'root'" in done.stderr and "memories:read" in done.stderr
+
+
+def test_audit_prune(database_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO audit_log (occurred_at, actor, action, outcome) VALUES"
+                     " (now() - interval '40 days', 'cli-test', 'execute', 'success'),"
+                     " (now(), 'cli-test', 'execute', 'success')")
+        env = {"TMWS_DATABASE_URL": database_url, "TMWS_DB_MAX_CONNECTIONS": "1"}
+        done = run("audit", "prune", "--older-than", "30", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "deleted" in done.stdout
+        left = conn.execute("SELECT count(*) FROM audit_log WHERE actor = 'cli-test'"
+                            ).fetchone()
+        old = conn.execute("SELECT count(*) FROM audit_log WHERE actor = 'cli-test'"
+                           " AND occurred_at < now() - interval '30 days'").fetchone()
+    assert left == (1,) and old == (0,)
+    refused = run("audit", "prune", "--older-than", "0", env=env)
+    assert refused.returncode == 2

@@ -43,6 +43,7 @@ __all__ = [
     "OUTCOME_SUCCESS",
     "SYSTEM_ACTOR",
     "AuditLog",
+    "prune_audit_log",
 ]
 
 logger = logging.getLogger("tmws.audit")
@@ -390,3 +391,25 @@ def _without_nul(value: Any) -> Any:
     if isinstance(value, dict):
         return {_without_nul(k): _without_nul(v) for k, v in value.items()}
     return value
+
+
+async def prune_audit_log(database: Database, older_than_days: float, *,
+                          batch_size: int = 10_000) -> int:
+    """Delete records older than ``older_than_days``; returns how many went.
+
+    In batches, each its own short transaction, so a large backlog never holds locks long
+    or blocks the writer.
+    """
+    if older_than_days <= 0:
+        raise ValueError(f"older_than_days must be positive (got {older_than_days})")
+    total = 0
+    while True:
+        rows = await database.fetch(
+            "WITH gone AS (DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log"
+            " WHERE occurred_at < now() - make_interval(secs => %(days)s::float8 * 86400)"
+            " ORDER BY occurred_at LIMIT %(batch)s) RETURNING 1) SELECT count(*) AS n FROM gone",
+            {"days": older_than_days, "batch": batch_size})
+        removed = int(rows[0]["n"])
+        total += removed
+        if removed < batch_size:
+            return total

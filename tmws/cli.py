@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         "export", help="write memories as JSON Lines ordered by id (embeddings excluded)")
     export.add_argument("--namespace", default=None, help="only this namespace's memories")
     export.add_argument("--output", "-o", default=None, help="file to write (default: stdout)")
+    audit = commands.add_parser("audit", help="audit log maintenance")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    prune = audit_commands.add_parser(
+        "prune", help="delete audit records older than --older-than days (run it daily)")
+    prune.add_argument("--older-than", type=_positive_float, required=True, metavar="DAYS")
     patterns = commands.add_parser("patterns", help="pattern library tools")
     pattern_commands = patterns.add_subparsers(dest="patterns_command", required=True)
     check = pattern_commands.add_parser("check", help="validate a pattern file")
@@ -104,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             library = load_pattern_file(args.file)
             print(f"{args.file}: {len(library.patterns)} patterns OK")
+        elif args.command == "audit":
+            asyncio.run(_audit_prune(settings, args.older_than))
         elif args.command == "token":
             _token_create(settings, args.namespace, args.scopes, args.expires)
     except TmwsError as exc:
@@ -174,6 +181,21 @@ async def _reembed(settings: Settings) -> None:
         await provider.aclose()
     print(f"re-embedded {count} memories with {provider.name} ({provider.model}, "
           f"{provider.dim} dimensions)")
+
+
+async def _audit_prune(settings: Settings, days: float) -> None:
+    from tmws.audit import prune_audit_log
+
+    async with _database(settings) as database:
+        removed = await prune_audit_log(database, days)
+    print(f"deleted {removed} audit records older than {days:g} days")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive (got {text})")
+    return value
 
 
 def _positive_int(text: str) -> int:
