@@ -27,6 +27,7 @@ async def test_tokens_are_required_and_checked(make_api: ApiFactory) -> None:
         missing = await api.post("/api/v1/execute", json=execute)
         assert missing.status_code == 401
         assert missing.json()["error"]["code"] == "token_missing"
+        assert missing.headers["www-authenticate"].startswith("Bearer")
         good = bearer("team-a", "execute")
         assert (await api.post("/api/v1/execute", json=execute, headers=good)).status_code == 200
 

@@ -73,6 +73,8 @@ class TmwsApp:
             return
         except Exception as exc:
             status, body = _failure(exc, scope["path"])
+            if status == 401:  # RFC 6750: say which scheme, and that the token was the problem
+                extra.append((b"www-authenticate", b'Bearer realm="tmws", error="invalid_token"'))
             await send_json(send, status, body, extra)
             return
         headers = [(b"content-type", response.content_type)]

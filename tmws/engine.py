@@ -481,12 +481,18 @@ class PatternExecutionEngine:
     def pool_stats(self) -> dict[str, Any]:
         return self.database.pool_stats()
 
-    async def health(self, *, probe_database: bool = True) -> dict[str, Any]:
-        """Status of the engine, the database and the cache."""
+    async def health(self, *, probe_database: bool = True,
+                     database_timeout: float | None = None) -> dict[str, Any]:
+        """Status of the engine, the database and the cache.
+
+        ``database_timeout`` (seconds) bounds the database probe; by default it leaves the
+        health pattern time to report within TMWS_PATTERN_INFRA_TIMEOUT.
+        """
         engine = {"status": "ok", "patterns": len(self.registry), "version": __version__}
         if probe_database:
-            # Leave the health pattern time to report instead of timing out itself.
-            ok = await self.database.ping(timeout=0.6 * self.settings.pattern_infra_timeout / 1000)
+            if database_timeout is None:
+                database_timeout = 0.6 * self.settings.pattern_infra_timeout / 1000
+            ok = await self.database.ping(timeout=database_timeout)
             database: dict[str, Any] = {"status": "ok" if ok else "unavailable",
                                         "pool": self.pool_stats()}
         else:

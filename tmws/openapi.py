@@ -48,7 +48,8 @@ def openapi_schema() -> dict[str, Any]:
              {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}}
             for name in _PARAM.findall(route.path)]
         parameters += [{"name": name, "in": "query", "required": False, "description": text,
-                        "schema": {"type": "string"}} for name, text in route.query]
+                        "schema": {"type": "string", "enum": list(values)} if values else
+                        {"type": "string"}} for name, text, values in route.query]
         if parameters:
             operation["parameters"] = parameters
         if route.request_type is not None:

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from tmws import endpoints
 from tmws.memory import MemoryRecord
-from tmws.models import ExecutionResult, PatternDefinition, RoutingDecision
+from tmws.models import ExecutionResult, PatternDefinition, PatternType, RoutingDecision
 from tmws.routing import Route, Router
 from tmws.schemas import (
     DeletedMemory,
@@ -38,7 +38,8 @@ ROUTES: Final = (
           request_type=RouteRequest, response_type=RoutingDecision, errors=_BODY),
     Route("GET", "/api/v1/patterns", endpoints.list_patterns,
           "List the registered patterns", scope="execute", response_type=PatternList,
-          errors=(422,), query=(("type", "only patterns of this type"),)),
+          errors=(422,),
+          query=(("type", "only patterns of this type", tuple(t.value for t in PatternType)),)),
     Route("POST", "/api/v1/patterns", endpoints.register_pattern,
           "Register a pattern (the regex is compiled first; nothing changes on error)",
           scope="patterns:admin", request_type=PatternRegistration,
@@ -62,11 +63,11 @@ ROUTES: Final = (
     Route("GET", "/api/v1/memories/{id}", endpoints.get_memory,
           "Read one memory (whole content)", scope="memories:read",
           response_type=MemoryRecord, errors=(404, 422, 503),
-          query=(("namespace", "with auth off: the namespace to read as"),)),
+          query=(("namespace", "with auth off: the namespace to read as", ()),)),
     Route("DELETE", "/api/v1/memories/{id}", endpoints.delete_memory,
           "Delete a memory the caller owns", scope="memories:write",
           response_type=DeletedMemory, errors=(404, 422, 503),
-          query=(("namespace", "with auth off: the namespace to act as"),)),
+          query=(("namespace", "with auth off: the namespace to act as", ()),)),
     Route("GET", "/api/v1/stats", endpoints.stats,
           "Engine statistics (executions, caches, registry, router)", scope="metrics:read",
           response_type=dict[str, Any]),

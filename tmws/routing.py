@@ -29,7 +29,8 @@ class Route(NamedTuple):
     status: int = 200
     errors: tuple[int, ...] = ()
     content_type: str = "application/json"
-    query: tuple[tuple[str, str], ...] = ()  # (name, description) of query parameters
+    # Query parameters: (name, description, allowed values or () for any string).
+    query: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
     rate_limited: bool = True
 
 
