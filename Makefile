@@ -43,7 +43,7 @@ test: lint test-rust test-python ## Install test dependencies, lint, and run eve
 bench: install-test ## Matcher benchmarks vs Python re and hyperscan (not part of `test`)
 	$(BIN)/pytest bench -q -p no:cacheprovider
 
-bench-http: install-test ## wrk load: execute (cache hit) vs a bare Granian ASGI endpoint
+bench-http: install-test ## wrk load: execute (hit, miss, memory, hybrid) vs a bare Granian ASGI endpoint
 	command -v wrk >/dev/null || apt-get install -y wrk
 	$(PY) bench/http_load.py
 

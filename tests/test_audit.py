@@ -232,7 +232,7 @@ async def test_migration_is_reversible(database_url: str) -> None:
 
     version, exists, indexes = await state()
     assert version == "0003" and exists
-    assert {"idx_audit_occurred", "idx_audit_actor_occurred", "idx_audit_request"} <= indexes
+    assert {"idx_audit_occurred", "idx_audit_actor_occurred"} <= indexes
 
     def downgrade() -> None:
         with _ALEMBIC_LOCK:

@@ -136,7 +136,7 @@ async def test_comprehensive_runs_handler_and_retrieval(engine: PatternExecution
 
 async def test_keyword_routing_when_no_trigger_matches(engine: PatternExecutionEngine,
                                                        namespace: str) -> None:
-    result = await engine.execute("anything in memory on rollbacks",
+    result = await engine.execute("anything in memory on rollbacks please",
                                   context={"namespace": namespace})
     assert result.success, result.error
     routing = result.metadata["routing"]
@@ -342,3 +342,19 @@ async def test_cache_never_leaks_private_memories_across_namespaces(
     theirs = await engine.execute("recall memories about payroll export", context=other)
     assert not theirs.cache_hit
     assert all(m["namespace"] != owner["namespace"] for m in theirs.result["memories"])
+
+
+async def test_example_routed_queries_run_their_pattern(engine: PatternExecutionEngine) -> None:
+    result = await engine.execute("please check the health of the database")
+    assert result.success and result.pattern_name == "health_check"
+    routing = result.metadata["routing"]
+    assert routing["decided_by"] == "examples"
+    assert routing["nearest_examples"][0]["example"] == "check database health"
+    again = await engine.execute("please check the health of the database")
+    assert again.cache_hit
+
+
+async def test_off_topic_query_abstains(engine: PatternExecutionEngine) -> None:
+    result = await engine.execute("tell me a joke")
+    assert not result.success and result.error_code == "no_pattern_matched"
+    assert result.metadata["routing"]["abstained"] is True

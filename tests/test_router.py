@@ -23,7 +23,7 @@ async def test_trigger_decides_with_alternatives(router: HybridRouter) -> None:
 
 
 @pytest.mark.parametrize(("query", "expected"), [
-    ("anything in memory on rollbacks", PatternType.MEMORY),
+    ("anything in memory on rollbacks please", PatternType.MEMORY),
     ("ping the gateway uptime", PatternType.INFRASTRUCTURE),
     ("trends across incidents please", PatternType.HYBRID),
 ])
@@ -54,3 +54,38 @@ def test_nearest_patterns_rank_by_shared_words() -> None:
     nearest = nearest_patterns("vector search tool please", list(library.patterns))
     assert nearest[0][0] == "execute_mcp_tool"
     assert nearest_patterns("", list(library.patterns)) == []
+
+
+async def test_examples_decide_when_no_trigger_matches(router: HybridRouter) -> None:
+    decision = await router.route("please check the health of the database", "balanced")
+    assert decision.decided_by == "examples"
+    assert decision.pattern_name == "health_check"
+    best = decision.nearest_examples[0]
+    assert best.pattern == "health_check" and best.example == "check database health"
+    assert decision.threshold is not None and best.score >= decision.threshold
+    assert decision.margin is not None and decision.margin >= router.min_margin
+    assert decision.runner_up == decision.nearest_examples[1].pattern
+    assert not decision.abstained and "closest to example" in decision.reasoning
+
+
+async def test_off_topic_queries_abstain_with_scored_candidates(router: HybridRouter) -> None:
+    for query in ("tell me a joke", "what is the weather in paris"):
+        decision = await router.route(query, "balanced")
+        assert decision.decided_by == "none" and decision.abstained, query
+        assert all(c.score < router.min_score for c in decision.nearest_examples)
+
+
+async def test_fast_mode_limits_stage_two_to_infrastructure(router: HybridRouter) -> None:
+    decision = await router.route("bring back our notes on the outage", ExecutionMode.FAST)
+    assert decision.pattern_type is PatternType.INFRASTRUCTURE
+    kinds = {router.registry.patterns(PatternType.INFRASTRUCTURE)[0].pattern_type}
+    for candidate in decision.nearest_examples:
+        pattern = router.registry.get(candidate.pattern)
+        assert pattern is not None and pattern.pattern_type in kinds
+
+
+async def test_thresholds_can_be_overridden_per_call(router: HybridRouter) -> None:
+    query = "please check the health of the database"
+    strict = router.explain(query, ExecutionMode.BALANCED, None, min_score=0.99, record=False)
+    assert strict.decided_by != "examples"
+    assert strict.threshold == 0.99

@@ -7,6 +7,7 @@ subclasses ``tmws.errors.PatternError`` when it initialises.
 from __future__ import annotations
 
 from tmws._tmws_core import (
+    ExampleIndex,
     HashEmbedder,
     Matcher,
     PatternCompileError,
@@ -16,6 +17,7 @@ from tmws._tmws_core import (
 )
 
 __all__ = [
+    "ExampleIndex",
     "HashEmbedder",
     "Matcher",
     "PatternCompileError",

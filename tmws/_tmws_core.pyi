@@ -1,4 +1,5 @@
-"""Native core of tmws (Rust, built with PyO3 from ``rust_core/``): matching and embedding.
+"""Native core of tmws (Rust, built with PyO3 from ``rust_core/``): matching, embedding and
+lexical example scoring.
 
 Import it through :mod:`tmws._native` only.
 
@@ -19,6 +20,9 @@ __version__: Final[str]
 
 PatternSpec = tuple[str, str, int, str]
 """``(name, regex, priority, kind)``."""
+
+Example = tuple[str, str, str]
+"""``(pattern name, kind, text)``: one example utterance of a pattern."""
 
 class PatternCompileError(PatternError):
     """A trigger regex (or a pattern list) was rejected.
@@ -190,6 +194,74 @@ class HashEmbedder:
         ``numpy.frombuffer(data, "<f4").reshape(len(texts), dim)``. Values are identical to
         :meth:`embed_batch`.
         """
+
+class ExampleIndex:
+    """Lexical index of the example utterances of a pattern library.
+
+    Scores a query against every example with TF-IDF cosine similarity and returns each
+    pattern's best example; the router's second stage, for queries no trigger regex matches.
+
+    The score is LEXICAL, not semantic: it measures shared words, word bigrams and word
+    pieces ("optimize" / "optimization"), never meaning ("car" / "automobile" score 0).
+
+    Features are those of :class:`HashEmbedder` (lowercased Unicode alphanumeric words,
+    adjacent word bigrams, 3- to 5-character n-grams of ``<word>``), kept exact instead of
+    hashed into buckets. Term weight ``(1 + ln tf) * idf`` with the smoothed
+    ``idf = ln((1 + N) / (1 + df)) + 1`` over the ``N`` examples (scikit-learn's
+    ``TfidfVectorizer(sublinear_tf=True)`` convention). Words and bigrams form one block,
+    n-grams another, each L2-normalised on its own, and
+    ``score = 0.5 * cos_words + 0.5 * cos_chars``, in ``(0, 1]``: ``1.0`` means the same
+    features in the same proportions (e.g. the same text up to case and punctuation).
+    Query features found in no example are ignored entirely (they do not lower the score);
+    a query with no known features scores nothing. Scores are ``float32`` values.
+
+    Immutable and thread-safe; construction and :meth:`score` release the GIL. Rebuild it
+    when the library changes. Query cost grows with the examples that share features with
+    the query, not with the size of the library.
+    """
+
+    def __init__(self, examples: Sequence[Example]) -> None:
+        """Index ``examples``, each a ``(pattern name, kind, text)`` tuple.
+
+        A pattern may have any number of examples, not necessarily adjacent; patterns rank
+        ties in order of their first example. Kind belongs to each example: a ``kind``
+        filter considers only the examples of that kind. Examples without features (empty,
+        punctuation only) are counted in ``N`` but never match.
+
+        Raises:
+            TypeError: ``examples`` is not a sequence of tuples of ``str``.
+            ValueError: a tuple does not have 3 items.
+        """
+
+    def score(
+        self, query: str, top_k: int = 5, kind: str | None = None
+    ) -> list[tuple[str, float, int]]:
+        """The ``top_k`` best patterns for ``query``: ``(pattern name, score, example)``.
+
+        One entry per pattern, for its best-scoring example; ``example`` is that example's
+        index in the constructor's ``examples`` (the first one among equal scores). Sorted by
+        score descending, then by pattern registration order; only scores above 0. With
+        ``kind``, only examples of that kind count (an unknown kind gives ``[]``).
+
+        Raises:
+            ValueError: ``top_k`` is negative.
+        """
+
+    @property
+    def feature_count(self) -> int:
+        """Distinct features (words, bigrams and n-grams) over all examples."""
+
+    @property
+    def pattern_count(self) -> int:
+        """Distinct pattern names."""
+
+    def stats(self) -> dict[str, int]:
+        """Sizes: ``patterns``, ``examples``, ``kinds``, ``word_features`` (words and
+        bigrams), ``char_features`` (n-grams), ``postings`` (non-zero weights of all example
+        vectors) and ``empty_examples`` (examples without features)."""
+
+    def __len__(self) -> int:
+        """Number of examples."""
 
 def normalize_query(query: str) -> str:
     """``query`` lower-cased (Unicode), whitespace runs collapsed to one space, ends trimmed.

@@ -43,6 +43,7 @@ __all__ = [
     "OUTCOME_SUCCESS",
     "SYSTEM_ACTOR",
     "AuditLog",
+    "ConstantDetail",
     "prune_audit_log",
 ]
 
@@ -373,7 +374,17 @@ def _text_field(value: object) -> bytes:
     return _pack_length(len(data)) + data
 
 
+class ConstantDetail(dict[str, Any]):
+    """A ``detail`` used for many records: encoded once, at construction. Never mutate it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.field = _detail_field(dict(self))
+
+
 def _detail_field(detail: Mapping[str, Any]) -> bytes:
+    if type(detail) is ConstantDetail:
+        return detail.field
     try:
         encoded = _json.encode(detail)
     except (TypeError, ValueError, OverflowError) as exc:

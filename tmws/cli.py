@@ -69,6 +69,25 @@ def _parser() -> argparse.ArgumentParser:
     pattern_commands = patterns.add_subparsers(dest="patterns_command", required=True)
     check = pattern_commands.add_parser("check", help="validate a pattern file")
     check.add_argument("file")
+    evaluate = pattern_commands.add_parser(
+        "eval", help="route a labelled file (PATTERN or NONE, tab, query per line) and report "
+        "accuracy, precision/recall, abstentions and confusions")
+    evaluate.add_argument("file")
+    evaluate.add_argument("--patterns", default=None,
+                          help="pattern file (default: TMWS_PATTERN_CONFIG or the shipped one)")
+    evaluate.add_argument("--mode", default=None, choices=["fast", "balanced", "comprehensive"])
+    evaluate.add_argument("--min-score", type=float, default=None,
+                          help="stage-2 threshold (default: TMWS_ROUTER_MIN_SCORE)")
+    evaluate.add_argument("--min-margin", type=float, default=None,
+                          help="stage-2 margin (default: TMWS_ROUTER_MIN_MARGIN)")
+    evaluate.add_argument("--suggest", action="store_true",
+                          help="also search the thresholds that maximise accuracy on FILE")
+    evaluate.add_argument("--fail-under", type=float, default=None, metavar="ACCURACY",
+                          help="exit 1 if accuracy (0..1) is below this")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    examples = pattern_commands.add_parser(
+        "examples", help="print a labelled file of a pattern file's example queries")
+    examples.add_argument("file", nargs="?", default=None)
     token = commands.add_parser("token", help="API tokens (TMWS_SECRET_KEY)")
     token_commands = token.add_subparsers(dest="token_command", required=True)
     create = token_commands.add_parser(
@@ -105,10 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 asyncio.run(_reembed(settings))
         elif args.command == "patterns":
-            from tmws.patterns import load_pattern_file
-
-            library = load_pattern_file(args.file)
-            print(f"{args.file}: {len(library.patterns)} patterns OK")
+            return _patterns(settings, args)
         elif args.command == "audit":
             asyncio.run(_audit_prune(settings, args.older_than))
         elif args.command == "token":
@@ -181,6 +197,42 @@ async def _reembed(settings: Settings) -> None:
         await provider.aclose()
     print(f"re-embedded {count} memories with {provider.name} ({provider.model}, "
           f"{provider.dim} dimensions)")
+
+
+def _patterns(settings: Settings, args: argparse.Namespace) -> int:
+    from tmws import evaluation
+    from tmws.models import ExecutionMode
+    from tmws.patterns import default_library_path, load_pattern_file
+    from tmws.registry import PatternRegistry
+    from tmws.router import HybridRouter
+
+    if args.patterns_command == "check":
+        library = load_pattern_file(args.file)
+        print(f"{args.file}: {len(library.patterns)} patterns OK")
+        return 0
+    default = settings.pattern_config or default_library_path()
+    if args.patterns_command == "examples":
+        library = load_pattern_file(args.file or default)
+        sys.stdout.write(evaluation.examples_tsv(library.patterns, library.off_topic_examples))
+        return 0
+    library = load_pattern_file(args.patterns or default)
+    router = HybridRouter(PatternRegistry(library.patterns), min_score=settings.router_min_score,
+                          min_margin=settings.router_min_margin)
+    labelled = evaluation.read_labelled(args.file, (p.name for p in library.patterns))
+    mode = ExecutionMode(args.mode or settings.pattern_default_mode)
+    report = evaluation.evaluate(router, labelled, mode=mode, min_score=args.min_score,
+                                 min_margin=args.min_margin)
+    suggestion = evaluation.suggest_thresholds(router, labelled, mode=mode) \
+        if args.suggest else None
+    if args.json:
+        print(msgspec.json.encode({"evaluation": report, "suggestion": suggestion}).decode())
+    else:
+        print(evaluation.format_report(report, suggestion))
+    if args.fail_under is not None and report.accuracy < args.fail_under:
+        print(f"tmws: accuracy {report.accuracy:.1%} is below {args.fail_under:.1%}",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _audit_prune(settings: Settings, days: float) -> None:

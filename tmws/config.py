@@ -103,6 +103,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pattern_infra_timeout: int = 50
     pattern_memory_timeout: int = 100
     pattern_hybrid_timeout: int = 200
+    # Stage 2 of routing (example utterances, when no trigger matches): the score the best
+    # pattern must reach (a pattern's min_score overrides it) and its lead over the next.
+    router_min_score: float = 0.3
+    router_min_margin: float = 0.05
     # Embeddings and the vector index
     embedding_provider: str = "hash"  # hash | openai | sentence-transformers
     embedding_dim: int = 384
@@ -191,6 +195,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("pattern_infra_timeout", self.pattern_infra_timeout >= 1, "must be at least 1 ms"),
             ("pattern_memory_timeout", self.pattern_memory_timeout >= 1, "must be at least 1 ms"),
             ("pattern_hybrid_timeout", self.pattern_hybrid_timeout >= 1, "must be at least 1 ms"),
+            ("router_min_score", 0.0 < self.router_min_score <= 1.0, "must be in (0, 1]"),
+            ("router_min_margin", 0.0 <= self.router_min_margin < 1.0, "must be in [0, 1)"),
             ("embedding_provider", self.embedding_provider in _EMBEDDING_PROVIDERS,
              f"must be one of {_EMBEDDING_PROVIDERS}"),
             ("embedding_dim", 8 <= self.embedding_dim <= 16000,

@@ -121,10 +121,15 @@ class Request:
                                     f"(got {bytes(value).decode('latin-1')})")
             elif key == b"content-length" and value.isdigit() and int(value) > self.max_body:
                 raise self._too_large()
+        message = await self._receive()
+        if not message.get("more_body", False) and message["type"] == "http.request":
+            body: bytes = message.get("body", b"")  # the usual case: one message
+            if len(body) > self.max_body:
+                raise self._too_large()
+            return body
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await self._receive()
             if message["type"] == "http.disconnect":
                 raise HTTPError(400, "client_disconnected", "the client went away")
             chunk = message.get("body", b"")
@@ -134,6 +139,7 @@ class Request:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+            message = await self._receive()
         return b"".join(chunks)
 
     def _too_large(self) -> HTTPError:

@@ -11,6 +11,7 @@ import msgspec
 from tmws.errors import PatternConfigError
 
 __all__ = [
+    "ExampleMatch",
     "ExecutionMode",
     "ExecutionResult",
     "PatternDefinition",
@@ -37,7 +38,7 @@ class ExecutionMode(enum.StrEnum):
 
 _PATTERN_FIELDS = frozenset(
     {"name", "pattern_type", "trigger_pattern", "cost_tokens", "priority", "cache_ttl",
-     "handler", "metadata"}
+     "handler", "metadata", "examples", "min_score"}
 )
 
 
@@ -52,6 +53,10 @@ class PatternDefinition(msgspec.Struct, frozen=True, kw_only=True):
     cache_ttl: int | None = None  # None: the pattern type's ttl; 0: never cached
     handler: str | None = None  # None: the handler named like the pattern, else the type default
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Utterances the example router (stage 2) compares queries with, beside
+    # metadata.example_queries; and this pattern's own score threshold there.
+    examples: list[str] = msgspec.field(default_factory=list)
+    min_score: float | None = None
 
     @property
     def cacheable(self) -> bool:
@@ -61,6 +66,15 @@ class PatternDefinition(msgspec.Struct, frozen=True, kw_only=True):
     def example_queries(self) -> list[str]:
         examples = self.metadata.get("example_queries", [])
         return [e for e in examples if isinstance(e, str)]
+
+    @property
+    def routing_examples(self) -> list[str]:
+        """Every example utterance, documented ones first, without duplicates."""
+        seen: dict[str, None] = {}
+        for text in (*self.example_queries, *self.examples):
+            if text.strip():
+                seen.setdefault(text.strip(), None)
+        return list(seen)
 
     @classmethod
     def from_config(
@@ -101,6 +115,8 @@ class PatternDefinition(msgspec.Struct, frozen=True, kw_only=True):
             raise PatternConfigError("cost_tokens must be 0 or more", source=source, pattern=label)
         if pattern.cache_ttl is not None and pattern.cache_ttl < 0:
             raise PatternConfigError("cache_ttl must be 0 or more", source=source, pattern=label)
+        if pattern.min_score is not None and not 0.0 < pattern.min_score <= 1.0:
+            raise PatternConfigError("min_score must be in (0, 1]", source=source, pattern=label)
         return pattern
 
     def to_config(self) -> dict[str, Any]:
@@ -116,8 +132,22 @@ def _explain(exc: msgspec.ValidationError) -> str:
     return message
 
 
+class ExampleMatch(msgspec.Struct):
+    """A pattern's nearest example utterance to a query, and how close it is (0..1)."""
+
+    pattern: str
+    score: float
+    example: str
+
+
 class RoutingDecision(msgspec.Struct, kw_only=True):
-    """Where a query goes, and why."""
+    """Where a query goes, and why.
+
+    ``decided_by`` names the stage that decided: ``trigger`` (a trigger regex matched),
+    ``examples`` (no trigger; the nearest example utterances cleared the threshold and the
+    margin), ``keywords`` (neither; a keyword vote picked the path only) or ``none`` (the
+    router abstained).
+    """
 
     pattern_type: PatternType
     confidence: float
@@ -125,9 +155,15 @@ class RoutingDecision(msgspec.Struct, kw_only=True):
     estimated_cost: int
     alternative_routes: list[str] = msgspec.field(default_factory=list)
     pattern_name: str | None = None
-    decided_by: str = "trigger"  # trigger | keywords | none
+    decided_by: str = "trigger"  # trigger | examples | keywords | none
     trigger_pattern: str | None = None
     captures: dict[str, str] = msgspec.field(default_factory=dict)
+    # Stage 2's evidence: best candidates first, with scores; empty when a trigger decided.
+    nearest_examples: list[ExampleMatch] = msgspec.field(default_factory=list)
+    runner_up: str | None = None
+    margin: float | None = None  # best score minus the runner-up's (stage 2)
+    threshold: float | None = None  # the score the best candidate had to reach
+    abstained: bool = False
 
 
 class ExecutionResult(msgspec.Struct, kw_only=True):

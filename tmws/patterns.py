@@ -59,6 +59,8 @@ class PatternLibrary(msgspec.Struct, frozen=True):
     performance_targets: dict[PatternType, LatencyTargets]
     cache_config: dict[PatternType, CacheSettings]  # only the types the file configures
     source: str
+    # Queries no pattern of this library should take (routing calibration: NONE labels).
+    off_topic_examples: tuple[str, ...] = ()
 
 
 def default_library_path() -> Path:
@@ -93,12 +95,13 @@ def parse_pattern_library(text: str, *, source: str = "<string>") -> PatternLibr
     patterns: list[PatternDefinition] = []
     seen: set[str] = set()
     for key, value in document.items():
-        if key in ("performance_targets", "cache_config", "optimization_notes"):
+        if key in ("performance_targets", "cache_config", "optimization_notes",
+                   "off_topic_examples"):
             continue
         if not (isinstance(key, str) and key.endswith("_patterns")):
             raise PatternConfigError(
-                f"unknown top-level key {key!r} (expected performance_targets, cache_config "
-                "or a list named *_patterns)",
+                f"unknown top-level key {key!r} (expected performance_targets, cache_config, "
+                "off_topic_examples or a list named *_patterns)",
                 source=source,
             )
         if value is None:
@@ -124,7 +127,10 @@ def parse_pattern_library(text: str, *, source: str = "<string>") -> PatternLibr
     # Types the file leaves out fall back to TMWS_CACHE_TTL and TMWS_CACHE_MAX_SIZE.
     cache = _per_type(document.get("cache_config"), CacheSettings, {},
                       "cache_config", source)
-    return PatternLibrary(tuple(patterns), targets, cache, source)
+    off_topic = document.get("off_topic_examples") or []
+    if not isinstance(off_topic, list) or not all(isinstance(q, str) for q in off_topic):
+        raise PatternConfigError("off_topic_examples must be a list of strings", source=source)
+    return PatternLibrary(tuple(patterns), targets, cache, source, tuple(off_topic))
 
 
 def _per_type(raw: Any, struct: type[Any], defaults: Mapping[PatternType, Any], section: str,

@@ -11,9 +11,9 @@ from typing import Any
 
 import msgspec
 
-from tmws._native import Matcher, cache_key
+from tmws._native import ExampleIndex, Matcher, cache_key
 from tmws.errors import PatternConfigError
-from tmws.models import PatternDefinition, PatternType
+from tmws.models import ExampleMatch, PatternDefinition, PatternType
 
 __all__ = ["PatternRegistry"]
 
@@ -27,6 +27,7 @@ class PatternRegistry:
         self.fingerprint = cache_key([])
         self._listeners: list[Callable[[], None]] = []
         self._matcher = Matcher([], cache_capacity=match_cache_size)
+        self._examples: tuple[ExampleIndex, list[str]] = (ExampleIndex([]), [])
         self._match_cache_size = match_cache_size
         self.register_batch(list(patterns))
 
@@ -75,14 +76,19 @@ class PatternRegistry:
         specs = [(p.name, p.trigger_pattern, p.priority, p.pattern_type.value)
                  for p in staged.values()]
         warmup = [q for p in staged.values() for q in p.example_queries]
+        # Stage 2's index is built once per pattern-set version, never per request.
+        examples = [(p.name, p.pattern_type.value, text)
+                    for p in staged.values() for text in p.routing_examples]
         try:
             # Content, not the local version counter, so instances with equal sets share L2.
             # Computed first: like the matcher, it must fail before anything changes.
             fingerprint = cache_key([msgspec.msgpack.encode(p) for p in staged.values()])
+            index = ExampleIndex(examples)
             self._matcher.replace(specs, warmup=warmup)  # raises before anything changes
         except OverflowError as exc:  # an integer (priority, metadata) beyond 64 bits
             raise PatternConfigError(f"a number is out of range: {exc}") from None
         self._patterns = staged
+        self._examples = (index, [text for _, _, text in examples])
         self.fingerprint = fingerprint
         for listener in self._listeners:
             listener()
@@ -116,6 +122,14 @@ class PatternRegistry:
                     ) -> list[PatternDefinition]:
         names = self._matcher.all(query, None if pattern_type is None else pattern_type.value)
         return [self._patterns[n] for n in names if n in self._patterns]
+
+    def nearest_examples(self, query: str, pattern_type: PatternType | None = None,
+                         limit: int = 5) -> list[ExampleMatch]:
+        """Patterns ranked by their closest example utterance (lexical TF-IDF cosine)."""
+        index, texts = self._examples
+        found = index.score(query, limit, None if pattern_type is None else pattern_type.value)
+        return [ExampleMatch(name, round(score, 4), texts[example])
+                for name, score, example in found]
 
     def captures(self, pattern: PatternDefinition, query: str) -> dict[str, str]:
         return self._matcher.captures(pattern.name, query) or {}

@@ -1,7 +1,12 @@
 """The router: which pattern (or at least which path) a query takes, and why.
 
-A trigger match decides outright. Without one, a keyword vote picks the pattern type;
-with no keyword either, the router gives up and reports the nearest patterns.
+Stage 1: a trigger match decides outright (Rust, deterministic, cached). Stage 2, only
+without one: the query is scored against every pattern's example utterances (a lexical
+TF-IDF index built once per pattern-set version); the best pattern wins when its score
+reaches the threshold (``TMWS_ROUTER_MIN_SCORE`` or the pattern's ``min_score``) and leads
+the runner-up by ``TMWS_ROUTER_MIN_MARGIN``. When neither stage is confident, a keyword
+vote may still pick the pattern *type*; with no keyword either, the router abstains and
+reports the nearest candidates with their scores.
 """
 
 from __future__ import annotations
@@ -10,7 +15,13 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from tmws.models import ExecutionMode, PatternDefinition, PatternType, RoutingDecision
+from tmws.models import (
+    ExampleMatch,
+    ExecutionMode,
+    PatternDefinition,
+    PatternType,
+    RoutingDecision,
+)
 from tmws.registry import PatternRegistry
 
 __all__ = ["HybridRouter", "nearest_patterns"]
@@ -35,9 +46,11 @@ _KEYWORDS: Final[dict[PatternType, frozenset[str]]] = {
 }
 
 _ALL_TYPES: Final = list(PatternType)
-# A keyword vote is weaker evidence than a trigger: cap its confidence.
+# A keyword vote is weaker evidence than a trigger or an example: cap its confidence.
 _KEYWORD_CONFIDENCE_CAP: Final = 0.6
+_EXAMPLE_CONFIDENCE_CAP: Final = 0.9
 _TRIGGER_CONFIDENCE: Final = 0.95
+_CANDIDATES: Final = 5  # stage-2 candidates reported (and compared) per query
 
 
 def _words(text: str) -> set[str]:
@@ -68,10 +81,13 @@ class HybridRouter:
     """Routes queries over a registry; keeps counters of how it decided."""
 
     def __init__(self, registry: PatternRegistry, *,
-                 database_available: Callable[[], bool] = lambda: True) -> None:
+                 database_available: Callable[[], bool] = lambda: True,
+                 min_score: float = 0.3, min_margin: float = 0.05) -> None:
         self.registry = registry
         self._database_available = database_available
-        self._decisions = {"trigger": 0, "keywords": 0, "none": 0}
+        self.min_score = min_score
+        self.min_margin = min_margin
+        self._decisions = {"trigger": 0, "examples": 0, "keywords": 0, "none": 0}
         self._by_type: dict[str, int] = {t.value: 0 for t in PatternType}
 
     async def route(self, query: str, mode: ExecutionMode | str = ExecutionMode.BALANCED,
@@ -87,21 +103,32 @@ class HybridRouter:
         enough to run before the result cache is consulted."""
         return self.registry.best_match(query, self._type_filter(mode))
 
-    def explain(self, query: str, mode: ExecutionMode,
-                pattern: PatternDefinition | None) -> RoutingDecision:
-        """The full decision, given what :meth:`match` returned for the same query."""
+    def explain(self, query: str, mode: ExecutionMode, pattern: PatternDefinition | None, *,
+                min_score: float | None = None, min_margin: float | None = None,
+                record: bool = True) -> RoutingDecision:
+        """The full decision, given what :meth:`match` returned for the same query.
+
+        ``min_score``/``min_margin`` override the router's thresholds (calibration);
+        ``record=False`` leaves the decision counters alone.
+        """
         only = self._type_filter(mode)
         if pattern is not None:
             decision = self._trigger_decision(query, pattern, only)
         else:
-            # Keywords are weak evidence: never send a guess to a database that is down.
+            # Guesses are weaker than triggers: never send one to a database that is down.
             database_down = only is None and not self._database_available()
             allowed = [only] if only is not None else (
                 [PatternType.INFRASTRUCTURE] if database_down else _ALL_TYPES)
-            decision = self._keyword_decision(query, allowed, mode)
-        self._decisions[decision.decided_by] += 1
-        if decision.decided_by != "none":
-            self._by_type[decision.pattern_type] += 1
+            candidates = self.registry.nearest_examples(
+                query, allowed[0] if len(allowed) == 1 else None, _CANDIDATES)
+            score = self.min_score if min_score is None else min_score
+            margin = self.min_margin if min_margin is None else min_margin
+            decision = (self._example_decision(candidates, allowed, mode, score, margin)
+                        or self._keyword_decision(query, allowed, mode, candidates, score))
+        if record:
+            self._decisions[decision.decided_by] += 1
+            if decision.decided_by != "none":
+                self._by_type[decision.pattern_type] += 1
         return decision
 
     @staticmethod
@@ -125,21 +152,60 @@ class HybridRouter:
             decided_by="trigger",
             trigger_pattern=pattern.trigger_pattern,
             captures=self.registry.captures(pattern, query),
+            runner_up=others[0] if others else None,
         )
 
-    def _keyword_decision(self, query: str, allowed: list[PatternType],
-                          mode: ExecutionMode) -> RoutingDecision:
+    def _example_decision(self, candidates: list[ExampleMatch], allowed: list[PatternType],
+                          mode: ExecutionMode, min_score: float, min_margin: float
+                          ) -> RoutingDecision | None:
+        """Stage 2: the best candidate, if it clears its threshold and leads by the margin."""
+        if not candidates:
+            return None
+        best = candidates[0]
+        pattern = self.registry.get(best.pattern)
+        if pattern is None:
+            return None
+        threshold = pattern.min_score if pattern.min_score is not None else min_score
+        runner_up = candidates[1] if len(candidates) > 1 else None
+        margin = round(best.score - (runner_up.score if runner_up else 0.0), 4)
+        if best.score < threshold or margin < min_margin:
+            return None
+        lead = (f"; it leads {runner_up.pattern!r} ({runner_up.score:.2f}) by {margin:.2f}"
+                if runner_up else "")
+        return RoutingDecision(
+            pattern_type=pattern.pattern_type,
+            confidence=round(min(best.score, _EXAMPLE_CONFIDENCE_CAP), 3),
+            reasoning=(f"no trigger matched{_restriction(allowed, mode)}; the query is closest "
+                       f"to example {best.example!r} of pattern {pattern.name!r} "
+                       f"(score {best.score:.2f} >= threshold {threshold:.2f}){lead}"),
+            estimated_cost=pattern.cost_tokens,
+            alternative_routes=[c.pattern for c in candidates[1:]],
+            pattern_name=pattern.name,
+            decided_by="examples",
+            nearest_examples=candidates,
+            runner_up=runner_up.pattern if runner_up else None,
+            margin=margin,
+            threshold=threshold,
+        )
+
+    def _keyword_decision(self, query: str, allowed: list[PatternType], mode: ExecutionMode,
+                          candidates: list[ExampleMatch], min_score: float
+                          ) -> RoutingDecision:
         words = _words(query)
         votes = {t: len(words & _KEYWORDS[t]) for t in allowed}
         total = sum(votes.values())
         ranked = sorted(votes.items(), key=lambda item: -item[1])
-        candidates = self.registry.patterns(
-            PatternType.INFRASTRUCTURE if mode is ExecutionMode.FAST else None)
-        nearest = nearest_patterns(query, candidates)
-        near_names = [name for name, _ in nearest]
-        restriction = "" if len(allowed) == len(PatternType) else (
-            " (only infrastructure patterns are allowed: "
-            + ("fast mode)" if mode is ExecutionMode.FAST else "the database is unavailable)"))
+        near_names = [c.pattern for c in candidates]
+        restriction = _restriction(allowed, mode)
+        runner_up = candidates[1].pattern if len(candidates) > 1 else None
+        margin = (round(candidates[0].score - candidates[1].score, 4)
+                  if len(candidates) > 1 else None)
+        if candidates:
+            best = candidates[0]
+            unsure = (f"; the nearest example ({best.pattern!r}, score {best.score:.2f}) is "
+                      "not close or clear enough")
+        else:
+            unsure = "; no example shares a word with it"
         if total and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]):
             chosen, count = ranked[0]
             hits = sorted(words & _KEYWORDS[chosen])
@@ -147,23 +213,35 @@ class HybridRouter:
             return RoutingDecision(
                 pattern_type=chosen,
                 confidence=round(_KEYWORD_CONFIDENCE_CAP * count / total, 3),
-                reasoning=(f"no trigger matched{restriction}; keywords {', '.join(hits)} "
-                           f"point to the {chosen.value} path"),
+                reasoning=(f"no trigger matched{restriction}{unsure}; keywords "
+                           f"{', '.join(hits)} point to the {chosen.value} path"),
                 estimated_cost=min(costs) if costs else 0,
                 alternative_routes=near_names,
                 pattern_name=None,
                 decided_by="keywords",
+                nearest_examples=candidates, runner_up=runner_up, margin=margin,
+                threshold=min_score,
             )
         why = "no keyword points to a path" if not total else "keywords are split between paths"
         return RoutingDecision(
             pattern_type=allowed[0] if len(allowed) == 1 else PatternType.HYBRID,
             confidence=0.0,
-            reasoning=f"no trigger matched{restriction} and {why}",
+            reasoning=f"no trigger matched{restriction}{unsure}, and {why}: no pattern fits",
             estimated_cost=0,
             alternative_routes=near_names,
             pattern_name=None,
             decided_by="none",
+            abstained=True,
+            nearest_examples=candidates, runner_up=runner_up, margin=margin, threshold=min_score,
         )
 
     def get_stats(self) -> dict[str, Any]:
+        """Decisions per stage and routes per type since start."""
         return {"decisions": dict(self._decisions), "routes_by_type": dict(self._by_type)}
+
+
+def _restriction(allowed: list[PatternType], mode: ExecutionMode) -> str:
+    if len(allowed) == len(PatternType):
+        return ""
+    return (" (only infrastructure patterns are allowed: "
+            + ("fast mode)" if mode is ExecutionMode.FAST else "the database is unavailable)"))

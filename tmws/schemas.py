@@ -65,6 +65,9 @@ class PatternRegistration(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     cache_ttl: Annotated[int, msgspec.Meta(ge=0)] | None = None
     handler: str | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    examples: Annotated[list[Annotated[str, msgspec.Meta(max_length=2000)]],
+                        msgspec.Meta(max_length=200)] = msgspec.field(default_factory=list)
+    min_score: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] | None = None
     replace: bool = msgspec.field(default=False)  # replace a pattern of the same name
 
 

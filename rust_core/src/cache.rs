@@ -73,6 +73,16 @@ impl ResultCache {
         found
     }
 
+    /// Like [`get`](Self::get) but counts only a hit: a miss is counted by the full lookup
+    /// that follows it.
+    pub fn get_if_present(&self, key: &Key) -> Option<Value> {
+        let found = self.inner.as_ref().and_then(|c| c.get(key));
+        if found.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
     /// Counts a lookup that a disabled cache could not answer.
     pub fn note_miss(&self) {
         self.misses.fetch_add(1, Ordering::Relaxed);

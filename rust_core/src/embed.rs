@@ -90,14 +90,87 @@ impl Fnv {
     }
 }
 
-/// Buffers reused across the texts of a batch.
+/// Which part of the text a feature comes from (its namespace prefix in the hash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum FeatureKind {
+    /// A whole word.
+    Word,
+    /// Two adjacent words.
+    Bigram,
+    /// A character n-gram of `<word>`.
+    NGram,
+}
+
+/// The tokeniser and feature extractor of `hash-v1` (steps 1, 2 and 4 of the module
+/// documentation), with buffers reused across texts. Shared with [`crate::lexical`], which
+/// keeps the exact 64-bit hashes instead of folding them into buckets.
 #[derive(Default)]
-struct Scratch {
+pub(crate) struct FeatureExtractor {
     lower: String,
     /// Byte ranges of the words in `lower`.
     words: Vec<(usize, usize)>,
     /// Byte offset of each character of the current word, plus its end.
     bounds: Vec<usize>,
+}
+
+impl FeatureExtractor {
+    /// Calls `emit(kind, hash, weight)` for every feature occurrence of `text`, repeats
+    /// included, in text order: for each word, the word, then its bigram with the previous
+    /// word, then its n-grams. `weight` is the embedder's weight of the occurrence.
+    pub(crate) fn extract(&mut self, text: &str, mut emit: impl FnMut(FeatureKind, u64, f32)) {
+        self.tokenize(text);
+        let lower = self.lower.as_bytes();
+        for (i, &(start, end)) in self.words.iter().enumerate() {
+            let word = &lower[start..end];
+            emit(
+                FeatureKind::Word,
+                Fnv::new(KIND_WORD).bytes(word).finish(),
+                WORD_WEIGHT,
+            );
+            if i > 0 {
+                let (prev_start, prev_end) = self.words[i - 1];
+                let hash = Fnv::new(KIND_BIGRAM)
+                    .bytes(&lower[prev_start..prev_end])
+                    .bytes(b" ")
+                    .bytes(word)
+                    .finish();
+                emit(FeatureKind::Bigram, hash, BIGRAM_WEIGHT);
+            }
+            char_ngrams(&self.lower[start..end], &mut self.bounds, &mut emit);
+        }
+    }
+
+    /// Fills `lower` with the lowercased words, separated by single spaces, and `words`
+    /// with their byte ranges.
+    fn tokenize(&mut self, text: &str) {
+        self.lower.clear();
+        self.words.clear();
+        let mut start = None;
+        for c in text.chars() {
+            // Classify the original character: a lowercase expansion may contain a combining
+            // mark ('İ' -> "i\u{307}") that must not split the word.
+            if c.is_alphanumeric() {
+                if start.is_none() {
+                    start = Some(self.lower.len());
+                }
+                for l in c.to_lowercase() {
+                    self.lower.push(if l == 'ς' { 'σ' } else { l });
+                }
+            } else if let Some(begin) = start.take() {
+                self.words.push((begin, self.lower.len()));
+                self.lower.push(' ');
+            }
+        }
+        if let Some(begin) = start {
+            self.words.push((begin, self.lower.len()));
+        }
+    }
+}
+
+/// Buffers reused across the texts of a batch.
+#[derive(Default)]
+struct Scratch {
+    extractor: FeatureExtractor,
     /// `(hash, weight)` of every feature occurrence.
     features: Vec<(u64, f32)>,
 }
@@ -176,8 +249,9 @@ impl HashEmbedder {
     fn embed_with(&self, text: &str, out: &mut [f32], s: &mut Scratch) {
         assert_eq!(out.len(), self.dim, "output length must equal dim");
         out.fill(0.0);
-        tokenize(text, s);
-        collect_features(s);
+        s.features.clear();
+        s.extractor
+            .extract(text, |_, hash, weight| s.features.push((hash, weight)));
         self.accumulate(&mut s.features, out);
         normalize(out);
     }
@@ -197,54 +271,8 @@ impl HashEmbedder {
     }
 }
 
-/// Fills `s.lower` with the lowercased words, separated by single spaces, and `s.words`
-/// with their byte ranges.
-fn tokenize(text: &str, s: &mut Scratch) {
-    s.lower.clear();
-    s.words.clear();
-    let mut start = None;
-    for c in text.chars() {
-        // Classify the original character: a lowercase expansion may contain a combining
-        // mark ('İ' -> "i\u{307}") that must not split the word.
-        if c.is_alphanumeric() {
-            if start.is_none() {
-                start = Some(s.lower.len());
-            }
-            for l in c.to_lowercase() {
-                s.lower.push(if l == 'ς' { 'σ' } else { l });
-            }
-        } else if let Some(begin) = start.take() {
-            s.words.push((begin, s.lower.len()));
-            s.lower.push(' ');
-        }
-    }
-    if let Some(begin) = start {
-        s.words.push((begin, s.lower.len()));
-    }
-}
-
-fn collect_features(s: &mut Scratch) {
-    s.features.clear();
-    let lower = s.lower.as_bytes();
-    for (i, &(start, end)) in s.words.iter().enumerate() {
-        let word = &lower[start..end];
-        s.features
-            .push((Fnv::new(KIND_WORD).bytes(word).finish(), WORD_WEIGHT));
-        if i > 0 {
-            let (prev_start, prev_end) = s.words[i - 1];
-            let hash = Fnv::new(KIND_BIGRAM)
-                .bytes(&lower[prev_start..prev_end])
-                .bytes(b" ")
-                .bytes(word)
-                .finish();
-            s.features.push((hash, BIGRAM_WEIGHT));
-        }
-        char_ngrams(&s.lower[start..end], &mut s.bounds, &mut s.features);
-    }
-}
-
-/// Pushes the n-grams of `<word>`, sharing [`NGRAM_BUDGET`] of L2 mass.
-fn char_ngrams(word: &str, bounds: &mut Vec<usize>, features: &mut Vec<(u64, f32)>) {
+/// Emits the n-grams of `<word>`, sharing [`NGRAM_BUDGET`] of L2 mass.
+fn char_ngrams(word: &str, bounds: &mut Vec<usize>, emit: &mut impl FnMut(FeatureKind, u64, f32)) {
     bounds.clear();
     bounds.extend(word.char_indices().map(|(i, _)| i));
     bounds.push(word.len());
@@ -271,7 +299,7 @@ fn char_ngrams(word: &str, bounds: &mut Vec<usize>, features: &mut Vec<(u64, f32
             if last == padded {
                 h = h.bytes(b">");
             }
-            features.push((h.finish(), weight));
+            emit(FeatureKind::NGram, h.finish(), weight);
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod errors;
 pub mod hir;
 pub mod keys;
+pub mod lexical;
 pub mod matcher;
 pub mod path;
 #[cfg(feature = "pyo3")]
@@ -16,6 +17,7 @@ mod python;
 
 pub use embed::HashEmbedder;
 pub use errors::CompileError;
+pub use lexical::ExampleIndex;
 pub use matcher::{Matcher, PatternSpec};
 
 #[cfg(feature = "pyo3")]

@@ -400,6 +400,23 @@ impl Matcher {
         self.lookup(query, kind, true).pop()
     }
 
+    /// [`Matcher::best`] answered from the result cache alone: `None` on a cache miss (or
+    /// with the cache disabled), `Some(answer)` on a hit. Costs a hash lookup, no matching;
+    /// a miss is not counted (the full lookup that follows counts it).
+    pub fn best_cached(&self, query: &str, kind: Option<&str>) -> Option<Option<Arc<str>>> {
+        let state = self.state.load();
+        if !state.cache.enabled() {
+            return None;
+        }
+        let compiled = &state.compiled;
+        let kind_id = match kind {
+            None => u32::MAX,
+            Some(k) => compiled.kind_id(k)?,
+        };
+        let ranks = state.cache.get_if_present(&(kind_id, Box::from(query)))?;
+        Some(ranks.first().map(|&r| Arc::clone(compiled.name(r))))
+    }
+
     /// Names of all matching patterns, best first.
     pub fn all(&self, query: &str, kind: Option<&str>) -> Vec<Arc<str>> {
         self.lookup(query, kind, false)

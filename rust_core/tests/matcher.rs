@@ -127,6 +127,21 @@ fn cache_counts_hits_and_misses() {
 }
 
 #[test]
+fn best_cached_answers_only_from_the_cache() {
+    let m = Matcher::new(&library(), 100, &[]).unwrap();
+    assert_eq!(m.best_cached("run tool", None), None); // a miss: not counted here
+    assert_eq!(m.cache_stats().misses, 0);
+    m.best("run tool", None);
+    assert_eq!(m.best_cached("run tool", None).unwrap().as_deref(), Some("run"));
+    assert_eq!(m.best_cached("run tool", Some("no-such-kind")), None);
+    let s = m.cache_stats();
+    assert_eq!((s.hits, s.misses), (1, 1));
+    let off = Matcher::new(&library(), 0, &[]).unwrap();
+    off.best("run tool", None);
+    assert_eq!(off.best_cached("run tool", None), None);
+}
+
+#[test]
 fn cache_evicts_at_capacity() {
     let m = Matcher::new(&library(), 10, &[]).unwrap();
     for i in 0..25 {

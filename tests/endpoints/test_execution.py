@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import httpx
@@ -15,7 +16,9 @@ async def test_execute_and_route(api: httpx.AsyncClient) -> None:
     response = await api.post("/api/v1/execute", json={"query": "check health"})
     assert response.status_code == 200
     assert response.json()["pattern_name"] == "health_check"
-    assert len(response.headers["x-request-id"]) == 16
+    first = response.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]+", first)
+    assert (await api.get("/health")).headers["x-request-id"] != first
     decision = await api.post("/api/v1/route", json={"query": "recall memories about auth"})
     assert decision.json()["decided_by"] == "trigger"
 
@@ -25,7 +28,7 @@ async def test_request_id_is_echoed_when_sane(api: httpx.AsyncClient) -> None:
     assert sane.headers["x-request-id"] == "abc-123"
     hostile = await api.get("/health", headers={"x-request-id": "a b\x01c" + "x" * 200})
     assert hostile.headers["x-request-id"] != "a b\x01c"
-    assert len(hostile.headers["x-request-id"]) == 16
+    assert re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]+", hostile.headers["x-request-id"])
 
 
 async def test_abstention_is_an_answer(api: httpx.AsyncClient) -> None:

@@ -1,0 +1,93 @@
+"""Routing latency per query: stage 1 (trigger regexes) and stage 2 (example utterances),
+on the default library and on the 1,000-pattern corpus with 5 examples per pattern.
+
+    .venv/bin/python bench/routing_load.py
+
+Stage 1 is ``router.match`` (the Rust matcher, its result cache disabled so every query
+is matched). Stage 2 is the full ``router.explain`` of a query no trigger matches: the
+TF-IDF example scoring plus the decision and its explanation, i.e. what such a query
+costs beyond stage 1. Medians and p99 over every query, in microseconds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._reference import load
+from tmws.models import ExecutionMode, PatternDefinition, PatternType
+from tmws.patterns import default_library_path, load_pattern_file
+from tmws.registry import PatternRegistry
+from tmws.router import HybridRouter
+
+EXAMPLES_PER_PATTERN = 5
+ROUNDS = 3
+
+
+def _timed(call: Callable[[str], object], queries: Sequence[str]) -> list[float]:
+    samples: list[float] = []
+    clock = time.perf_counter_ns
+    for query in queries:
+        start = clock()
+        call(query)
+        samples.append((clock() - start) / 1000)
+    return samples
+
+
+def _summary(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return f"median {statistics.median(ordered):7.2f} us   p99 {p99:8.2f} us"
+
+
+def _measure(label: str, router: HybridRouter, queries: Sequence[str]) -> None:
+    mode = ExecutionMode.BALANCED
+    unmatched = [q for q in queries if router.match(q, mode) is None]
+    stage1: list[float] = []
+    stage2: list[float] = []
+    for _ in range(ROUNDS):
+        router.registry._matcher.clear_cache()  # measure matching, not the result cache
+        stage1 += _timed(lambda q: router.match(q, mode), queries)
+        stage2 += _timed(lambda q: router.explain(q, mode, None, record=False), unmatched)
+    index = router.registry._examples[0]
+    print(f"{label}: {len(router.registry)} patterns, {len(index)} examples, "
+          f"{len(queries)} queries ({len(unmatched)} reach stage 2)")
+    print(f"  stage 1 (trigger)  {_summary(stage1)}")
+    print(f"  stage 2 (examples) {_summary(stage2)}")
+
+
+def main() -> None:
+    library = load_pattern_file(default_library_path())
+    default_queries = [q for p in library.patterns for q in p.routing_examples]
+    paraphrases = Path(__file__).resolve().parents[1] / "tests" / "data" / "paraphrases.tsv"
+    default_queries += [line.split("\t", 1)[1] for line in paraphrases.read_text().splitlines()
+                        if "\t" in line and not line.startswith("#")]
+    _measure("default library", HybridRouter(PatternRegistry(library.patterns)),
+             default_queries)
+
+    corpus = load(1000)
+    # Each pattern's examples: the first queries the corpus expects it to win.
+    examples: dict[int, list[str]] = defaultdict(list)
+    for query, expected in zip(corpus.queries, corpus.expected, strict=True):
+        if expected is not None and len(examples[int(expected[1:])]) < EXAMPLES_PER_PATTERN:
+            examples[int(expected[1:])].append(query)
+    kinds = list(PatternType)
+    patterns = [PatternDefinition(
+        name=f"p{i}", pattern_type=kinds[i % 3], trigger_pattern=regex, priority=priority,
+        examples=examples.get(i, []) or [f"pattern {i} example"])
+        for i, (regex, priority) in enumerate(zip(corpus.regexes, corpus.priorities,
+                                                   strict=True))]
+    with_examples = sum(1 for i in range(len(patterns)) if len(examples.get(i, [])) == 5)
+    print(f"(corpus N=1000: {with_examples} patterns have 5 examples from the corpus, the "
+          "rest fewer)")
+    _measure("corpus N=1000", HybridRouter(PatternRegistry(patterns)), corpus.queries)
+
+
+if __name__ == "__main__":
+    main()

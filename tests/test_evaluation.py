@@ -1,0 +1,108 @@
+"""Routing calibration: labelled files, the report, threshold suggestions, and the bar the
+shipped library must clear on its own examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA_DIR
+from tmws.errors import InvalidRequestError
+from tmws.evaluation import (
+    NONE,
+    Labelled,
+    evaluate,
+    examples_tsv,
+    format_report,
+    read_labelled,
+    suggest_thresholds,
+)
+from tmws.patterns import PatternLibrary, default_library_path, load_pattern_file
+from tmws.registry import PatternRegistry
+from tmws.router import HybridRouter
+
+# The issue's bar for the default library on its own example queries.
+REQUIRED_ACCURACY = 0.95
+
+
+@pytest.fixture(scope="module")
+def library() -> PatternLibrary:
+    return load_pattern_file(default_library_path())
+
+
+@pytest.fixture(scope="module")
+def router(library: PatternLibrary) -> HybridRouter:
+    return HybridRouter(PatternRegistry(library.patterns))
+
+
+def _labelled(tmp_path: Path, text: str, library: PatternLibrary) -> list[Labelled]:
+    path = tmp_path / "labelled.tsv"
+    path.write_text(text)
+    return read_labelled(path, (p.name for p in library.patterns))
+
+
+def test_default_library_routes_its_own_examples(tmp_path: Path, library: PatternLibrary,
+                                                 router: HybridRouter) -> None:
+    labelled = _labelled(tmp_path, examples_tsv(library.patterns, library.off_topic_examples),
+                         library)
+    documented = sum(len(p.example_queries) for p in library.patterns)
+    assert len(labelled) >= documented >= 42
+    report = evaluate(router, labelled)
+    assert report.accuracy >= REQUIRED_ACCURACY, format_report(report)
+
+
+def test_paraphrases_are_mostly_routed(library: PatternLibrary, router: HybridRouter) -> None:
+    """The held-out paraphrases (never used for tuning): a floor, so regressions show."""
+    labelled = read_labelled(DATA_DIR / "paraphrases.tsv", (p.name for p in library.patterns))
+    assert len(labelled) >= 80
+    assert not {q for _, q, _ in labelled} & {
+        q for p in library.patterns for q in p.routing_examples}
+    report = evaluate(router, labelled)
+    assert report.accuracy >= 0.5, format_report(report)
+    assert report.abstention_recall is not None and report.abstention_recall >= 0.6
+
+
+def test_report_counts(tmp_path: Path, library: PatternLibrary, router: HybridRouter) -> None:
+    labelled = _labelled(tmp_path, "# comment\n\nhealth_check\tcheck database health\n"
+                         "store_memory\tcheck database health\nNONE\ttell me a joke\n"
+                         "NONE\tcheck redis health\n", library)
+    report = evaluate(router, labelled)
+    assert (report.total, report.correct) == (4, 2)
+    assert report.accuracy == 0.5
+    assert report.abstained == 1 and report.abstention_precision == 1.0
+    assert report.abstention_recall == 0.5
+    health = next(p for p in report.per_pattern if p.pattern == "health_check")
+    assert health.precision == pytest.approx(1 / 3, abs=1e-4) and health.recall == 1.0
+    assert report.confusion["store_memory"] == {"health_check": 1}
+    assert [m.line for m in report.misroutes] == [4, 6]
+    text = format_report(report)
+    assert "accuracy: 50.0% (2/4)" in text and "store_memory -> health_check: 1" in text
+
+
+def test_labelled_file_errors_name_the_line(tmp_path: Path, library: PatternLibrary) -> None:
+    with pytest.raises(InvalidRequestError, match=r"labelled.tsv:2: unknown pattern 'nope'"):
+        _labelled(tmp_path, "health_check\tcheck health\nnope\tsomething\n", library)
+    with pytest.raises(InvalidRequestError, match=r":1: expected 'PATTERN<TAB>QUERY'"):
+        _labelled(tmp_path, "health_check check health\n", library)
+    with pytest.raises(InvalidRequestError, match="no labelled queries"):
+        _labelled(tmp_path, "# nothing\n", library)
+
+
+def test_suggestion_is_at_least_as_good_as_the_default(tmp_path: Path, library: PatternLibrary,
+                                                       router: HybridRouter) -> None:
+    labelled = _labelled(tmp_path, examples_tsv(library.patterns, library.off_topic_examples),
+                         library)
+    suggestion = suggest_thresholds(router, labelled)
+    assert suggestion.accuracy >= evaluate(router, labelled).accuracy
+    low, high = suggestion.min_score_range
+    assert low <= suggestion.min_score <= high
+    again = evaluate(router, labelled, min_score=suggestion.min_score,
+                     min_margin=suggestion.min_margin)
+    assert again.accuracy == suggestion.accuracy
+
+
+def test_off_topic_examples_are_labelled_none(library: PatternLibrary) -> None:
+    assert library.off_topic_examples
+    text = examples_tsv(library.patterns, library.off_topic_examples)
+    assert f"{NONE}\t{library.off_topic_examples[0]}" in text

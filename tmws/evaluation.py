@@ -1,0 +1,229 @@
+"""Routing calibration: how well a pattern library routes a labelled set of queries.
+
+A labelled file has one ``EXPECTED<TAB>QUERY`` per line, ``EXPECTED`` being a pattern name
+or ``NONE`` (the router must abstain); blank lines and ``#`` comments are skipped. Routing
+only — nothing is executed, so no database is needed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Final, NamedTuple
+
+import msgspec
+
+from tmws.errors import InvalidRequestError
+from tmws.models import ExecutionMode, PatternDefinition
+from tmws.router import HybridRouter
+
+__all__ = [
+    "NONE",
+    "Evaluation",
+    "Labelled",
+    "Misroute",
+    "PatternScore",
+    "Suggestion",
+    "evaluate",
+    "examples_tsv",
+    "format_report",
+    "read_labelled",
+    "suggest_thresholds",
+]
+
+NONE: Final = "NONE"  # the label of a query no pattern should take
+_KEYWORDS: Final = "(type only)"  # a keyword vote picked a path but no pattern
+_SCORE_GRID: Final = [round(0.05 + 0.025 * i, 3) for i in range(37)]  # 0.05 .. 0.95
+_MARGIN_GRID: Final = [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2]
+
+
+class Labelled(NamedTuple):
+    expected: str  # a pattern name, or NONE
+    query: str
+    line: int = 0
+
+
+class PatternScore(msgspec.Struct):
+    pattern: str
+    precision: float | None  # None: never predicted
+    recall: float | None  # None: never expected
+    expected: int
+    predicted: int
+    correct: int
+
+
+class Misroute(msgspec.Struct):
+    line: int
+    query: str
+    expected: str
+    predicted: str
+    decided_by: str
+    score: float | None  # the best stage-2 score, when stage 2 ran
+
+
+class Evaluation(msgspec.Struct):
+    total: int
+    correct: int
+    accuracy: float
+    min_score: float
+    min_margin: float
+    mode: str
+    abstained: int
+    abstention_precision: float | None  # of the abstentions, the share labelled NONE
+    abstention_recall: float | None  # of the NONE labels, the share abstained on
+    decided_by: dict[str, int]
+    per_pattern: list[PatternScore]
+    confusion: dict[str, dict[str, int]]  # expected -> predicted -> count
+    misroutes: list[Misroute]
+
+
+class Suggestion(msgspec.Struct):
+    min_score: float
+    min_margin: float
+    accuracy: float
+    # The best-accuracy plateau the suggestion sits in the middle of.
+    min_score_range: tuple[float, float]
+
+
+def read_labelled(path: str | Path, known: Iterable[str]) -> list[Labelled]:
+    """Parse a labelled file; errors name the file, the line and the problem."""
+    names = set(known)
+    items: list[Labelled] = []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidRequestError(f"cannot read {path}: {exc.strerror or exc}") from None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        expected, tab, query = raw.partition("\t")
+        expected, query = expected.strip(), query.strip()
+        if not tab or not query:
+            raise InvalidRequestError(f"{path}:{number}: expected 'PATTERN<TAB>QUERY'")
+        if expected != NONE and expected not in names:
+            raise InvalidRequestError(
+                f"{path}:{number}: unknown pattern {expected!r} (use a registered name or "
+                f"{NONE})")
+        items.append(Labelled(expected, query, number))
+    if not items:
+        raise InvalidRequestError(f"{path}: no labelled queries")
+    return items
+
+
+def examples_tsv(patterns: Sequence[PatternDefinition], off_topic: Sequence[str] = ()) -> str:
+    """A labelled file of every pattern's example utterances and the library's off-topic
+    examples (labelled NONE)."""
+    lines = [f"{p.name}\t{q}" for p in patterns for q in p.routing_examples]
+    lines += [f"{NONE}\t{q}" for q in off_topic]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(router: HybridRouter, labelled: Sequence[Labelled], *,
+             mode: ExecutionMode = ExecutionMode.BALANCED, min_score: float | None = None,
+             min_margin: float | None = None) -> Evaluation:
+    """Route every query (nothing runs) and compare with its label."""
+    score = router.min_score if min_score is None else min_score
+    margin = router.min_margin if min_margin is None else min_margin
+    confusion: dict[str, Counter[str]] = defaultdict(Counter)
+    stages: Counter[str] = Counter()
+    misroutes: list[Misroute] = []
+    for item in labelled:
+        decision = router.explain(item.query, mode, router.match(item.query, mode),
+                                  min_score=score, min_margin=margin, record=False)
+        stages[decision.decided_by] += 1
+        predicted = decision.pattern_name or (NONE if decision.abstained else _KEYWORDS)
+        confusion[item.expected][predicted] += 1
+        if predicted != item.expected:
+            best = decision.nearest_examples[0].score if decision.nearest_examples else None
+            misroutes.append(Misroute(item.line, item.query, item.expected, predicted,
+                                      decision.decided_by, best))
+    total = len(labelled)
+    correct = total - len(misroutes)
+    expected_counts = Counter(item.expected for item in labelled)
+    predicted_counts: Counter[str] = Counter()
+    for row in confusion.values():
+        predicted_counts.update(row)
+    names = sorted((set(expected_counts) | set(predicted_counts)) - {NONE, _KEYWORDS})
+    per_pattern = [PatternScore(
+        name,
+        _ratio(confusion[name][name], predicted_counts[name]),
+        _ratio(confusion[name][name], expected_counts[name]),
+        expected_counts[name], predicted_counts[name], confusion[name][name],
+    ) for name in names]
+    return Evaluation(
+        total=total, correct=correct, accuracy=round(correct / total, 4) if total else 0.0,
+        min_score=score, min_margin=margin, mode=mode.value,
+        abstained=predicted_counts[NONE],
+        abstention_precision=_ratio(confusion[NONE][NONE], predicted_counts[NONE]),
+        abstention_recall=_ratio(confusion[NONE][NONE], expected_counts[NONE]),
+        decided_by=dict(stages), per_pattern=per_pattern,
+        confusion={k: dict(v) for k, v in sorted(confusion.items())}, misroutes=misroutes)
+
+
+def suggest_thresholds(router: HybridRouter, labelled: Sequence[Labelled], *,
+                       mode: ExecutionMode = ExecutionMode.BALANCED) -> Suggestion:
+    """The (min_score, min_margin) that maximise accuracy on ``labelled``.
+
+    Among equally accurate settings it takes the margin with the widest plateau of scores
+    and the middle of that plateau, which is the least fragile choice.
+    """
+    results: dict[float, list[tuple[float, float]]] = defaultdict(list)  # margin -> [(s, acc)]
+    for margin in _MARGIN_GRID:
+        for score in _SCORE_GRID:
+            accuracy = evaluate(router, labelled, mode=mode, min_score=score,
+                                min_margin=margin).accuracy
+            results[margin].append((score, accuracy))
+    best = max(acc for rows in results.values() for _, acc in rows)
+    choice: tuple[int, float, float, float, float] | None = None  # (width, -margin, ...)
+    for margin, rows in results.items():
+        run: list[float] = []
+        for score, accuracy in [*rows, (2.0, -1.0)]:  # sentinel closes the last run
+            if accuracy == best:
+                run.append(score)
+                continue
+            if run and (choice is None or len(run) > choice[0]):
+                choice = (len(run), -margin, run[len(run) // 2], run[0], run[-1])
+            run = []
+    assert choice is not None
+    _, negative_margin, middle, low, high = choice
+    return Suggestion(min_score=middle, min_margin=-negative_margin, accuracy=best,
+                      min_score_range=(low, high))
+
+
+def format_report(evaluation: Evaluation, suggestion: Suggestion | None = None) -> str:
+    """The evaluation as the text ``tmws patterns eval`` prints."""
+    e = evaluation
+    out = [f"accuracy: {e.accuracy:.1%} ({e.correct}/{e.total}) — mode {e.mode}, "
+           f"min_score {e.min_score}, min_margin {e.min_margin}",
+           "decided by: " + ", ".join(f"{k} {v}" for k, v in sorted(e.decided_by.items())),
+           f"abstentions: {e.abstained} — precision {_pct(e.abstention_precision)}, "
+           f"recall {_pct(e.abstention_recall)}", "",
+           f"{'pattern':32} {'precision':>9} {'recall':>7} {'expected':>8} {'predicted':>9}"]
+    for p in e.per_pattern:
+        out.append(f"{p.pattern:32} {_pct(p.precision):>9} {_pct(p.recall):>7} "
+                   f"{p.expected:>8} {p.predicted:>9}")
+    out += ["", "confusion (expected -> predicted: count), errors only:"]
+    errors = [(exp, pred, n) for exp, row in e.confusion.items() for pred, n in row.items()
+              if pred != exp]
+    out += [f"  {exp} -> {pred}: {n}" for exp, pred, n in sorted(errors)] or ["  (none)"]
+    if e.misroutes:
+        out += ["", "misrouted:"]
+        out += [f"  line {m.line}: {m.query!r} expected {m.expected}, got {m.predicted} "
+                f"({m.decided_by}" + (f", best score {m.score:.2f})" if m.score is not None
+                                      else ")") for m in e.misroutes]
+    if suggestion is not None:
+        low, high = suggestion.min_score_range
+        out += ["", f"suggested: TMWS_ROUTER_MIN_SCORE={suggestion.min_score} "
+                f"TMWS_ROUTER_MIN_MARGIN={suggestion.min_margin} -> accuracy "
+                f"{suggestion.accuracy:.1%} (same accuracy for min_score {low}..{high})"]
+    return "\n".join(out)
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
