@@ -6,7 +6,7 @@ PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install install-test build lint test test-rust test-python bench bench-http \
-	bench-memory bench-cache bench-regexset serve clean
+	bench-memory bench-routing bench-cache bench-regexset serve clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ bench: install-test ## Matcher benchmarks vs Python re and hyperscan (not part o
 bench-http: install-test ## wrk load: execute (hit, miss, memory, hybrid) vs a bare Granian ASGI endpoint
 	command -v wrk >/dev/null || apt-get install -y wrk
 	$(PY) bench/http_load.py
+
+bench-routing: install ## Routing stage 1 (triggers) and 2 (examples) per query, default and N=1000
+	$(PY) bench/routing_load.py
 
 bench-memory: install ## Memory patterns at 100k memories vs bare SQL; ANN recall@10
 	$(PY) bench/memory_load.py

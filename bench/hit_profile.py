@@ -111,10 +111,10 @@ def _items(outer: Any, engine: Any) -> tuple[dict[str, Item | None], dict[str, I
     import msgspec
 
     from tmws._native import cache_key, normalize_query
+    from tmws._request_context import RequestIds
     from tmws.endpoints import execution as endpoint
     from tmws.endpoints._common import check_query, decode, encoder
     from tmws.http import Request
-    from tmws.middleware import RequestIdMiddleware
     from tmws.models import ExecutionMode
     from tmws.routes import ROUTER
 
@@ -130,7 +130,7 @@ def _items(outer: Any, engine: Any) -> tuple[dict[str, Item | None], dict[str, I
         await engine.execute(QUERY, "balanced", None, True)
 
     whole: dict[str, Item | None] = {
-        "whole request: RequestIdMiddleware + TmwsApp (as served)": full,
+        "whole request: TmwsApp (as served)": full,
         "whole request: TmwsApp alone": app_only if inner is not outer else None,
         "engine.execute(...)": execute,
     }
@@ -146,15 +146,13 @@ def _items(outer: Any, engine: Any) -> tuple[dict[str, Item | None], dict[str, I
         await send_({"type": "http.response.start", "status": 200, "headers": []})
         await send_({"type": "http.response.body", "body": b"{}"})
 
-    wrapped = RequestIdMiddleware(trivial)
+    ids = RequestIds()
     item("a two-message ASGI app (reference)")(lambda: trivial(scope(), receive, send))
-    item("the same wrapped in RequestIdMiddleware")(lambda: wrapped(scope(), receive, send))
     sc = scope()
 
     async def token() -> None:
-        import secrets
-        secrets.token_hex(8).encode()
-    item("secrets.token_hex(8) (its id)")(token)
+        ids.identify(sc)
+    item("RequestIds.identify (the request id)")(token)
 
     async def resolve() -> None:
         ROUTER.resolve("POST", "/api/v1/execute")

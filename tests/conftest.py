@@ -22,7 +22,6 @@ from tmws.app import TmwsApp
 from tmws.config import Settings
 from tmws.database import EmbeddedPostgres, upgrade
 from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
-from tmws.middleware import RequestIdMiddleware
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 # The machine's PostgreSQL 15 has no pgvector: used to test the missing-extension error.
@@ -147,7 +146,7 @@ def make_api(database_url: str) -> ApiFactory:
         async with await create_pattern_execution_engine(settings) as engine:
             app = TmwsApp(settings)
             app.attach(engine)
-            transport = httpx.ASGITransport(app=RequestIdMiddleware(app),
+            transport = httpx.ASGITransport(app=app,
                                             client=("127.0.0.1", 40000))
             async with httpx.AsyncClient(transport=transport, base_url="http://tmws") as client:
                 yield client, engine

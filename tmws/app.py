@@ -13,6 +13,7 @@ import logging
 import os
 from typing import Final
 
+from tmws._request_context import RequestIds, request_id
 from tmws.config import Settings
 from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
 from tmws.errors import (
@@ -25,7 +26,6 @@ from tmws.errors import (
 from tmws.guards import Guard, build_guards
 from tmws.http import ASGIApp, HTTPError, Receive, Request, Scope, Send, error_body, send_json
 from tmws.metrics import worker_exited
-from tmws.middleware import RequestIdMiddleware
 from tmws.routes import ROUTER
 
 __all__ = ["TmwsApp", "create_app"]
@@ -42,6 +42,7 @@ class TmwsApp:
         self._settings = settings
         self.engine: PatternExecutionEngine | None = None
         self._guards: list[Guard] = []
+        self._request_ids = RequestIds()
 
     def attach(self, engine: PatternExecutionEngine) -> None:
         """Serve an engine built elsewhere (tests, or an application embedding tmws)."""
@@ -56,11 +57,19 @@ class TmwsApp:
             await self._lifespan(receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_id = self._request_ids.identify(scope)
+        token = request_id.set(raw_id.decode())
+        try:
+            await self._answer(scope, receive, send, [(b"x-request-id", raw_id)])
+        finally:
+            request_id.reset(token)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send,
+                      extra: list[tuple[bytes, bytes]]) -> None:
         engine = self.engine
         if engine is None:
-            await send_json(send, 503, _NOT_READY)
+            await send_json(send, 503, _NOT_READY, extra)
             return
-        extra: list[tuple[bytes, bytes]] = []
         try:
             route, params = ROUTER.resolve(scope["method"], scope["path"])
             request = Request(scope, receive, engine.settings.max_body_bytes, params)
@@ -134,4 +143,4 @@ def _failure(exc: Exception, path: str) -> tuple[int, bytes]:
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
     """The application factory Granian calls in each worker."""
-    return RequestIdMiddleware(TmwsApp(settings))
+    return TmwsApp(settings)
