@@ -18,6 +18,7 @@ from tmws.evaluation import (
     read_labelled,
     suggest_thresholds,
 )
+from tmws.models import ExecutionMode
 from tmws.patterns import PatternLibrary, default_library_path, load_pattern_file
 from tmws.registry import PatternRegistry
 from tmws.router import HybridRouter
@@ -94,12 +95,24 @@ def test_suggestion_is_at_least_as_good_as_the_default(tmp_path: Path, library: 
     labelled = _labelled(tmp_path, examples_tsv(library.patterns, library.off_topic_examples),
                          library)
     suggestion = suggest_thresholds(router, labelled)
-    assert suggestion.accuracy >= evaluate(router, labelled).accuracy
+    assert suggestion.accuracy >= evaluate(router, labelled, leave_out=True).accuracy
     low, high = suggestion.min_score_range
     assert low <= suggestion.min_score <= high
     again = evaluate(router, labelled, min_score=suggestion.min_score,
-                     min_margin=suggestion.min_margin)
+                     min_margin=suggestion.min_margin, leave_out=True)
     assert again.accuracy == suggestion.accuracy
+
+
+def test_leave_one_out_scores_examples_against_the_others(router: HybridRouter) -> None:
+    # An example no trigger matches finds itself (score 1) unless it is left out.
+    query = "get architecture decisions"
+    assert router.match(query, ExecutionMode.BALANCED) is None
+    alone = router.explain(query, ExecutionMode.BALANCED, None, record=False)
+    assert alone.nearest_examples[0].example == query
+    assert alone.nearest_examples[0].score == pytest.approx(1.0, abs=1e-3)
+    left_out = router.explain(query, ExecutionMode.BALANCED, None, record=False,
+                              leave_out=True)
+    assert all(c.example != query for c in left_out.nearest_examples)
 
 
 def test_off_topic_examples_are_labelled_none(library: PatternLibrary) -> None:

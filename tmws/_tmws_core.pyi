@@ -234,14 +234,16 @@ class ExampleIndex:
         """
 
     def score(
-        self, query: str, top_k: int = 5, kind: str | None = None
+        self, query: str, top_k: int = 5, kind: str | None = None, exclude: int | None = None
     ) -> list[tuple[str, float, int]]:
         """The ``top_k`` best patterns for ``query``: ``(pattern name, score, example)``.
 
         One entry per pattern, for its best-scoring example; ``example`` is that example's
         index in the constructor's ``examples`` (the first one among equal scores). Sorted by
         score descending, then by pattern registration order; only scores above 0. With
-        ``kind``, only examples of that kind count (an unknown kind gives ``[]``).
+        ``kind``, only examples of that kind count (an unknown kind gives ``[]``). With
+        ``exclude``, that example is left out (its features still count in the idf): how an
+        example scores against all the others, for leave-one-out calibration.
 
         Raises:
             ValueError: ``top_k`` is negative.

@@ -81,7 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--min-margin", type=float, default=None,
                           help="stage-2 margin (default: TMWS_ROUTER_MIN_MARGIN)")
     evaluate.add_argument("--suggest", action="store_true",
-                          help="also search the thresholds that maximise accuracy on FILE")
+                          help="also search the thresholds that maximise accuracy on FILE "
+                          "(examples scored leave-one-out)")
+    evaluate.add_argument("--leave-out", action="store_true",
+                          help="score queries that are examples against the other examples")
     evaluate.add_argument("--fail-under", type=float, default=None, metavar="ACCURACY",
                           help="exit 1 if accuracy (0..1) is below this")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -221,7 +224,7 @@ def _patterns(settings: Settings, args: argparse.Namespace) -> int:
     labelled = evaluation.read_labelled(args.file, (p.name for p in library.patterns))
     mode = ExecutionMode(args.mode or settings.pattern_default_mode)
     report = evaluation.evaluate(router, labelled, mode=mode, min_score=args.min_score,
-                                 min_margin=args.min_margin)
+                                 min_margin=args.min_margin, leave_out=args.leave_out)
     suggestion = evaluation.suggest_thresholds(router, labelled, mode=mode) \
         if args.suggest else None
     if args.json:

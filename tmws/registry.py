@@ -28,6 +28,7 @@ class PatternRegistry:
         self._listeners: list[Callable[[], None]] = []
         self._matcher = Matcher([], cache_capacity=match_cache_size)
         self._examples: tuple[ExampleIndex, list[str]] = (ExampleIndex([]), [])
+        self._example_positions: dict[str, int] = {}
         self._match_cache_size = match_cache_size
         self.register_batch(list(patterns))
 
@@ -89,6 +90,9 @@ class PatternRegistry:
             raise PatternConfigError(f"a number is out of range: {exc}") from None
         self._patterns = staged
         self._examples = (index, [text for _, _, text in examples])
+        self._example_positions = {}
+        for position, (_, _, text) in enumerate(examples):
+            self._example_positions.setdefault(text, position)
         self.fingerprint = fingerprint
         for listener in self._listeners:
             listener()
@@ -124,10 +128,18 @@ class PatternRegistry:
         return [self._patterns[n] for n in names if n in self._patterns]
 
     def nearest_examples(self, query: str, pattern_type: PatternType | None = None,
-                         limit: int = 5) -> list[ExampleMatch]:
-        """Patterns ranked by their closest example utterance (lexical TF-IDF cosine)."""
+                         limit: int = 5, *, leave_out: bool = False) -> list[ExampleMatch]:
+        """Patterns ranked by their closest example utterance (lexical TF-IDF cosine).
+
+        ``leave_out=True`` scores a query that is itself an example against the other
+        examples only (leave-one-out calibration).
+        """
         index, texts = self._examples
-        found = index.score(query, limit, None if pattern_type is None else pattern_type.value)
+        exclude = None
+        if leave_out:
+            exclude = self._example_positions.get(query.strip())
+        found = index.score(query, limit, None if pattern_type is None else pattern_type.value,
+                            exclude)
         return [ExampleMatch(name, round(score, 4), texts[example])
                 for name, score, example in found]
 

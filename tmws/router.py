@@ -105,11 +105,12 @@ class HybridRouter:
 
     def explain(self, query: str, mode: ExecutionMode, pattern: PatternDefinition | None, *,
                 min_score: float | None = None, min_margin: float | None = None,
-                record: bool = True) -> RoutingDecision:
+                record: bool = True, leave_out: bool = False) -> RoutingDecision:
         """The full decision, given what :meth:`match` returned for the same query.
 
-        ``min_score``/``min_margin`` override the router's thresholds (calibration);
-        ``record=False`` leaves the decision counters alone.
+        For calibration: ``min_score``/``min_margin`` override the router's thresholds,
+        ``leave_out`` scores a query that is an example against the other examples only,
+        and ``record=False`` leaves the decision counters alone.
         """
         only = self._type_filter(mode)
         if pattern is not None:
@@ -120,7 +121,8 @@ class HybridRouter:
             allowed = [only] if only is not None else (
                 [PatternType.INFRASTRUCTURE] if database_down else _ALL_TYPES)
             candidates = self.registry.nearest_examples(
-                query, allowed[0] if len(allowed) == 1 else None, _CANDIDATES)
+                query, allowed[0] if len(allowed) == 1 else None, _CANDIDATES,
+                leave_out=leave_out)
             score = self.min_score if min_score is None else min_score
             margin = self.min_margin if min_margin is None else min_margin
             decision = (self._example_decision(candidates, allowed, mode, score, margin)

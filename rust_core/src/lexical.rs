@@ -414,7 +414,20 @@ impl ExampleIndex {
     /// descending then registration order; only scores above zero. With `kind`, only
     /// examples of that kind count (an unknown kind scores nothing).
     pub fn score(&self, query: &str, top_k: usize, kind: Option<&str>) -> Vec<Candidate> {
-        self.score_mode(query, top_k, kind, Mode::Auto)
+        self.score_mode(query, top_k, kind, None, Mode::Auto)
+    }
+
+    /// [`score`](Self::score) as if example `exclude` were not in the index (its features
+    /// still count in the idf): leave-one-out evaluation of an example against the others.
+    pub fn score_without(
+        &self,
+        query: &str,
+        top_k: usize,
+        kind: Option<&str>,
+        exclude: usize,
+    ) -> Vec<Candidate> {
+        let exclude = u32::try_from(exclude).ok();
+        self.score_mode(query, top_k, kind, exclude, Mode::Auto)
     }
 
     fn score_mode(
@@ -422,6 +435,7 @@ impl ExampleIndex {
         query: &str,
         top_k: usize,
         kind: Option<&str>,
+        exclude: Option<u32>,
         mode: Mode,
     ) -> Vec<Candidate> {
         let kind = match kind {
@@ -453,9 +467,16 @@ impl ExampleIndex {
             s.candidates.clear();
             let mut top = TopK::new(top_k, &mut s.candidates);
             if dense {
-                self.accumulate_dense(&s.terms, &mut s.acc, kind, &mut top);
+                self.accumulate_dense(&s.terms, &mut s.acc, kind, exclude, &mut top);
             } else {
-                self.accumulate_sparse(&s.terms, &mut s.acc, &mut s.sparse, kind, &mut top);
+                self.accumulate_sparse(
+                    &s.terms,
+                    &mut s.acc,
+                    &mut s.sparse,
+                    kind,
+                    exclude,
+                    &mut top,
+                );
             }
             top.finish()
         })
@@ -542,6 +563,7 @@ impl ExampleIndex {
         terms: &[QueryTerm],
         acc: &mut [f32],
         kind: Option<u32>,
+        exclude: Option<u32>,
         top: &mut TopK<'_>,
     ) {
         let acc = &mut acc[..self.len()];
@@ -556,7 +578,9 @@ impl ExampleIndex {
             let (mut best, mut best_example) = (0.0f32, 0);
             for (example, slot) in acc[start..end].iter_mut().enumerate() {
                 let mut score = std::mem::replace(slot, 0.0);
-                if kind.is_some_and(|k| self.example_kind[start + example] != k) {
+                if kind.is_some_and(|k| self.example_kind[start + example] != k)
+                    || exclude == Some((start + example) as u32)
+                {
                     score = 0.0;
                 }
                 // Strictly greater: the first of equal examples wins.
@@ -577,6 +601,7 @@ impl ExampleIndex {
         acc: &mut [f32],
         s: &mut SparseScratch,
         kind: Option<u32>,
+        exclude: Option<u32>,
         top: &mut TopK<'_>,
     ) {
         let SparseScratch {
@@ -611,7 +636,9 @@ impl ExampleIndex {
         touched_patterns.clear();
         for &example in &touched[..count] {
             let score = std::mem::replace(&mut acc[example as usize], 0.0);
-            if kind.is_some_and(|k| self.example_kind[example as usize] != k) {
+            if kind.is_some_and(|k| self.example_kind[example as usize] != k)
+                || exclude == Some(example)
+            {
                 continue;
             }
             let pattern = self.example_pattern[example as usize];
@@ -950,11 +977,11 @@ mod tests {
         ] {
             for kind in [None, Some("k1"), Some("ops")] {
                 for k in [1, 3, 5, 40, 100] {
-                    let sparse = idx.score_mode(query, k, kind, Mode::Sparse);
-                    let dense = idx.score_mode(query, k, kind, Mode::Dense);
+                    let sparse = idx.score_mode(query, k, kind, None, Mode::Sparse);
+                    let dense = idx.score_mode(query, k, kind, None, Mode::Dense);
                     assert_eq!(sparse, dense, "{query:?} {kind:?} {k}");
                     assert_eq!(idx.score(query, k, kind), dense);
-                    let all = idx.score_mode(query, 1000, kind, Mode::Dense);
+                    let all = idx.score_mode(query, 1000, kind, None, Mode::Dense);
                     assert_eq!(dense, all[..k.min(all.len())]);
                 }
             }
@@ -967,10 +994,28 @@ mod tests {
             ("c", "k", "reset password"),
         ]);
         for mode in [Mode::Sparse, Mode::Dense] {
-            let found = ties.score_mode("reset password", 5, None, mode);
+            let found = ties.score_mode("reset password", 5, None, None, mode);
             let got: Vec<_> = found.iter().map(|c| (c.pattern, c.example)).collect();
             assert_eq!(got, [(0, 0), (2, 2), (1, 1)], "{mode:?}");
         }
+    }
+
+    #[test]
+    fn score_without_leaves_one_example_out() {
+        let ties = ExampleIndex::new(vec![
+            ("a".into(), "k".into(), "reset my password".into()),
+            ("a".into(), "k".into(), "password reset help".into()),
+            ("b".into(), "k".into(), "reset password".into()),
+        ]);
+        for mode in [Mode::Sparse, Mode::Dense] {
+            let all = ties.score_mode("reset password", 5, None, None, mode);
+            assert_eq!((all[0].pattern, all[0].example), (1, 2), "{mode:?}");
+            let without = ties.score_mode("reset password", 5, None, Some(2), mode);
+            assert!(without.iter().all(|c| c.example != 2), "{mode:?}");
+            assert_eq!(without[0].pattern, 0, "{mode:?}");
+        }
+        let only = ExampleIndex::new(vec![("a".into(), "k".into(), "reset".into())]);
+        assert!(only.score_without("reset", 5, None, 0).is_empty());
     }
 
     #[test]

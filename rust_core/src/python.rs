@@ -317,18 +317,22 @@ impl PyExampleIndex {
     }
 
     // `query` borrows the str's UTF-8 buffer, alive for the whole call (see `Matcher.best`).
-    #[pyo3(signature = (query, top_k = 5, kind = None))]
+    #[pyo3(signature = (query, top_k = 5, kind = None, exclude = None))]
     fn score<'py>(
         &self,
         py: Python<'py>,
         query: &str,
         top_k: i64,
         kind: Option<&str>,
+        exclude: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
         // Signed so a negative top_k is a ValueError, not OverflowError.
         let top_k = usize::try_from(top_k)
             .map_err(|_| PyValueError::new_err(format!("top_k must be >= 0, got {top_k}")))?;
-        let found = py.detach(|| self.inner.score(query, top_k, kind));
+        let found = py.detach(|| match exclude {
+            None => self.inner.score(query, top_k, kind),
+            Some(example) => self.inner.score_without(query, top_k, kind, example),
+        });
         PyList::new(
             py,
             found.iter().map(|c| {

@@ -132,7 +132,10 @@ fn best_cached_answers_only_from_the_cache() {
     assert_eq!(m.best_cached("run tool", None), None); // a miss: not counted here
     assert_eq!(m.cache_stats().misses, 0);
     m.best("run tool", None);
-    assert_eq!(m.best_cached("run tool", None).unwrap().as_deref(), Some("run"));
+    assert_eq!(
+        m.best_cached("run tool", None).unwrap().as_deref(),
+        Some("run")
+    );
     assert_eq!(m.best_cached("run tool", Some("no-such-kind")), None);
     let s = m.cache_stats();
     assert_eq!((s.hits, s.misses), (1, 1));
