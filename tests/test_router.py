@@ -5,7 +5,7 @@ import pytest
 from tmws.models import ExecutionMode, PatternType
 from tmws.patterns import default_library_path, load_pattern_file
 from tmws.registry import PatternRegistry
-from tmws.router import HybridRouter, nearest_patterns
+from tmws.router import HybridRouter
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +47,6 @@ async def test_no_fit_abstains_with_candidates(router: HybridRouter) -> None:
     assert decision.decided_by == "none" and decision.confidence == 0.0
     stats = router.get_stats()
     assert stats["decisions"]["none"] >= 1
-
-
-def test_nearest_patterns_rank_by_shared_words() -> None:
-    library = load_pattern_file(default_library_path())
-    nearest = nearest_patterns("vector search tool please", list(library.patterns))
-    assert nearest[0][0] == "execute_mcp_tool"
-    assert nearest_patterns("", list(library.patterns)) == []
 
 
 async def test_examples_decide_when_no_trigger_matches(router: HybridRouter) -> None:

@@ -7,6 +7,7 @@ plain mapping with ``Settings.from_env({...})``. An invalid value raises
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -258,17 +259,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                               "must be true in production; set TMWS_ALLOW_UNAUTHENTICATED=true "
                               "if an authenticating proxy protects the service")
 
-    def metrics_networks(self) -> list[IPv4Network | IPv6Network]:
+    def metrics_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
         """The networks allowed to scrape /metrics (empty: any client)."""
-        networks: list[IPv4Network | IPv6Network] = []
-        for part in (self.metrics_allowed_networks or "").split(","):
-            if part.strip():
-                try:
-                    networks.append(ip_network(part.strip(), strict=False))
-                except ValueError as exc:
-                    raise ConfigError(self.env_name("metrics_allowed_networks"),
-                                      f"invalid network {part.strip()!r}: {exc}") from None
-        return networks
+        return _parse_networks(self.metrics_allowed_networks or "")
 
     def timeout_ms(self, pattern_type: str) -> int:
         """The handler timeout for a pattern type, in milliseconds."""
@@ -277,6 +270,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "memory": self.pattern_memory_timeout,
             "hybrid": self.pattern_hybrid_timeout,
         }[pattern_type]
+
+
+@functools.cache  # parsed once per distinct value, not on every scrape
+def _parse_networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    networks: list[IPv4Network | IPv6Network] = []
+    for part in text.split(","):
+        if part.strip():
+            try:
+                networks.append(ip_network(part.strip(), strict=False))
+            except ValueError as exc:
+                raise ConfigError(Settings.env_name("metrics_allowed_networks"),
+                                  f"invalid network {part.strip()!r}: {exc}") from None
+    return tuple(networks)
 
 
 def _redact(field: str, raw: str) -> str:

@@ -215,11 +215,8 @@ class PatternExecutionEngine:
         pattern = self.router.match(query, mode)
         slot: _Slot | None = None
         if pattern is not None:
-            handler_name = resolve_handler(pattern, pattern.pattern_type, self.handlers)
-            if authorize is not None:
-                self._authorize(authorize, pattern.pattern_type, handler_name, mode)
-            slot = await self._lookup(caching, pattern, handler_name, query, mode, namespace,
-                                      ctx, pattern.pattern_type)
+            handler_name, slot = await self._lookup(caching, pattern, pattern.pattern_type,
+                                                    query, mode, namespace, ctx, authorize)
             if slot is not None and slot.hit is not None:
                 return self._finish(started, pattern.pattern_type, slot.hit, namespace, mode)
 
@@ -235,11 +232,8 @@ class PatternExecutionEngine:
         if pattern is None:  # routed by its examples, or by keywords to the type's default
             pattern = (self.registry.get(decision.pattern_name)
                        if decision.pattern_name is not None else None)
-            handler_name = resolve_handler(pattern, decision.pattern_type, self.handlers)
-            if authorize is not None:
-                self._authorize(authorize, decision.pattern_type, handler_name, mode)
-            slot = await self._lookup(caching, pattern, handler_name, query, mode, namespace,
-                                      ctx, decision.pattern_type)
+            handler_name, slot = await self._lookup(caching, pattern, decision.pattern_type,
+                                                    query, mode, namespace, ctx, authorize)
             if slot is not None and slot.hit is not None:
                 return self._finish(started, decision.pattern_type, slot.hit, namespace, mode)
         if handler_name not in self.handlers:
@@ -278,31 +272,29 @@ class PatternExecutionEngine:
             del self._inflight[key]
         return self._finish(started, decision.pattern_type, result, namespace, mode)
 
-    def _authorize(self, authorize: Authorize, pattern_type: PatternType, handler_name: str,
-                   mode: ExecutionMode) -> None:
-        reads = (pattern_type is not PatternType.INFRASTRUCTURE
-                 or mode is ExecutionMode.COMPREHENSIVE)
-        authorize(reads, handler_name in self.write_handlers)
-
     async def _lookup(self, caching: bool, pattern: PatternDefinition | None,
-                      handler_name: str, query: str, mode: ExecutionMode, namespace: str,
-                      ctx: Mapping[str, Any], pattern_type: PatternType) -> _Slot | None:
-        """The cache slot of this execution (with the hit, if any), or None when it must
-        not be cached: caching off, a write, cache_ttl 0, or memory generations unknowable
-        because Redis is unreachable."""
-        if not caching or handler_name in self.write_handlers or (
-                pattern is not None and not pattern.cacheable):
-            return None
+                      pattern_type: PatternType, query: str, mode: ExecutionMode,
+                      namespace: str, ctx: Mapping[str, Any], authorize: Authorize | None
+                      ) -> tuple[str, _Slot | None]:
+        """Once the route is known: the handler, authorised, and the cache slot of this
+        execution (with the hit, if any) — None when it must not be cached: caching off, a
+        write, cache_ttl 0, or memory generations unknowable because Redis is unreachable."""
+        handler_name = resolve_handler(pattern, pattern_type, self.handlers)
+        writes = handler_name in self.write_handlers
+        reads_memory = (pattern_type is not PatternType.INFRASTRUCTURE
+                        or mode is ExecutionMode.COMPREHENSIVE)
+        if authorize is not None:
+            authorize(reads_memory, writes)
+        if not caching or writes or (pattern is not None and not pattern.cacheable):
+            return handler_name, None
         relevant = {k: v for k, v in ctx.items() if k not in _IDENTITY_KEYS} if ctx else None
         key = cache_key([namespace, normalize_query(query), mode.value,
                          msgspec.json.encode(relevant, order="sorted") if relevant else "",
                          self.registry.fingerprint])
-        depends_on_memory = (pattern_type is not PatternType.INFRASTRUCTURE
-                             or mode is ExecutionMode.COMPREHENSIVE)
         found = await self.cache.get(pattern_type, key,
-                                     namespace=namespace if depends_on_memory else None)
+                                     namespace=namespace if reads_memory else None)
         if not found.cacheable:
-            return None
+            return handler_name, None
         hit = None
         if found.value is not None:
             hit = _decode(found.value)  # a fresh object per hit: safe to mark in place
@@ -310,7 +302,7 @@ class PatternExecutionEngine:
             hit.tokens_used = 0
             hit.cache_hit = True
             hit.metadata["cache_tier"] = found.tier
-        return _Slot(key, found.generation, hit)
+        return handler_name, _Slot(key, found.generation, hit)
 
     def _validate(self, query: Any, mode: Any, context: Any
                   ) -> tuple[str, ExecutionMode, dict[str, Any]]:

@@ -28,16 +28,16 @@ class Guard(Protocol):
 class AuthGuard:
     """Bearer JWT on every route with a scope; the token's subject becomes the namespace."""
 
-    def __init__(self, authority: TokenAuthority, *, metrics_require_token: bool) -> None:
+    def __init__(self, authority: TokenAuthority, *,
+                 scopes: dict[str, str] | None = None) -> None:
         self.authority = authority
-        self._metrics_require_token = metrics_require_token
+        # Per-deployment scopes by path, over the route table's (e.g. /metrics behind a token).
+        self._scopes = scopes or {}
 
     async def check(self, route: Route, request: Request) -> list[tuple[bytes, bytes]]:
-        scope = route.scope
+        scope = self._scopes.get(route.path, route.scope)
         if scope is None:
-            if not (self._metrics_require_token and route.path == "/metrics"):
-                return []
-            scope = "metrics:read"
+            return []
         principal = self.authority.authenticate(header(request.scope, b"authorization"))
         if scope:
             principal.require(scope)
@@ -81,8 +81,9 @@ def build_guards(engine: PatternExecutionEngine) -> list[Guard]:
     settings = engine.settings
     guards: list[Guard] = []
     if settings.auth_enabled:
-        guards.append(AuthGuard(TokenAuthority.from_settings(settings),
-                                metrics_require_token=settings.metrics_require_token))
+        guards.append(AuthGuard(
+            TokenAuthority.from_settings(settings),
+            scopes={"/metrics": "metrics:read"} if settings.metrics_require_token else None))
     if settings.rate_limit_enabled:
         guards.append(RateLimitGuard(RateLimiter.from_settings(settings, cache=engine.cache)))
     return guards

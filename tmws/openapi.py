@@ -55,11 +55,10 @@ def openapi_schema() -> dict[str, Any]:
         if route.request_type is not None:
             operation["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": by_type[route.request_type]}}}
-        ok: dict[str, Any] = {"description": "OK" if route.status == 200 else "Created"}
-        if route.response_type is not None:
-            ok["content"] = {route.content_type: {"schema": by_type[route.response_type]}}
-        else:
-            ok["content"] = {route.content_type: {"schema": {"type": "string"}}}
+        schema = (by_type[route.response_type] if route.response_type is not None
+                  else {"type": "string"})
+        ok: dict[str, Any] = {"description": "OK" if route.status == 200 else "Created",
+                              "content": {route.content_type: {"schema": schema}}}
         responses: dict[str, Any] = {str(route.status): ok}
         errors = set(route.errors)
         if route.scope is not None:

@@ -24,7 +24,7 @@ from tmws.models import (
 )
 from tmws.registry import PatternRegistry
 
-__all__ = ["HybridRouter", "nearest_patterns"]
+__all__ = ["HybridRouter"]
 
 _WORD: Final = re.compile(r"[^\W_]+")
 
@@ -55,26 +55,6 @@ _CANDIDATES: Final = 5  # stage-2 candidates reported (and compared) per query
 
 def _words(text: str) -> set[str]:
     return set(_WORD.findall(text.lower()))
-
-
-def nearest_patterns(query: str, patterns: list[PatternDefinition], limit: int = 3
-                     ) -> list[tuple[str, float]]:
-    """Patterns whose name and example queries share the most words with the query."""
-    query_words = _words(query)
-    if not query_words:
-        return []
-    scored: list[tuple[str, float]] = []
-    for pattern in patterns:
-        best = 0.0
-        texts = [pattern.name.replace("_", " "), *pattern.example_queries]
-        for text in texts:
-            words = _words(text)
-            if words:
-                best = max(best, len(query_words & words) / len(query_words | words))
-        if best > 0:
-            scored.append((pattern.name, round(best, 3)))
-    scored.sort(key=lambda item: -item[1])
-    return scored[:limit]
 
 
 class HybridRouter:
