@@ -7,6 +7,7 @@ import pytest
 from tmws.errors import PatternConfigError, PatternError
 from tmws.models import PatternDefinition, PatternType
 from tmws.patterns import default_library_path, load_pattern_file, parse_pattern_library
+from tmws.registry import PatternRegistry
 
 VALID = """
 performance_targets:
@@ -34,6 +35,33 @@ def test_shipped_library_loads_with_documented_names() -> None:
     assert store.cache_ttl == 0 and not store.cacheable
     assert library.performance_targets[PatternType.HYBRID].p95 == 200
     assert library.cache_config[PatternType.HYBRID].ttl == 600
+
+
+def test_compose_config_is_the_shipped_library() -> None:
+    # deploy/config/patterns.yaml is what docker compose mounts; it must not drift.
+    deployed = Path(__file__).parent.parent / "deploy" / "config" / "patterns.yaml"
+    assert deployed.read_text() == default_library_path().read_text()
+
+
+@pytest.mark.parametrize(("query", "fires"), [
+    ("store this optimization pattern", True),
+    ("please remember that redis needs more memory", True),
+    ("  Record architecture decision", True),
+    # A question or a noun is not a write; nor is a word that merely contains the verb.
+    ("what do we remember about the login outage", False),
+    ("is the vector store responding", False),
+    ("restore the backup", False),
+])
+def test_store_memory_fires_only_on_an_imperative(query: str, fires: bool) -> None:
+    registry = PatternRegistry(load_pattern_file(default_library_path()).patterns)
+    assert ("store_memory" in [p.name for p in registry.all_matches(query)]) is fires
+
+
+def test_triggers_start_at_a_word_boundary() -> None:
+    registry = PatternRegistry(load_pattern_file(default_library_path()).patterns)
+    assert [p.name for p in registry.all_matches("test connection")] == ["health_check"]
+    assert registry.all_matches("retest connection") == []
+    assert registry.all_matches("untag as urgent") == []
 
 
 def test_valid_file_overrides_only_what_it_names() -> None:
