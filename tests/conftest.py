@@ -13,10 +13,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import psycopg
 import pytest
 import redis
+from psycopg import sql
 
 from tmws.app import TmwsApp
 from tmws.config import Settings
@@ -60,6 +63,26 @@ def make_settings(database_url: str, **overrides: str) -> Settings:
            "TMWS_PATTERN_MEMORY_TIMEOUT": "5000", "TMWS_PATTERN_HYBRID_TIMEOUT": "5000"}
     env.update({f"TMWS_{k.upper()}": v for k, v in overrides.items()})
     return Settings.from_env(env)
+
+
+@asynccontextmanager
+async def scratch_database(database_url: str, *, migrate: Settings | None = None
+                           ) -> AsyncIterator[str]:
+    """A database of its own beside the shared one (empty, or migrated with ``migrate``'s
+    embedding settings), dropped afterwards; yields its URL."""
+    name = f"tmws_scratch_{uuid.uuid4().hex[:8]}"
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+    try:
+        if migrate is not None:
+            await upgrade(url, migrate)
+        yield url
+    finally:
+        async with await psycopg.AsyncConnection.connect(database_url,
+                                                         autocommit=True) as conn:
+            await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                               .format(sql.Identifier(name)))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from alembic import command
 from psycopg.rows import dict_row
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, scratch_database
 from tmws import PatternDefinition, PatternExecutionEngine, PatternType
 from tmws._request_context import request_id
 from tmws.audit import SYSTEM_ACTOR, AuditLog
@@ -212,36 +212,33 @@ async def test_outage_loses_nothing_and_the_cap_drops_the_oldest(
 
 
 async def test_migration_is_reversible(database_url: str) -> None:
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute("DROP DATABASE IF EXISTS tmws_audit_migrate")
-        await conn.execute("CREATE DATABASE tmws_audit_migrate")
-    fresh = database_url.replace("/tmws?", "/tmws_audit_migrate?")
-    assert fresh != database_url
-    await upgrade(fresh)
+    async with scratch_database(database_url) as fresh:
+        assert fresh != database_url
+        await upgrade(fresh)
 
-    async def state() -> tuple[str, bool, set[str]]:
-        async with await psycopg.AsyncConnection.connect(fresh) as conn:
-            version = await (await conn.execute(
-                "SELECT version_num FROM alembic_version")).fetchone()
-            table = await (await conn.execute(
-                "SELECT to_regclass('audit_log') IS NOT NULL")).fetchone()
-            indexes = await (await conn.execute(
-                "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_log'")).fetchall()
-        assert version is not None and table is not None
-        return version[0], table[0], {r[0] for r in indexes}
+        async def state() -> tuple[str, bool, set[str]]:
+            async with await psycopg.AsyncConnection.connect(fresh) as conn:
+                version = await (await conn.execute(
+                    "SELECT version_num FROM alembic_version")).fetchone()
+                table = await (await conn.execute(
+                    "SELECT to_regclass('audit_log') IS NOT NULL")).fetchone()
+                indexes = await (await conn.execute(
+                    "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_log'")).fetchall()
+            assert version is not None and table is not None
+            return version[0], table[0], {r[0] for r in indexes}
 
-    version, exists, indexes = await state()
-    assert version == "0003" and exists
-    assert {"idx_audit_occurred", "idx_audit_actor_occurred"} <= indexes
+        version, exists, indexes = await state()
+        assert version == "0003" and exists
+        assert {"idx_audit_occurred", "idx_audit_actor_occurred"} <= indexes
 
-    def downgrade() -> None:
-        with _ALEMBIC_LOCK:
-            command.downgrade(alembic_config(fresh), "0002")
+        def downgrade() -> None:
+            with _ALEMBIC_LOCK:
+                command.downgrade(alembic_config(fresh), "0002")
 
-    await asyncio.to_thread(downgrade)
-    assert await state() == ("0002", False, set())
-    assert [m.revision for m in await upgrade(fresh)] == ["0003"]
-    assert (await state())[:2] == ("0003", True)
+        await asyncio.to_thread(downgrade)
+        assert await state() == ("0002", False, set())
+        assert [m.revision for m in await upgrade(fresh)] == ["0003"]
+        assert (await state())[:2] == ("0003", True)
 
 
 async def test_close_counts_what_cannot_be_written(caplog: pytest.LogCaptureFixture) -> None:

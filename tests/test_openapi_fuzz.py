@@ -11,25 +11,19 @@ of its own and no Redis (pattern changes would reach every instance on the share
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import psycopg
 import pytest
-from psycopg import sql
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, scratch_database
 from tests.test_app import _start, _stop
-from tmws.database import upgrade
 
 # Per operation and phase; about 1,000 requests in all, 10-20 s on this machine.
 MAX_EXAMPLES = 25
@@ -38,19 +32,10 @@ CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conform
 
 
 @pytest.fixture
-def own_database(database_url: str) -> Iterator[str]:
+async def own_database(database_url: str) -> AsyncIterator[str]:
     """A migrated database of its own on the session's PostgreSQL, dropped afterwards."""
-    name = f"tmws_fuzz_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
-    try:
-        asyncio.run(upgrade(url, make_settings(url)))
+    async with scratch_database(database_url, migrate=make_settings(database_url)) as url:
         yield url
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                         .format(sql.Identifier(name)))
 
 
 def _server_errors(log: Path) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, scratch_database
 from tests.test_cli import run as run_cli
 from tmws.database import (
     Database,
@@ -18,7 +18,6 @@ from tmws.database import (
     Rejection,
     export_memories,
     import_memories,
-    upgrade,
 )
 from tmws.embeddings import HashProvider
 
@@ -39,14 +38,8 @@ def provider() -> HashProvider:
 @pytest.fixture
 async def bulk_database(database_url: str) -> AsyncIterator[str]:
     """A second, migrated database beside the shared one, dropped afterwards."""
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute("DROP DATABASE IF EXISTS tmws_bulk WITH (FORCE)")
-        await conn.execute("CREATE DATABASE tmws_bulk")
-    conninfo = database_url.replace("/tmws?", "/tmws_bulk?")
-    await upgrade(conninfo, make_settings(conninfo))
-    yield conninfo
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute("DROP DATABASE tmws_bulk WITH (FORCE)")
+    async with scratch_database(database_url, migrate=make_settings(database_url)) as conninfo:
+        yield conninfo
 
 
 def jsonl(*lines: object) -> list[bytes]:

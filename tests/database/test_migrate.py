@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import PLAIN_POSTGRES_URL
+from tests.conftest import PLAIN_POSTGRES_URL, scratch_database
 from tmws.database import PGVECTOR_HELP, available_migrations, require_current_schema, upgrade
 from tmws.errors import DatabaseError, ExtensionMissingError
 
@@ -68,15 +68,12 @@ def _alembic(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_guides_alembic_command_migrates_a_fresh_database(database_url: str) -> None:
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute("DROP DATABASE IF EXISTS tmws_alembic_cli")
-        await conn.execute("CREATE DATABASE tmws_alembic_cli")
-    fresh = database_url.replace("/tmws?", "/tmws_alembic_cli?")
-    done = _alembic("upgrade", "head", database_url=fresh)
-    assert done.returncode == 0, done.stderr
-    await require_current_schema(fresh)
-    again = _alembic("upgrade", "head", database_url=fresh)
-    assert again.returncode == 0, again.stderr
+    async with scratch_database(database_url) as fresh:
+        done = _alembic("upgrade", "head", database_url=fresh)
+        assert done.returncode == 0, done.stderr
+        await require_current_schema(fresh)
+        again = _alembic("upgrade", "head", database_url=fresh)
+        assert again.returncode == 0, again.stderr
 
 
 def test_guides_alembic_command_explains_missing_pgvector() -> None:

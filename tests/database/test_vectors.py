@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, scratch_database
 from tests.test_cli import run as run_cli
 from tmws.database import upgrade
 from tmws.engine import create_pattern_execution_engine
@@ -16,12 +16,8 @@ from tmws.errors import DatabaseError
 @pytest.fixture
 async def fresh_database(database_url: str) -> AsyncIterator[str]:
     """An empty database beside the shared test database, dropped afterwards."""
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute("DROP DATABASE IF EXISTS tmws_vectors")
-        await conn.execute("CREATE DATABASE tmws_vectors")
-    yield database_url.replace("/tmws?", "/tmws_vectors?")
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute("DROP DATABASE tmws_vectors WITH (FORCE)")
+    async with scratch_database(database_url) as url:
+        yield url
 
 
 async def _index_definition(conninfo: str) -> str:
