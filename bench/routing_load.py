@@ -6,11 +6,16 @@ on the default library and on the 1,000-pattern corpus with 5 examples per patte
 Stage 1 is ``router.match`` (the Rust matcher, its result cache disabled so every query
 is matched). Stage 2 is the full ``router.explain`` of a query no trigger matches: the
 TF-IDF example scoring plus the decision and its explanation, i.e. what such a query
-costs beyond stage 1. Medians and p99 over every query, in microseconds.
+costs beyond stage 1. "Stage 2 + model" is the same with the examples' WordLlama vectors
+attached and the query's vector given (the blended score: one 256-float dot product per
+example); the query's own embedding is measured apart, in process and through the
+OpenAI-compatible provider over loopback HTTP. Medians and p99 over every query, in
+microseconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import statistics
 import sys
@@ -22,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._reference import load
+from tests.embedding_server import WORDLLAMA_DIM, embed, running_server
+from tmws.embeddings import OpenAIProvider
 from tmws.models import ExecutionMode, PatternDefinition, PatternType
 from tmws.patterns import default_library_path, load_pattern_file
 from tmws.registry import PatternRegistry
@@ -50,17 +57,50 @@ def _summary(samples: list[float]) -> str:
 def _measure(label: str, router: HybridRouter, queries: Sequence[str]) -> None:
     mode = ExecutionMode.BALANCED
     unmatched = [q for q in queries if router.match(q, mode) is None]
+    registry = router.registry
+    vectors = dict(zip(unmatched, embed("wordllama", unmatched, WORDLLAMA_DIM), strict=True))
+    lexical_index = registry._examples
+    registry.attach_vectors(embed("wordllama", registry.example_texts(), WORDLLAMA_DIM), 0.5)
+    blended_index = registry._examples
     stage1: list[float] = []
     stage2: list[float] = []
+    blended: list[float] = []
     for _ in range(ROUNDS):
-        router.registry._matcher.clear_cache()  # measure matching, not the result cache
+        registry._matcher.clear_cache()  # measure matching, not the result cache
         stage1 += _timed(lambda q: router.match(q, mode), queries)
+        registry._examples = lexical_index
         stage2 += _timed(lambda q: router.explain(q, mode, None, record=False), unmatched)
-    index = router.registry._examples[0]
-    print(f"{label}: {len(router.registry)} patterns, {len(index)} examples, "
+        registry._examples = blended_index
+        blended += _timed(lambda q: router.explain(q, mode, None, record=False,
+                                                   query_vector=vectors[q]), unmatched)
+    print(f"{label}: {len(registry)} patterns, {len(lexical_index[0])} examples, "
           f"{len(queries)} queries ({len(unmatched)} reach stage 2)")
-    print(f"  stage 1 (trigger)  {_summary(stage1)}")
-    print(f"  stage 2 (examples) {_summary(stage2)}")
+    print(f"  stage 1 (trigger)          {_summary(stage1)}")
+    print(f"  stage 2 (examples)         {_summary(stage2)}")
+    print(f"  stage 2 + model (blended)  {_summary(blended)}")
+
+
+def _measure_query_embedding(queries: Sequence[str]) -> None:
+    """What the model adds per stage-2 query before scoring (no query-vector cache)."""
+    in_process = _timed(lambda q: embed("wordllama", [q], WORDLLAMA_DIM), queries)
+
+    async def over_http(url: str) -> list[float]:
+        provider = OpenAIProvider(url, "wordllama", WORDLLAMA_DIM)
+        samples: list[float] = []
+        try:
+            for query in queries:
+                start = time.perf_counter_ns()
+                await provider.embed([query])
+                samples.append((time.perf_counter_ns() - start) / 1000)
+        finally:
+            await provider.aclose()
+        return samples
+
+    with running_server() as url:
+        http = asyncio.run(over_http(url))
+    print("query embedding (WordLlama l2_supercat, 256 dimensions):")
+    print(f"  in process                 {_summary(in_process)}")
+    print(f"  OpenAI-compatible, loopback {_summary(http)}")
 
 
 def main() -> None:
@@ -71,6 +111,7 @@ def main() -> None:
                         if "\t" in line and not line.startswith("#")]
     _measure("default library", HybridRouter(PatternRegistry(library.patterns)),
              default_queries)
+    _measure_query_embedding(default_queries)
 
     corpus = load(1000)
     # Each pattern's examples: the first queries the corpus expects it to win, topped up

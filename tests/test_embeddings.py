@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
 
 import pytest
 
+from tests.embedding_server import EmbeddingServer, running_server
 from tmws._native import HashEmbedder
 from tmws.config import Settings
 from tmws.embeddings import (
@@ -25,48 +20,10 @@ from tmws.embeddings import (
 from tmws.errors import ConfigError
 
 
-class EmbeddingServer(BaseHTTPRequestHandler):
-    """A minimal /v1/embeddings server answering with hash embeddings (dim from the path
-    prefix /dimN/), or failing on purpose for the model names 'broken' and 'slow'."""
-
-    requests: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        type(self).requests.append({"path": self.path, "body": body,
-                                    "auth": self.headers.get("authorization")})
-        if body["model"] == "broken":
-            self._reply(500, {"error": "model crashed"})
-            return
-        if body["model"] == "slow":
-            time.sleep(1.0)
-        dim = int(self.path.split("/")[1].removeprefix("dim"))
-        embedder = HashEmbedder(dim)
-        data = [{"index": i, "embedding": [2 * x for x in embedder.embed(text)]}
-                for i, text in enumerate(body["input"])]
-        data.reverse()  # servers may answer out of order; "index" says where each belongs
-        self._reply(200, {"data": data, "model": body["model"]})
-
-    def _reply(self, status: int, payload: dict[str, Any]) -> None:
-        raw = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(raw)))
-        self.end_headers()
-        with contextlib.suppress(BrokenPipeError):  # a client timed out first, on purpose
-            self.wfile.write(raw)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EmbeddingServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with running_server() as url:
+        yield url
 
 
 async def test_hash_provider_unit_vectors_and_none_for_nothing() -> None:

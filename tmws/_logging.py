@@ -229,6 +229,9 @@ def logging_dictconfig(settings: Settings, *, stream: Stream = "stdout") -> dict
             "_granian": {"level": level, "handlers": [], "propagate": True},
             "granian.access": {"level": "NOTSET", "handlers": [], "propagate": True},
             SQL_LOGGER: {"level": "INFO" if echo else "NOTSET"},
+            # httpx logs every embedding request at INFO: one line per routed query.
+            "httpx": {"level": level if level in ("DEBUG", "ERROR", "CRITICAL")
+                      else "WARNING"},
         },
         "root": {"level": level, "handlers": list(handlers)},
     }

@@ -215,9 +215,14 @@ class ExampleIndex:
     Query features found in no example are ignored entirely (they do not lower the score);
     a query with no known features scores nothing. Scores are ``float32`` values.
 
+    With the examples' embeddings by a real model attached (:meth:`with_vectors`), a query
+    given with its own embedding scores
+    ``(1 - weight) * lexical + weight * max(0, cosine)``: close in words or in meaning.
+
     Immutable and thread-safe; construction and :meth:`score` release the GIL. Rebuild it
-    when the library changes. Query cost grows with the examples that share features with
-    the query, not with the size of the library.
+    when the library changes. Lexical query cost grows with the examples that share
+    features with the query, not with the size of the library; a blended query costs one
+    dot product per example.
     """
 
     def __init__(self, examples: Sequence[Example]) -> None:
@@ -233,8 +238,27 @@ class ExampleIndex:
             ValueError: a tuple does not have 3 items.
         """
 
+    def with_vectors(
+        self, vectors: Sequence[Sequence[float] | None], weight: float
+    ) -> ExampleIndex:
+        """A copy of this index with the examples' embeddings attached.
+
+        ``vectors[i]`` embeds example ``i`` of the constructor's list (``None``: it has no
+        embedding and its semantic part is 0); all have one length and are normalised
+        here. ``weight`` (0 to 1) is the share of the cosine in a blended score.
+
+        Raises:
+            ValueError: not one entry per example, lengths differ, a vector is empty or not
+                finite, no vector at all, or ``weight`` outside ``[0, 1]``.
+        """
+
     def score(
-        self, query: str, top_k: int = 5, kind: str | None = None, exclude: int | None = None
+        self,
+        query: str,
+        top_k: int = 5,
+        kind: str | None = None,
+        exclude: int | None = None,
+        vector: Sequence[float] | None = None,
     ) -> list[tuple[str, float, int]]:
         """The ``top_k`` best patterns for ``query``: ``(pattern name, score, example)``.
 
@@ -243,10 +267,13 @@ class ExampleIndex:
         score descending, then by pattern registration order; only scores above 0. With
         ``kind``, only examples of that kind count (an unknown kind gives ``[]``). With
         ``exclude``, that example is left out (its features still count in the idf): how an
-        example scores against all the others, for leave-one-out calibration.
+        example scores against all the others, for leave-one-out calibration. With
+        ``vector`` (the query's embedding by the model of :meth:`with_vectors`), the score
+        is the blend; a zero vector scores lexically.
 
         Raises:
-            ValueError: ``top_k`` is negative.
+            ValueError: ``top_k`` is negative; ``vector`` given to an index without vectors,
+                of another length than theirs, or not finite.
         """
 
     @property
@@ -256,6 +283,14 @@ class ExampleIndex:
     @property
     def pattern_count(self) -> int:
         """Distinct pattern names."""
+
+    @property
+    def vector_dim(self) -> int | None:
+        """Length of the attached example vectors (``None`` without)."""
+
+    @property
+    def vector_weight(self) -> float | None:
+        """Share of the cosine in a blended score (``None`` without vectors)."""
 
     def stats(self) -> dict[str, int]:
         """Sizes: ``patterns``, ``examples``, ``kinds``, ``word_features`` (words and

@@ -204,6 +204,8 @@ async def _reembed(settings: Settings) -> None:
 
 def _patterns(settings: Settings, args: argparse.Namespace) -> int:
     from tmws import evaluation
+    from tmws._example_vectors import example_vectors_for
+    from tmws.embeddings import create_provider
     from tmws.models import ExecutionMode
     from tmws.patterns import default_library_path, load_pattern_file
     from tmws.registry import PatternRegistry
@@ -219,13 +221,25 @@ def _patterns(settings: Settings, args: argparse.Namespace) -> int:
         sys.stdout.write(evaluation.examples_tsv(library.patterns, library.off_topic_examples))
         return 0
     library = load_pattern_file(args.patterns or default)
-    router = HybridRouter(PatternRegistry(library.patterns), min_score=settings.router_min_score,
-                          min_margin=settings.router_min_margin)
     labelled = evaluation.read_labelled(args.file, (p.name for p in library.patterns))
+    registry = PatternRegistry(library.patterns)
+    provider = create_provider(settings)
+    router = HybridRouter(registry, min_score=settings.router_min_score,
+                          min_margin=settings.router_min_margin,
+                          vectors=example_vectors_for(settings, registry, provider))
+
+    async def embed() -> dict[str, list[float] | None] | None:
+        try:
+            return await router.embed_queries([item.query for item in labelled])
+        finally:
+            await provider.aclose()
+
+    vectors = asyncio.run(embed())
     mode = ExecutionMode(args.mode or settings.pattern_default_mode)
     report = evaluation.evaluate(router, labelled, mode=mode, min_score=args.min_score,
-                                 min_margin=args.min_margin, leave_out=args.leave_out)
-    suggestion = evaluation.suggest_thresholds(router, labelled, mode=mode) \
+                                 min_margin=args.min_margin, leave_out=args.leave_out,
+                                 vectors=vectors)
+    suggestion = evaluation.suggest_thresholds(router, labelled, mode=mode, vectors=vectors) \
         if args.suggest else None
     if args.json:
         print(msgspec.json.encode({"evaluation": report, "suggestion": suggestion}).decode())

@@ -108,6 +108,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # pattern must reach (a pattern's min_score overrides it) and its lead over the next.
     router_min_score: float = 0.3
     router_min_margin: float = 0.05
+    # With a real embedding model (not the hash embedder): the share of the embedding cosine
+    # in the stage-2 score (0 turns it off), and the milliseconds a query's embedding may
+    # take before stage 2 scores that query lexically.
+    router_semantic_weight: float = 0.5
+    router_embedding_timeout: int = 200
     # Embeddings and the vector index
     embedding_provider: str = "hash"  # hash | openai | sentence-transformers
     embedding_dim: int = 384
@@ -198,6 +203,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("pattern_hybrid_timeout", self.pattern_hybrid_timeout >= 1, "must be at least 1 ms"),
             ("router_min_score", 0.0 < self.router_min_score <= 1.0, "must be in (0, 1]"),
             ("router_min_margin", 0.0 <= self.router_min_margin < 1.0, "must be in [0, 1)"),
+            ("router_semantic_weight", 0.0 <= self.router_semantic_weight <= 1.0,
+             "must be in [0, 1]"),
+            ("router_embedding_timeout", self.router_embedding_timeout >= 1,
+             "must be at least 1 ms"),
             ("embedding_provider", self.embedding_provider in _EMBEDDING_PROVIDERS,
              f"must be one of {_EMBEDDING_PROVIDERS}"),
             ("embedding_dim", 8 <= self.embedding_dim <= 16000,

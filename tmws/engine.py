@@ -12,6 +12,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from tmws import __version__
+from tmws._example_vectors import example_vectors_for
 from tmws._native import cache_key, normalize_query
 from tmws._pattern_sync import PatternSync
 from tmws.audit import AuditLog, ConstantDetail
@@ -97,14 +98,17 @@ class PatternExecutionEngine:
         self.library = library
         self.database = database
         self.cache = cache or cache_manager_for(settings, library)
-        self.memory = MemoryStore(database, provider or create_provider(settings),
+        provider = provider or create_provider(settings)
+        self.memory = MemoryStore(database, provider,
                                   min_similarity=settings.recall_min_similarity,
                                   generations=self.cache)
         self.registry = PatternRegistry(library.patterns)
         self.router = HybridRouter(self.registry,
                                    database_available=lambda: database.available,
                                    min_score=settings.router_min_score,
-                                   min_margin=settings.router_min_margin)
+                                   min_margin=settings.router_min_margin,
+                                   vectors=example_vectors_for(settings, self.registry,
+                                                               provider))
         self._embedded = embedded
         self._sync: PatternSync | None = None
         self._applying_remote = False
@@ -132,6 +136,8 @@ class PatternExecutionEngine:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._sync is not None:
             await self._sync.close()
+        if self.router.vectors is not None:
+            await self.router.vectors.aclose()
         await self.audit.close()  # its last records need the database
         await self.database.close()
         await self.memory.provider.aclose()
@@ -164,6 +170,7 @@ class PatternExecutionEngine:
         _check_handlers(library.patterns, self.handlers, library.source)
         self.registry.replace_all(library.patterns)
         self.library = library
+        await self.router.settled()
         return len(library.patterns)
 
     def _patterns_changed(self) -> None:
@@ -220,7 +227,9 @@ class PatternExecutionEngine:
             if slot is not None and slot.hit is not None:
                 return self._finish(started, pattern.pattern_type, slot.hit, namespace, mode)
 
-        decision = self.router.explain(query, mode, pattern)
+        vector = (await self.router.query_vector(query)
+                  if pattern is None and self.router.vectors is not None else None)
+        decision = self.router.explain(query, mode, pattern, query_vector=vector)
         meta: dict[str, Any] = {"routing": msgspec.to_builtins(decision), "mode": mode.value,
                                 "namespace": namespace}
         if decision.decided_by == "none":
@@ -464,14 +473,16 @@ class PatternExecutionEngine:
             "audit_stats": self.audit.stats(),
         }
 
-    def evaluate(self, labelled: Sequence[Labelled], *,
-                 mode: ExecutionMode | str | None = None, min_score: float | None = None,
-                 min_margin: float | None = None) -> Evaluation:
+    async def evaluate(self, labelled: Sequence[Labelled], *,
+                       mode: ExecutionMode | str | None = None, min_score: float | None = None,
+                       min_margin: float | None = None) -> Evaluation:
         """Route labelled queries (nothing executes) and score the routing; see
-        :mod:`tmws.evaluation` and ``tmws patterns eval``."""
+        :mod:`tmws.evaluation` and ``tmws patterns eval``. With an embedding model, the
+        queries are embedded in batches first (EmbeddingError if the model fails)."""
+        vectors = await self.router.embed_queries([item.query for item in labelled])
         return evaluate(self.router, labelled,
                         mode=ExecutionMode(mode or self.settings.pattern_default_mode),
-                        min_score=min_score, min_margin=min_margin)
+                        min_score=min_score, min_margin=min_margin, vectors=vectors)
 
     def cache_hit_rates(self) -> dict[str, float]:
         """Hit rates in percent per cache type: local, redis, match, and overall."""
@@ -599,6 +610,7 @@ async def create_pattern_execution_engine(settings: Settings | None = None, *,
         engine = PatternExecutionEngine(settings, library, database, embedded=embedded,
                                         handlers=handlers)
         await engine.start_pattern_sync()
+        await engine.router.settled()  # on failure: logged, stage 2 scores lexically
         return engine
     except BaseException:
         await database.close()

@@ -8,7 +8,7 @@ only — nothing is executed, so no database is needed.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -76,6 +76,7 @@ class Evaluation(msgspec.Struct):
     per_pattern: list[PatternScore]
     confusion: dict[str, dict[str, int]]  # expected -> predicted -> count
     misroutes: list[Misroute]
+    scorer: str = "lexical"  # how stage 2 scored (RoutingDecision.scorer)
 
 
 class Suggestion(msgspec.Struct):
@@ -120,25 +121,35 @@ def examples_tsv(patterns: Sequence[PatternDefinition], off_topic: Sequence[str]
     return "\n".join(lines) + "\n"
 
 
+QueryVectors = Mapping[str, Sequence[float] | None]
+
+
 def evaluate(router: HybridRouter, labelled: Sequence[Labelled], *,
              mode: ExecutionMode = ExecutionMode.BALANCED, min_score: float | None = None,
-             min_margin: float | None = None, leave_out: bool = False) -> Evaluation:
+             min_margin: float | None = None, leave_out: bool = False,
+             vectors: QueryVectors | None = None) -> Evaluation:
     """Route every query (nothing runs) and compare with its label.
 
     ``leave_out=True``: a query that is itself one of the library's examples is scored
     against the other examples only, so an example file measures how well each example is
     covered by the rest rather than finding itself (stage 1 is unaffected).
+    ``vectors``: the queries' embeddings (``await router.embed_queries(...)``), when the
+    router has an embedding model; without them stage 2 scores lexically.
     """
     score = router.min_score if min_score is None else min_score
     margin = router.min_margin if min_margin is None else min_margin
     confusion: dict[str, Counter[str]] = defaultdict(Counter)
     stages: Counter[str] = Counter()
     misroutes: list[Misroute] = []
+    scorers: Counter[str] = Counter()
     for item in labelled:
         decision = router.explain(item.query, mode, router.match(item.query, mode),
                                   min_score=score, min_margin=margin, record=False,
-                                  leave_out=leave_out)
+                                  leave_out=leave_out,
+                                  query_vector=vectors.get(item.query) if vectors else None)
         stages[decision.decided_by] += 1
+        if decision.scorer is not None:
+            scorers[decision.scorer] += 1
         predicted = decision.pattern_name or (NONE if decision.abstained else _KEYWORDS)
         confusion[item.expected][predicted] += 1
         if predicted != item.expected:
@@ -165,11 +176,13 @@ def evaluate(router: HybridRouter, labelled: Sequence[Labelled], *,
         abstention_precision=_ratio(confusion[NONE][NONE], predicted_counts[NONE]),
         abstention_recall=_ratio(confusion[NONE][NONE], expected_counts[NONE]),
         decided_by=dict(stages), per_pattern=per_pattern,
-        confusion={k: dict(v) for k, v in sorted(confusion.items())}, misroutes=misroutes)
+        confusion={k: dict(v) for k, v in sorted(confusion.items())}, misroutes=misroutes,
+        scorer=" and ".join(sorted(scorers)) or "lexical")
 
 
 def suggest_thresholds(router: HybridRouter, labelled: Sequence[Labelled], *,
-                       mode: ExecutionMode = ExecutionMode.BALANCED) -> Suggestion:
+                       mode: ExecutionMode = ExecutionMode.BALANCED,
+                       vectors: QueryVectors | None = None) -> Suggestion:
     """The (min_score, min_margin) that maximise accuracy on ``labelled``, each example
     scored leave-one-out (else every example would find itself and any threshold fit).
 
@@ -180,7 +193,7 @@ def suggest_thresholds(router: HybridRouter, labelled: Sequence[Labelled], *,
     for margin in _MARGIN_GRID:
         for score in _SCORE_GRID:
             accuracy = evaluate(router, labelled, mode=mode, min_score=score,
-                                min_margin=margin, leave_out=True).accuracy
+                                min_margin=margin, leave_out=True, vectors=vectors).accuracy
             results[margin].append((score, accuracy))
     best = max(acc for rows in results.values() for _, acc in rows)
     choice: tuple[int, float, float, float, float] | None = None  # (width, -margin, ...)
@@ -203,7 +216,7 @@ def format_report(evaluation: Evaluation, suggestion: Suggestion | None = None) 
     """The evaluation as the text ``tmws patterns eval`` prints."""
     e = evaluation
     out = [f"accuracy: {e.accuracy:.1%} ({e.correct}/{e.total}) — mode {e.mode}, "
-           f"min_score {e.min_score}, min_margin {e.min_margin}",
+           f"min_score {e.min_score}, min_margin {e.min_margin}, stage 2 {e.scorer}",
            "decided by: " + ", ".join(f"{k} {v}" for k, v in sorted(e.decided_by.items())),
            f"abstentions: {e.abstained} — precision {_pct(e.abstention_precision)}, "
            f"recall {_pct(e.abstention_recall)}", "",

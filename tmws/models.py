@@ -164,6 +164,9 @@ class RoutingDecision(msgspec.Struct, kw_only=True):
     margin: float | None = None  # best score minus the runner-up's (stage 2)
     threshold: float | None = None  # the score the best candidate had to reach
     abstained: bool = False
+    # How stage 2 scored: "lexical", or "lexical+PROVIDER:MODEL" when blended with a real
+    # embedding model's cosine. None when a trigger decided.
+    scorer: str | None = None
 
 
 class ExecutionResult(msgspec.Struct, kw_only=True):

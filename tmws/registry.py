@@ -6,7 +6,7 @@ failed registration leaves the registry exactly as it was.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -127,9 +127,33 @@ class PatternRegistry:
         names = self._matcher.all(query, None if pattern_type is None else pattern_type.value)
         return [self._patterns[n] for n in names if n in self._patterns]
 
+    def example_texts(self) -> list[str]:
+        """Every pattern's example utterances, in index order (duplicates included)."""
+        return list(self._examples[1])
+
+    def attach_vectors(self, vectors: Sequence[Sequence[float] | None], weight: float) -> bool:
+        """Attaches the embeddings of :meth:`example_texts` (same order) to stage 2's index.
+
+        False, and nothing changes, if no example has a vector. The caller makes sure the
+        pattern set did not change since it read the texts (no await in between).
+        """
+        index, texts = self._examples
+        try:
+            self._examples = (index.with_vectors(vectors, weight), texts)
+        except ValueError:
+            return False
+        return True
+
+    @property
+    def vectors_attached(self) -> bool:
+        return self._examples[0].vector_dim is not None
+
     def nearest_examples(self, query: str, pattern_type: PatternType | None = None,
-                         limit: int = 5, *, leave_out: bool = False) -> list[ExampleMatch]:
-        """Patterns ranked by their closest example utterance (lexical TF-IDF cosine).
+                         limit: int = 5, *, leave_out: bool = False,
+                         vector: Sequence[float] | None = None) -> list[ExampleMatch]:
+        """Patterns ranked by their closest example utterance: lexical TF-IDF cosine,
+        blended with the embedding cosine when ``vector`` is given and the examples have
+        vectors attached (without, ``vector`` is ignored).
 
         ``leave_out=True`` scores a query that is itself an example against the other
         examples only (leave-one-out calibration).
@@ -138,8 +162,10 @@ class PatternRegistry:
         exclude = None
         if leave_out:
             exclude = self._example_positions.get(query.strip())
+        if index.vector_dim is None:
+            vector = None
         found = index.score(query, limit, None if pattern_type is None else pattern_type.value,
-                            exclude)
+                            exclude, vector)
         return [ExampleMatch(name, round(score, 4), texts[example])
                 for name, score, example in found]
 

@@ -7,13 +7,16 @@ reaches the threshold (``TMWS_ROUTER_MIN_SCORE`` or the pattern's ``min_score``)
 the runner-up by ``TMWS_ROUTER_MIN_MARGIN``. When neither stage is confident, a keyword
 vote may still pick the pattern *type*; with no keyword either, the router abstains and
 reports the nearest candidates with their scores.
+
+With a real embedding model configured (:mod:`tmws._example_vectors`), stage 2 blends the
+lexical score with the embedding cosine; the same thresholds and margin apply.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from tmws.models import (
     ExampleMatch,
@@ -23,6 +26,9 @@ from tmws.models import (
     RoutingDecision,
 )
 from tmws.registry import PatternRegistry
+
+if TYPE_CHECKING:
+    from tmws._example_vectors import ExampleVectors
 
 __all__ = ["HybridRouter"]
 
@@ -62,8 +68,10 @@ class HybridRouter:
 
     def __init__(self, registry: PatternRegistry, *,
                  database_available: Callable[[], bool] = lambda: True,
-                 min_score: float = 0.3, min_margin: float = 0.05) -> None:
+                 min_score: float = 0.3, min_margin: float = 0.05,
+                 vectors: ExampleVectors | None = None) -> None:
         self.registry = registry
+        self.vectors = vectors
         self._database_available = database_available
         self.min_score = min_score
         self.min_margin = min_margin
@@ -72,11 +80,29 @@ class HybridRouter:
 
     async def route(self, query: str, mode: ExecutionMode | str = ExecutionMode.BALANCED,
                     context: Mapping[str, Any] | None = None) -> RoutingDecision:
-        return self.route_sync(query, ExecutionMode(mode), context)
+        mode = ExecutionMode(mode)
+        pattern = self.match(query, mode)
+        vector = await self.query_vector(query) if pattern is None else None
+        return self.explain(query, mode, pattern, query_vector=vector)
 
     def route_sync(self, query: str, mode: ExecutionMode,
                    context: Mapping[str, Any] | None = None) -> RoutingDecision:
+        """:meth:`route` without the embedding model: stage 2 scores lexically."""
         return self.explain(query, mode, self.match(query, mode))
+
+    async def query_vector(self, query: str) -> list[float] | None:
+        """The query's embedding for stage 2, or None (no model, or none in time)."""
+        return None if self.vectors is None else await self.vectors.embed_query(query)
+
+    async def embed_queries(self, queries: Sequence[str]
+                            ) -> dict[str, list[float] | None] | None:
+        """Vectors of many queries for calibration (None without a model)."""
+        return None if self.vectors is None else await self.vectors.embed_queries(queries)
+
+    async def settled(self) -> bool:
+        """Waits until the examples of the current pattern set are embedded (no-op without
+        a model); False when the model is configured but could not embed them."""
+        return True if self.vectors is None else await self.vectors.settled()
 
     def match(self, query: str, mode: ExecutionMode) -> PatternDefinition | None:
         """The trigger winner among the patterns this mode allows (Rust, cached): cheap
@@ -85,8 +111,10 @@ class HybridRouter:
 
     def explain(self, query: str, mode: ExecutionMode, pattern: PatternDefinition | None, *,
                 min_score: float | None = None, min_margin: float | None = None,
-                record: bool = True, leave_out: bool = False) -> RoutingDecision:
-        """The full decision, given what :meth:`match` returned for the same query.
+                record: bool = True, leave_out: bool = False,
+                query_vector: Sequence[float] | None = None) -> RoutingDecision:
+        """The full decision, given what :meth:`match` returned for the same query and,
+        with an embedding model, the query's vector (:meth:`query_vector`).
 
         For calibration: ``min_score``/``min_margin`` override the router's thresholds,
         ``leave_out`` scores a query that is an example against the other examples only,
@@ -100,18 +128,26 @@ class HybridRouter:
             database_down = only is None and not self._database_available()
             allowed = [only] if only is not None else (
                 [PatternType.INFRASTRUCTURE] if database_down else _ALL_TYPES)
+            if not self.registry.vectors_attached:
+                query_vector = None
             candidates = self.registry.nearest_examples(
                 query, allowed[0] if len(allowed) == 1 else None, _CANDIDATES,
-                leave_out=leave_out)
+                leave_out=leave_out, vector=query_vector)
             score = self.min_score if min_score is None else min_score
             margin = self.min_margin if min_margin is None else min_margin
             decision = (self._example_decision(candidates, allowed, mode, score, margin)
                         or self._keyword_decision(query, allowed, mode, candidates, score))
+            decision.scorer = self._scorer(query_vector)
         if record:
             self._decisions[decision.decided_by] += 1
             if decision.decided_by != "none":
                 self._by_type[decision.pattern_type] += 1
         return decision
+
+    def _scorer(self, query_vector: Sequence[float] | None) -> str:
+        if query_vector is not None and self.vectors is not None:
+            return f"lexical+{self.vectors.model}"
+        return "lexical"
 
     @staticmethod
     def _type_filter(mode: ExecutionMode) -> PatternType | None:
@@ -218,8 +254,9 @@ class HybridRouter:
         )
 
     def get_stats(self) -> dict[str, Any]:
-        """Decisions per stage and routes per type since start."""
-        return {"decisions": dict(self._decisions), "routes_by_type": dict(self._by_type)}
+        """Decisions per stage and routes per type since start; the embedding model's state."""
+        return {"decisions": dict(self._decisions), "routes_by_type": dict(self._by_type),
+                "embeddings": None if self.vectors is None else self.vectors.stats()}
 
 
 def _restriction(allowed: list[PatternType], mode: ExecutionMode) -> str:

@@ -1,8 +1,10 @@
-//! Lexical example index: scores a query against the example utterances of every pattern,
-//! for the router's second stage (used when no trigger regex matches).
+//! Example index: scores a query against the example utterances of every pattern, for the
+//! router's second stage (used when no trigger regex matches).
 //!
-//! LEXICAL, not semantic: a query is close to an example when they share words, word
-//! bigrams or word pieces, never because they mean the same thing in other words.
+//! LEXICAL on its own: a query is close to an example when they share words, word bigrams
+//! or word pieces, never because they mean the same thing in other words. With the
+//! examples' embeddings by a real model attached ([`ExampleIndex::with_vectors`]), a query
+//! that comes with its own embedding is scored on both (see *Blending*).
 //!
 //! # Scoring
 //!
@@ -24,6 +26,15 @@
 //!    no idf and is dropped (it neither adds to the dot product nor to the query's norm),
 //!    so a query whose features are all unseen, or that has no features at all (empty,
 //!    punctuation only), scores nothing.
+//!
+//! # Blending
+//!
+//! `score = (1 - w) * lexical + w * max(0, cos(query vector, example vector))`, with `w`
+//! the weight given to [`ExampleIndex::with_vectors`]. Vectors are normalised on entry; an
+//! example without one (a text with nothing to embed) has a semantic part of zero. The
+//! same thresholds then mean "close in words or in meaning", which is why the router's
+//! thresholds should be recalibrated when a model is attached. A blended query reads every
+//! example back (one dot product each): O(examples × dimensions).
 //!
 //! A pattern's score is that of its best example (ties go to the example registered first).
 //! Weights are computed in `f64`, stored and accumulated in `f32`: scores agree with an
@@ -203,11 +214,111 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
+/// Why [`ExampleIndex::with_vectors`] or [`ExampleIndex::score_blended`] refused vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VectorError {
+    /// Not one vector (or `None`) per example.
+    Count { expected: usize, found: usize },
+    /// A vector of another length than the first (`example`: input index) or, for a
+    /// query, than the index's.
+    Dimension {
+        expected: usize,
+        found: usize,
+        example: Option<usize>,
+    },
+    /// Empty vectors, or a vector with a NaN or infinite component.
+    Invalid { example: Option<usize> },
+    /// The weight is not within `[0, 1]`.
+    Weight(f32),
+    /// The index has no vectors to compare a query vector with.
+    NoVectors,
+}
+
+impl std::fmt::Display for VectorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = |example: &Option<usize>| match example {
+            Some(i) => format!("example {i}"),
+            None => "the query vector".to_owned(),
+        };
+        match self {
+            Self::Count { expected, found } => {
+                write!(f, "{found} vectors for {expected} examples")
+            }
+            Self::Dimension {
+                expected,
+                found,
+                example,
+            } => write!(
+                f,
+                "{} has {found} dimensions, expected {expected}",
+                at(example)
+            ),
+            Self::Invalid { example } => {
+                write!(f, "{} is empty or not finite", at(example))
+            }
+            Self::Weight(w) => write!(f, "weight {w} is not within [0, 1]"),
+            Self::NoVectors => write!(f, "the index has no example vectors"),
+        }
+    }
+}
+
+impl std::error::Error for VectorError {}
+
+/// The examples' embeddings, blended into the score (module docs, *Blending*).
+#[derive(Clone)]
+struct Semantic {
+    dim: usize,
+    weight: f32,
+    /// Unit vectors in internal example order, `dim` floats each; zeros for "none".
+    rows: Vec<f32>,
+}
+
+/// Unit-length copy of `vector`, or `None` for a zero vector; an error if not finite.
+fn unit(vector: &[f32], example: Option<usize>) -> Result<Option<Vec<f32>>, VectorError> {
+    if vector.is_empty() || vector.iter().any(|x| !x.is_finite()) {
+        return Err(VectorError::Invalid { example });
+    }
+    let norm = vector
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
+    if norm == 0.0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        vector
+            .iter()
+            .map(|&x| (f64::from(x) / norm) as f32)
+            .collect(),
+    ))
+}
+
+/// Dot product in eight independent lanes, so the compiler can vectorise it (a single
+/// running sum would pin the order of the additions).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for lane in 0..8 {
+            lanes[lane] += x[lane] * y[lane];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// TF-IDF index over the example utterances of a pattern library; see the module docs.
 /// Immutable once built, `Send + Sync`.
 ///
 /// Examples are numbered internally grouped by pattern (registration order, then input
 /// order within a pattern), so a pattern's examples are one range.
+#[derive(Clone)]
 pub struct ExampleIndex {
     /// Pattern names in registration order.
     patterns: Vec<String>,
@@ -226,6 +337,7 @@ pub struct ExampleIndex {
     postings: Vec<(u32, f32)>,
     word_features: usize,
     empty_examples: usize,
+    semantic: Option<Semantic>,
 }
 
 /// Looks up or registers `name`, returning its id.
@@ -368,7 +480,60 @@ impl ExampleIndex {
             postings,
             word_features,
             empty_examples,
+            semantic: None,
         }
+    }
+
+    /// A copy of this index with the examples' embeddings attached: `vectors[i]` is that
+    /// of input example `i` (`None`: it has none), all of one length; `weight` is the share
+    /// of the embedding cosine in a blended score.
+    pub fn with_vectors(
+        &self,
+        vectors: &[Option<Vec<f32>>],
+        weight: f32,
+    ) -> Result<Self, VectorError> {
+        if !(0.0..=1.0).contains(&weight) {
+            return Err(VectorError::Weight(weight));
+        }
+        if vectors.len() != self.len() {
+            return Err(VectorError::Count {
+                expected: self.len(),
+                found: vectors.len(),
+            });
+        }
+        let Some(dim) = vectors.iter().flatten().map(Vec::len).next() else {
+            return Err(VectorError::NoVectors);
+        };
+        let mut rows = vec![0.0f32; self.len() * dim];
+        for (internal, &input) in self.example_input.iter().enumerate() {
+            let Some(vector) = &vectors[input as usize] else {
+                continue;
+            };
+            let example = Some(input as usize);
+            if vector.len() != dim {
+                return Err(VectorError::Dimension {
+                    expected: dim,
+                    found: vector.len(),
+                    example,
+                });
+            }
+            if let Some(v) = unit(vector, example)? {
+                rows[internal * dim..(internal + 1) * dim].copy_from_slice(&v);
+            }
+        }
+        let mut copy = self.clone();
+        copy.semantic = Some(Semantic { dim, weight, rows });
+        Ok(copy)
+    }
+
+    /// Length of the attached example vectors, if any.
+    pub fn vector_dim(&self) -> Option<usize> {
+        self.semantic.as_ref().map(|s| s.dim)
+    }
+
+    /// Weight of the embedding cosine in a blended score, if vectors are attached.
+    pub fn vector_weight(&self) -> Option<f32> {
+        self.semantic.as_ref().map(|s| s.weight)
     }
 
     /// Number of examples.
@@ -430,6 +595,36 @@ impl ExampleIndex {
         self.score_mode(query, top_k, kind, exclude, Mode::Auto)
     }
 
+    /// [`score`](Self::score) blended with the cosine of `vector` (the query's embedding by
+    /// the model that embedded the examples) and every example's vector; `exclude` as in
+    /// [`score_without`](Self::score_without). A zero `vector` scores lexically only.
+    pub fn score_blended(
+        &self,
+        query: &str,
+        vector: &[f32],
+        top_k: usize,
+        kind: Option<&str>,
+        exclude: Option<usize>,
+    ) -> Result<Vec<Candidate>, VectorError> {
+        let Some(semantic) = &self.semantic else {
+            return Err(VectorError::NoVectors);
+        };
+        if vector.len() != semantic.dim {
+            return Err(VectorError::Dimension {
+                expected: semantic.dim,
+                found: vector.len(),
+                example: None,
+            });
+        }
+        let exclude = exclude.map(|e| u32::try_from(e).unwrap_or(u32::MAX));
+        Ok(match unit(vector, None)? {
+            Some(unit_vector) => {
+                self.score_with(query, Some(&unit_vector), top_k, kind, exclude, Mode::Auto)
+            }
+            None => self.score_mode(query, top_k, kind, exclude, Mode::Auto),
+        })
+    }
+
     fn score_mode(
         &self,
         query: &str,
@@ -438,6 +633,20 @@ impl ExampleIndex {
         exclude: Option<u32>,
         mode: Mode,
     ) -> Vec<Candidate> {
+        self.score_with(query, None, top_k, kind, exclude, mode)
+    }
+
+    /// `vector`: the query's unit embedding (only with `self.semantic`).
+    fn score_with(
+        &self,
+        query: &str,
+        vector: Option<&[f32]>,
+        top_k: usize,
+        kind: Option<&str>,
+        exclude: Option<u32>,
+        mode: Mode,
+    ) -> Vec<Candidate> {
+        let blend = vector.zip(self.semantic.as_ref());
         let kind = match kind {
             None => None,
             Some(name) => match self.kinds.iter().position(|k| k == name) {
@@ -445,29 +654,31 @@ impl ExampleIndex {
                 None => return Vec::new(),
             },
         };
-        if top_k == 0 || self.postings.is_empty() {
+        if top_k == 0 || (self.postings.is_empty() && blend.is_none()) {
             return Vec::new();
         }
         SCRATCH.with(|scratch| {
             let s = &mut *scratch.borrow_mut();
             let postings = self.query_terms(s, query);
-            if postings == 0 {
+            if postings == 0 && blend.is_none() {
                 return Vec::new();
             }
-            let dense = match mode {
-                Mode::Auto => postings as f64 >= DENSE_POSTINGS_PER_EXAMPLE * self.len() as f64,
-                #[cfg(test)]
-                Mode::Sparse => false,
-                #[cfg(test)]
-                Mode::Dense => true,
-            };
+            // A blend scores every example, so it always reads all of them back.
+            let dense = blend.is_some()
+                || match mode {
+                    Mode::Auto => postings as f64 >= DENSE_POSTINGS_PER_EXAMPLE * self.len() as f64,
+                    #[cfg(test)]
+                    Mode::Sparse => false,
+                    #[cfg(test)]
+                    Mode::Dense => true,
+                };
             if s.acc.len() < self.len() {
                 s.acc.resize(self.len(), 0.0);
             }
             s.candidates.clear();
             let mut top = TopK::new(top_k, &mut s.candidates);
             if dense {
-                self.accumulate_dense(&s.terms, &mut s.acc, kind, exclude, &mut top);
+                self.accumulate_dense(&s.terms, &mut s.acc, blend, kind, exclude, &mut top);
             } else {
                 self.accumulate_sparse(
                     &s.terms,
@@ -562,6 +773,7 @@ impl ExampleIndex {
         &self,
         terms: &[QueryTerm],
         acc: &mut [f32],
+        blend: Option<(&[f32], &Semantic)>,
         kind: Option<u32>,
         exclude: Option<u32>,
         top: &mut TopK<'_>,
@@ -571,6 +783,12 @@ impl ExampleIndex {
             let q = (term.weight as f32).max(MIN_WEIGHT);
             for &(example, weight) in self.postings_of(term) {
                 acc[example as usize] += q * weight;
+            }
+        }
+        if let Some((vector, semantic)) = blend {
+            let w = semantic.weight;
+            for (slot, row) in acc.iter_mut().zip(semantic.rows.chunks_exact(semantic.dim)) {
+                *slot = (1.0 - w) * *slot + w * dot(vector, row).max(0.0);
             }
         }
         for (pattern, range) in self.pattern_start.windows(2).enumerate() {
@@ -1016,6 +1234,153 @@ mod tests {
         }
         let only = ExampleIndex::new(vec![("a".into(), "k".into(), "reset".into())]);
         assert!(only.score_without("reset", 5, None, 0).is_empty());
+    }
+
+    fn vectors(rows: &[&[f32]]) -> Vec<Option<Vec<f32>>> {
+        rows.iter()
+            .map(|r| (!r.is_empty()).then(|| r.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn blend_finds_meaning_without_shared_words() {
+        let idx = index(&[
+            ("buy", "k", "buy an automobile"),
+            ("sell", "k", "sell my house"),
+        ]);
+        assert!(idx.score("zzz qqq", 5, None).is_empty());
+        let blended = idx
+            .with_vectors(&vectors(&[&[1.0, 0.0], &[0.0, 2.0]]), 0.5)
+            .unwrap();
+        assert_eq!(blended.vector_dim(), Some(2));
+        assert_eq!(blended.vector_weight(), Some(0.5));
+        let found = blended
+            .score_blended("zzz qqq", &[0.9, 0.1], 5, None, None)
+            .unwrap();
+        assert_eq!(names(&blended, &found), ["buy", "sell"]);
+        let cos = 0.9 / (0.82f32).sqrt();
+        assert!((found[0].score - 0.5 * cos).abs() < 1e-6, "{found:?}");
+        // The lexical part still counts, at its share.
+        let lexical = idx.score("sell my car", 5, None);
+        let both = blended
+            .score_blended("sell my car", &[0.0, 1.0], 5, None, None)
+            .unwrap();
+        assert!((both[0].score - (0.5 * lexical[0].score + 0.5)).abs() < 1e-6);
+        // The original index is untouched.
+        assert_eq!(idx.vector_dim(), None);
+    }
+
+    #[test]
+    fn blend_weights_and_zero_vectors() {
+        let idx = index(&LIBRARY);
+        let rows: Vec<Option<Vec<f32>>> = (0..LIBRARY.len())
+            .map(|i| Some(vec![i as f32 + 1.0, 1.0, -(i as f32)]))
+            .collect();
+        let lexical_only = idx.with_vectors(&rows, 0.0).unwrap();
+        for query in ["rotate the keys", "store a note", "nothing in common"] {
+            let plain = idx.score(query, 5, None);
+            let zero_weight = lexical_only
+                .score_blended(query, &[1.0, 2.0, 3.0], 5, None, None)
+                .unwrap();
+            let plain_scores: Vec<f32> = plain.iter().map(|c| c.score).collect();
+            let blended: Vec<f32> = zero_weight
+                .iter()
+                .filter(|c| c.score > 0.0)
+                .map(|c| c.score)
+                .collect();
+            assert_eq!(plain_scores, blended, "{query}");
+            // A zero query vector means "no embedding": lexical only.
+            assert_eq!(
+                lexical_only
+                    .score_blended(query, &[0.0, 0.0, 0.0], 5, None, None)
+                    .unwrap(),
+                plain
+            );
+        }
+    }
+
+    #[test]
+    fn blend_honours_kind_and_exclude() {
+        let idx = index(&[
+            ("a", "infra", "check redis"),
+            ("b", "memory", "recall notes"),
+            ("c", "memory", "remember this"),
+        ])
+        .with_vectors(&vectors(&[&[1.0, 0.0], &[0.0, 1.0], &[]]), 1.0)
+        .unwrap();
+        let all = idx
+            .score_blended("zzz", &[1.0, 1.0], 5, None, None)
+            .unwrap();
+        assert_eq!(names(&idx, &all), ["a", "b"]); // "c" has no vector: zero, not listed
+        let memory = idx
+            .score_blended("zzz", &[1.0, 1.0], 5, Some("memory"), None)
+            .unwrap();
+        assert_eq!(names(&idx, &memory), ["b"]);
+        let without = idx
+            .score_blended("zzz", &[1.0, 1.0], 5, None, Some(0))
+            .unwrap();
+        assert_eq!(names(&idx, &without), ["b"]);
+    }
+
+    #[test]
+    fn vector_errors() {
+        let idx = index(&LIBRARY[..2]);
+        let err = |e: VectorError| e.to_string();
+        assert_eq!(
+            err(idx.with_vectors(&vectors(&[&[1.0]]), 0.5).err().unwrap()),
+            "1 vectors for 2 examples"
+        );
+        assert_eq!(
+            err(idx
+                .with_vectors(&vectors(&[&[1.0], &[1.0, 2.0]]), 0.5)
+                .err()
+                .unwrap()),
+            "example 1 has 2 dimensions, expected 1"
+        );
+        assert_eq!(
+            err(idx
+                .with_vectors(&vectors(&[&[f32::NAN], &[1.0]]), 0.5)
+                .err()
+                .unwrap()),
+            "example 0 is empty or not finite"
+        );
+        assert_eq!(
+            err(idx
+                .with_vectors(&vectors(&[&[1.0], &[1.0]]), 1.5)
+                .err()
+                .unwrap()),
+            "weight 1.5 is not within [0, 1]"
+        );
+        assert_eq!(
+            err(idx.with_vectors(&vectors(&[&[], &[]]), 0.5).err().unwrap()),
+            "the index has no example vectors"
+        );
+        assert_eq!(
+            idx.score_blended("x", &[1.0], 5, None, None),
+            Err(VectorError::NoVectors)
+        );
+        let blended = idx.with_vectors(&vectors(&[&[1.0], &[1.0]]), 0.5).unwrap();
+        assert_eq!(
+            err(blended
+                .score_blended("x", &[1.0, 0.0], 5, None, None)
+                .unwrap_err()),
+            "the query vector has 2 dimensions, expected 1"
+        );
+        assert!(blended
+            .score_blended("x", &[f32::INFINITY], 5, None, None)
+            .is_err());
+    }
+
+    #[test]
+    fn dot_matches_naive_sum() {
+        let a: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
+        let naive: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum();
+        assert!((f64::from(dot(&a, &b)) - naive).abs() < 1e-5);
     }
 
     #[test]

@@ -316,8 +316,20 @@ impl PyExampleIndex {
         Self { inner }
     }
 
+    fn with_vectors(
+        &self,
+        py: Python<'_>,
+        vectors: Vec<Option<Vec<f32>>>,
+        weight: f32,
+    ) -> PyResult<Self> {
+        let inner = py
+            .detach(|| self.inner.with_vectors(&vectors, weight))
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(Self { inner })
+    }
+
     // `query` borrows the str's UTF-8 buffer, alive for the whole call (see `Matcher.best`).
-    #[pyo3(signature = (query, top_k = 5, kind = None, exclude = None))]
+    #[pyo3(signature = (query, top_k = 5, kind = None, exclude = None, vector = None))]
     fn score<'py>(
         &self,
         py: Python<'py>,
@@ -325,14 +337,18 @@ impl PyExampleIndex {
         top_k: i64,
         kind: Option<&str>,
         exclude: Option<usize>,
+        vector: Option<Vec<f32>>,
     ) -> PyResult<Bound<'py, PyList>> {
         // Signed so a negative top_k is a ValueError, not OverflowError.
         let top_k = usize::try_from(top_k)
             .map_err(|_| PyValueError::new_err(format!("top_k must be >= 0, got {top_k}")))?;
-        let found = py.detach(|| match exclude {
-            None => self.inner.score(query, top_k, kind),
-            Some(example) => self.inner.score_without(query, top_k, kind, example),
-        });
+        let found = py
+            .detach(|| match (&vector, exclude) {
+                (Some(v), _) => self.inner.score_blended(query, v, top_k, kind, exclude),
+                (None, None) => Ok(self.inner.score(query, top_k, kind)),
+                (None, Some(example)) => Ok(self.inner.score_without(query, top_k, kind, example)),
+            })
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
         PyList::new(
             py,
             found.iter().map(|c| {
@@ -353,6 +369,16 @@ impl PyExampleIndex {
     #[getter]
     fn pattern_count(&self) -> usize {
         self.inner.pattern_count()
+    }
+
+    #[getter]
+    fn vector_dim(&self) -> Option<usize> {
+        self.inner.vector_dim()
+    }
+
+    #[getter]
+    fn vector_weight(&self) -> Option<f32> {
+        self.inner.vector_weight()
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

@@ -78,6 +78,7 @@ async def register_pattern(engine: PatternExecutionEngine, request: Request) -> 
         raise HTTPError(422, "invalid_pattern", str(exc)) from None
     engine.audit.record(who, "pattern.register", target=pattern.name, outcome="success",
                         detail={"replace": replace, "pattern_type": pattern.pattern_type.value})
+    await engine.router.settled()  # its examples count in stage 2 once this returns
     return Response(201, encoder.encode(pattern),
                     [(b"location", f"/api/v1/patterns/{pattern.name}".encode())])
 
@@ -90,6 +91,7 @@ async def delete_pattern(engine: PatternExecutionEngine, request: Request) -> Re
     except KeyError:  # removed concurrently by another request
         raise HTTPError(404, "pattern_not_found", f"no pattern named {name!r}") from None
     engine.audit.record(actor(request), "pattern.delete", target=name, outcome="success")
+    await engine.router.settled()
     return Response(200, encoder.encode(removed))
 
 
