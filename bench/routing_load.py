@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -27,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._reference import load
-from tests.embedding_server import WORDLLAMA_DIM, embed, running_server
+from tests.embedding_server import WORDLLAMA_DIM, embed
 from tmws.embeddings import OpenAIProvider
 from tmws.models import ExecutionMode, PatternDefinition, PatternType
 from tmws.patterns import default_library_path, load_pattern_file
@@ -96,8 +97,18 @@ def _measure_query_embedding(queries: Sequence[str]) -> None:
             await provider.aclose()
         return samples
 
-    with running_server() as url:
-        http = asyncio.run(over_http(url))
+    # The server in a process of its own, as a real one would be (not sharing our GIL).
+    port = 18765
+    server = subprocess.Popen([sys.executable, "-m", "tests.embedding_server", "--port",
+                               str(port)], cwd=Path(__file__).resolve().parents[1],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        server.stdout.readline()  # "serving ..." once the model is loaded
+        http = asyncio.run(over_http(f"http://127.0.0.1:{port}"))
+    finally:
+        server.terminate()
+        server.wait()
     print("query embedding (WordLlama l2_supercat, 256 dimensions):")
     print(f"  in process                 {_summary(in_process)}")
     print(f"  OpenAI-compatible, loopback {_summary(http)}")

@@ -59,6 +59,8 @@ def embed(model: str, texts: list[str], dim: int) -> list[list[float]]:
 class EmbeddingServer(BaseHTTPRequestHandler):
     """Answers ``POST [/dimN]/v1/embeddings``; every request is recorded in ``requests``."""
 
+    protocol_version = "HTTP/1.1"  # keep-alive, as real embedding servers do
+    disable_nagle_algorithm = True  # headers and body go out as two writes
     requests: ClassVar[list[dict[str, Any]]] = []
     # Set to make the next requests fail with HTTP 503 (a provider outage).
     down: ClassVar[bool] = False
