@@ -60,8 +60,8 @@ def test_paraphrases_are_mostly_routed(library: PatternLibrary, router: HybridRo
     assert not {q for _, q, _ in labelled} & {
         q for p in library.patterns for q in p.routing_examples}
     report = evaluate(router, labelled)
-    assert report.accuracy >= 0.5, format_report(report)
-    assert report.abstention_recall is not None and report.abstention_recall >= 0.6
+    assert report.accuracy >= 0.8, format_report(report)  # 87.8% when last measured
+    assert report.abstention_recall is not None and report.abstention_recall >= 0.8
 
 
 def test_report_counts(tmp_path: Path, library: PatternLibrary, router: HybridRouter) -> None:
