@@ -64,7 +64,8 @@ def test_secrets_are_not_echoed_in_errors() -> None:
 
 _SECRET = "s" * 32
 _PRODUCTION = {"TMWS_ENVIRONMENT": "production", "TMWS_AUTH_ENABLED": "true",
-               "TMWS_SECRET_KEY": _SECRET}
+               "TMWS_SECRET_KEY": _SECRET,
+               "TMWS_DATABASE_URL": "postgresql://tmws@db.internal:5432/tmws"}
 
 
 def test_production_with_auth_and_a_long_secret_starts() -> None:
@@ -76,6 +77,7 @@ def test_production_with_auth_and_a_long_secret_starts() -> None:
     ({"TMWS_SECRET_KEY": "short-secret"}, "TMWS_SECRET_KEY"),
     ({"TMWS_SECRET_KEY": ""}, "TMWS_SECRET_KEY"),
     ({"TMWS_AUTH_ENABLED": "false"}, "TMWS_AUTH_ENABLED"),
+    ({"TMWS_DATABASE_URL": ""}, "TMWS_DATABASE_URL"),
 ])
 def test_production_refuses_unsafe_settings(changes: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as caught:

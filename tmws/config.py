@@ -267,6 +267,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(self.env_name("auth_enabled"),
                               "must be true in production; set TMWS_ALLOW_UNAUTHENTICATED=true "
                               "if an authenticating proxy protects the service")
+        if self.database_url is None:
+            # Unset means the embedded development database under TMWS_DATA_DIR: in a
+            # container that is data lost on the next deploy, and never what was meant.
+            raise ConfigError(self.env_name("database_url"),
+                              "must be set in production (the embedded PostgreSQL is for "
+                              "development only)")
 
     def metrics_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
         """The networks allowed to scrape /metrics (empty: any client)."""
