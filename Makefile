@@ -6,7 +6,7 @@ PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install install-test build lint test test-rust test-python bench bench-http \
-	bench-memory bench-routing bench-cache bench-regexset serve clean
+	bench-memory bench-routing bench-cache bench-regexset serve clean promtool
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -35,7 +35,10 @@ lint: install-test ## ruff, mypy --strict, cargo clippy
 test-rust: ## cargo test for rust_core
 	cargo test -q
 
-test-python: install-test ## pytest against real PostgreSQL (pgserver) and Redis
+promtool: ## Install promtool (Debian package prometheus, needs root) if it is missing
+	deploy/prometheus/install-promtool.sh
+
+test-python: install-test promtool ## pytest against real PostgreSQL (pgserver) and Redis
 	$(BIN)/pytest -q
 
 test: lint test-rust test-python ## Install test dependencies, lint, and run every test
