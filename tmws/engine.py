@@ -471,6 +471,9 @@ class PatternExecutionEngine:
             },
             "router_stats": self.router.get_stats(),
             "audit_stats": self.audit.stats(),
+            # This worker's pool: the guide's get_pool_stats() run from another process
+            # cannot see a server's pool, /api/v1/stats can.
+            "database_stats": self.pool_stats(),
         }
 
     async def evaluate(self, labelled: Sequence[Labelled], *,

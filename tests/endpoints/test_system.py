@@ -1,4 +1,4 @@
-"""Liveness, readiness, metrics access and the generated OpenAPI document."""
+"""Liveness, readiness, statistics, metrics access and the generated OpenAPI document."""
 
 from __future__ import annotations
 
@@ -21,6 +21,13 @@ async def test_ready_is_503_when_redis_is_down(make_api: ApiFactory) -> None:
         ready = await api.get("/health/ready")
         assert ready.status_code == 503
         assert ready.json()["healthy"] is False and "redis_error" in ready.json()
+
+
+async def test_stats_include_this_workers_pool(api: httpx.AsyncClient) -> None:
+    await api.post("/api/v1/execute", json={"query": "recall memories about auth"})
+    pool = (await api.get("/api/v1/stats")).json()["database_stats"]
+    assert pool["name"] == "tmws" and pool["queries"] >= 1
+    assert pool["in_use"] + pool["idle"] == pool["size"] <= pool["max_size"]
 
 
 async def test_openapi_lists_every_route(api: httpx.AsyncClient) -> None:
