@@ -358,3 +358,31 @@ async def test_off_topic_query_abstains(engine: PatternExecutionEngine) -> None:
     result = await engine.execute("tell me a joke")
     assert not result.success and result.error_code == "no_pattern_matched"
     assert result.metadata["routing"]["abstained"] is True
+
+
+async def test_performance_compares_recent_latencies_with_the_targets(
+        engine: PatternExecutionEngine) -> None:
+    before = engine.performance()["infrastructure"]["samples"]
+    for _ in range(3):
+        await engine.execute("report metrics")
+    report = engine.performance()
+    infra = report["infrastructure"]
+    assert infra["samples"] == before + 3
+    assert infra["p50_ms"] <= infra["p95_ms"] <= infra["p99_ms"]
+    assert infra["targets_ms"] == {"p50": 25, "p95": 50, "p99": 75}  # the library's
+    assert infra["within_targets"] is None  # too few samples to judge a p99
+    for _ in range(100):
+        await engine.execute("report metrics")
+    infra = engine.performance()["infrastructure"]
+    assert infra["within_targets"] == (infra["p50_ms"] <= 25 and infra["p95_ms"] <= 50
+                                       and infra["p99_ms"] <= 75)
+    assert engine.get_stats()["performance"]["memory"]["samples"] >= 0
+
+
+def test_nearest_rank_percentiles() -> None:
+    from tmws.engine import _nearest_rank
+
+    ordered = [float(i) for i in range(1, 101)]
+    assert [_nearest_rank(ordered, q) for q in ("p50", "p95", "p99")] == [50.0, 95.0, 99.0]
+    assert _nearest_rank([7.0], "p99") == 7.0
+    assert _nearest_rank([], "p50") is None

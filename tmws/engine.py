@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, NamedTuple
@@ -54,6 +56,17 @@ from tmws.router import HybridRouter
 __all__ = ["Authorize", "PatternExecutionEngine", "create_pattern_execution_engine"]
 
 logger = logging.getLogger("tmws.engine")
+
+_LATENCY_WINDOW: Final = 2048  # executions per type kept for the percentiles
+_MIN_LATENCY_SAMPLES: Final = 100
+
+
+def _nearest_rank(ordered: Sequence[float], quantile: str) -> float | None:
+    if not ordered:
+        return None
+    rank = math.ceil(int(quantile[1:]) / 100 * len(ordered))
+    return round(ordered[max(rank, 1) - 1], 3)
+
 
 # Context keys that only say who is asking; everything else may change the answer.
 _IDENTITY_KEYS: Final = frozenset({"namespace", "request_id"})
@@ -120,6 +133,10 @@ class PatternExecutionEngine:
         self.metrics = ExecutionMetrics()
         self._by_type: dict[str, dict[str, int]] = {
             t.value: {"executions": 0, "failures": 0} for t in PatternType}
+        # The latest execution times per type (ms), compared with the library's
+        # performance_targets in get_stats().
+        self._recent_ms: dict[str, deque[float]] = {
+            t.value: deque(maxlen=_LATENCY_WINDOW) for t in PatternType}
         self._closed = False
         self._caching = settings.cache_enabled and settings.pattern_cache_enabled
         # Every execution is recorded in _finish; the HTTP layer records pattern and memory
@@ -432,6 +449,7 @@ class PatternExecutionEngine:
             counters.cache_hits += 1
         type_counts = self._by_type[pattern_type]
         type_counts["executions"] += 1
+        self._recent_ms[pattern_type].append(elapsed)
         if result.success:
             counters.successful += 1
         else:
@@ -474,7 +492,26 @@ class PatternExecutionEngine:
             # This worker's pool: the guide's get_pool_stats() run from another process
             # cannot see a server's pool, /api/v1/stats can.
             "database_stats": self.pool_stats(),
+            "performance": self.performance(),
         }
+
+    def performance(self) -> dict[str, dict[str, Any]]:
+        """Per pattern type: p50/p95/p99 of the latest executions in this process (ms) next
+        to the library's ``performance_targets``; ``within_targets`` is None until there
+        are enough samples for a p99 to mean something."""
+        report: dict[str, dict[str, Any]] = {}
+        for pattern_type in PatternType:
+            samples = sorted(self._recent_ms[pattern_type])
+            targets = self.library.performance_targets[pattern_type]
+            observed = {q: _nearest_rank(samples, q) for q in ("p50", "p95", "p99")}
+            report[pattern_type.value] = {
+                "samples": len(samples),
+                **{f"{q}_ms": observed[q] for q in observed},
+                "targets_ms": msgspec.to_builtins(targets),
+                "within_targets": None if len(samples) < _MIN_LATENCY_SAMPLES else all(
+                    (observed[q] or 0.0) <= getattr(targets, q) for q in observed),
+            }
+        return report
 
     async def evaluate(self, labelled: Sequence[Labelled], *,
                        mode: ExecutionMode | str | None = None, min_score: float | None = None,
