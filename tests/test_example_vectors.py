@@ -157,6 +157,19 @@ async def test_a_slow_query_embedding_falls_back_to_lexical(server_url: str) -> 
         await slow.aclose()
 
 
+async def test_a_library_without_examples_needs_no_model(provider: OpenAIProvider) -> None:
+    registry = PatternRegistry([PatternDefinition(
+        name="rotate_keys", pattern_type=PatternType.INFRASTRUCTURE,
+        trigger_pattern=r"rotate\s+keys", cost_tokens=10, priority=5)])
+    vectors = ExampleVectors(registry, provider, weight=0.5, query_timeout=2.0)
+    router = HybridRouter(registry, vectors=vectors)
+    assert await router.settled()
+    decision = await router.route("tell me a joke")
+    assert decision.abstained and decision.scorer == "lexical"
+    assert EmbeddingServer.requests == []  # neither examples nor queries were sent
+    assert vectors.stats()["refresh_failures"] == 0
+
+
 async def test_embed_queries_for_calibration(provider: OpenAIProvider) -> None:
     router, _ = _library_router(provider)
     found = await router.embed_queries(["a", "b", "a"])

@@ -58,8 +58,8 @@ class ExampleVectors:
 
     @property
     def ready(self) -> bool:
-        """The current pattern set's examples have their vectors attached."""
-        return self._registry.vectors_attached
+        """The current pattern set's examples have their vectors (or there are none)."""
+        return self._registry.vectors_attached or self._registry.example_count == 0
 
     # -- examples ---------------------------------------------------------------------------
 
@@ -97,6 +97,8 @@ class ExampleVectors:
     async def _refresh(self) -> None:
         version = self._registry.version
         texts = self._registry.example_texts()
+        if not texts:
+            return
         missing = [t for t in dict.fromkeys(texts) if t not in self._texts]
         if missing:
             self._texts.update(zip(missing, await self._provider.embed(missing), strict=True))
@@ -116,7 +118,7 @@ class ExampleVectors:
     async def embed_query(self, query: str) -> Vector | None:
         """The query's vector, or None (lexical only) when the examples have none yet or
         the provider cannot answer within TMWS_ROUTER_EMBEDDING_TIMEOUT."""
-        if not self.ready:
+        if not self._registry.vectors_attached:  # not yet, or no examples at all
             self._maybe_retry()
             return None
         key = query.strip().lower()
@@ -146,12 +148,16 @@ class ExampleVectors:
         return dict(zip(unique, await self._provider.embed(unique), strict=True))
 
     def _maybe_retry(self) -> None:
+        """Pending work that never started (no event loop at the change), or a failure
+        long enough ago: try again."""
         if self._worker is not None and not self._worker.done():
             return
-        if self._failed_at is not None and (
-                time.monotonic() - self._failed_at < self._retry_after):
-            return
-        self.schedule()
+        if self._failed_at is None:
+            if self._dirty:
+                self.schedule()
+        elif time.monotonic() - self._failed_at >= self._retry_after:
+            self._dirty = True
+            self.schedule()
 
     async def aclose(self) -> None:
         """Stops embedding work in flight (the provider is closed by its owner)."""

@@ -127,6 +127,10 @@ class PatternRegistry:
         names = self._matcher.all(query, None if pattern_type is None else pattern_type.value)
         return [self._patterns[n] for n in names if n in self._patterns]
 
+    @property
+    def example_count(self) -> int:
+        return len(self._examples[1])
+
     def example_texts(self) -> list[str]:
         """Every pattern's example utterances, in index order (duplicates included)."""
         return list(self._examples[1])
