@@ -36,6 +36,20 @@ def test_settings_are_frozen() -> None:
         settings.api_port = 1  # type: ignore[misc]
 
 
+def test_platform_injected_names_are_not_settings() -> None:
+    # What Kubernetes puts in every pod of a namespace with a Service named "tmws", and
+    # what a legacy Docker link named "tmws" adds: neither may stop the service.
+    injected = {"TMWS_SERVICE_HOST": "10.0.0.7", "TMWS_SERVICE_PORT": "8000",
+                "TMWS_SERVICE_PORT_HTTP": "8000", "TMWS_PORT": "tcp://10.0.0.7:8000",
+                "TMWS_PORT_8000_TCP": "tcp://10.0.0.7:8000", "TMWS_PORT_8000_TCP_PROTO": "tcp",
+                "TMWS_PORT_8000_TCP_PORT": "8000", "TMWS_PORT_8000_TCP_ADDR": "10.0.0.7",
+                "TMWS_NAME": "/web/tmws", "TMWS_ENV_TMWS_WORKERS": "2"}
+    settings = Settings.from_env(injected)
+    assert settings.api_port == 8000 and settings.workers == 1  # none of them was read
+    with pytest.raises(ConfigError):
+        Settings.from_env({"TMWS_PORTS": "8000"})  # a typo stays an error
+
+
 @pytest.mark.parametrize(("variable", "value", "fragment"), [
     ("TMWS_API_PORT", "eighty", "invalid value"),
     ("TMWS_API_PORT", "70000", "between 0 and 65535"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable, Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
@@ -21,6 +22,11 @@ from tmws.errors import ConfigError
 __all__ = ["ENV_PREFIX", "MIN_SECRET_LENGTH", "Settings", "default_pool_size"]
 
 ENV_PREFIX: Final = "TMWS_"
+# Names the platform injects, not the operator: Kubernetes service links for a Service
+# named "tmws" (TMWS_SERVICE_HOST, TMWS_PORT=tcp://..., TMWS_PORT_8000_TCP_ADDR, ...) and
+# Docker's legacy links (TMWS_NAME, TMWS_ENV_*). They must not stop start-up.
+_PLATFORM_NAMES: Final = re.compile(
+    r"TMWS_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?|NAME|ENV_\w+)")
 # HS256 keys shorter than this are guessable offline from one token.
 MIN_SECRET_LENGTH: Final = 32
 
@@ -148,14 +154,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``environ`` (default: ``os.environ``).
 
-        Unknown ``TMWS_*`` names are rejected so that a typo is not silently ignored.
+        Unknown ``TMWS_*`` names are rejected so that a typo is not silently ignored, except
+        those Kubernetes and Docker links inject for a service named ``tmws``.
         """
         source = os.environ if environ is None else environ
         fields = {name: typ for name, typ in _field_types().items()}
         values: dict[str, Any] = {}
         known = {cls.env_name(name) for name in fields}
         for key in source:
-            if key.startswith(ENV_PREFIX) and key not in known:
+            if (key.startswith(ENV_PREFIX) and key not in known
+                    and not _PLATFORM_NAMES.fullmatch(key)):
                 raise ConfigError(key, "unknown setting (check the spelling)")
         for name, parse in fields.items():
             var = cls.env_name(name)
