@@ -27,6 +27,8 @@ RUN apt-get update \
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
+# The guide's `python -m alembic upgrade head` works from /app (migrations are in the wheel).
+COPY deploy/alembic.ini /app/alembic.ini
 USER tmws
 ENV TMWS_API_HOST=0.0.0.0 \
     TMWS_API_PORT=8000 \

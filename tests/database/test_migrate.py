@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,10 +61,11 @@ async def test_current_schema_passes(database_url: str) -> None:
     await require_current_schema(database_url)
 
 
-def _alembic(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+def _alembic(*args: str, database_url: str, cwd: Path = REPO_ROOT
+             ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TMWS_")}
     env["TMWS_DATABASE_URL"] = database_url
-    return subprocess.run([sys.executable, "-m", "alembic", *args], cwd=REPO_ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "alembic", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -74,6 +76,16 @@ async def test_guides_alembic_command_migrates_a_fresh_database(database_url: st
         await require_current_schema(fresh)
         again = _alembic("upgrade", "head", database_url=fresh)
         assert again.returncode == 0, again.stderr
+
+
+async def test_alembic_from_an_install_directory(database_url: str, tmp_path: Path) -> None:
+    """/opt/tmws with deploy/alembic.ini and no source checkout: the migrations are found
+    in the installed package."""
+    shutil.copy(REPO_ROOT / "deploy" / "alembic.ini", tmp_path / "alembic.ini")
+    async with scratch_database(database_url) as fresh:
+        done = _alembic("upgrade", "head", database_url=fresh, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        await require_current_schema(fresh)
 
 
 def test_guides_alembic_command_explains_missing_pgvector() -> None:
