@@ -4,10 +4,17 @@ import asyncio
 import time
 import uuid
 
+import pytest
 import redis
 
 from tests.conftest import PrivateRedis
-from tmws.cache import CacheManager, CircuitBreaker, LocalCache, TieredLocalCache
+from tmws.cache import (
+    CacheManager,
+    CircuitBreaker,
+    LocalCache,
+    RedisUnavailable,
+    TieredLocalCache,
+)
 
 
 class Clock:
@@ -175,3 +182,46 @@ async def test_memory_entries_carry_their_generation(redis_url: str) -> None:
     finally:
         await first.close()
         await second.close()
+
+
+async def test_clear_drops_every_result_and_keeps_generations(
+        private_redis: PrivateRedis) -> None:
+    first = CacheManager(redis_url=private_redis.url)
+    second = CacheManager(redis_url=private_redis.url)  # another instance, same Redis
+    raw = redis.Redis.from_url(private_redis.url)
+    try:
+        for i in range(2500):  # more than one SCAN/UNLINK batch
+            assert await first.put("infrastructure", f"k{i}", b"v", ttl=60)
+        generation = await first.get("memory", "m", namespace="ns")
+        await first.put("memory", "m", b"mine", ttl=60, generation=generation.generation)
+        await first.bump("other", shared=False)
+        raw.set("unrelated", "stays")
+        assert (await second.get("infrastructure", "k7")).tier == "redis"
+        assert await second.clear() == 2501
+        assert (await first.get("infrastructure", "k2499")).tier == "local"  # L1: ages out
+        assert (await second.get("infrastructure", "k1")).value is None
+        assert (await second.get("memory", "m", namespace="ns")).value is None
+        assert raw.get("unrelated") == b"stays"
+        assert await second.generation("other") == (1, 0)  # generations only grow
+        assert await first.clear() == 0
+        assert (await first.get("infrastructure", "k1")).value is None
+    finally:
+        raw.close()
+        await first.close()
+        await second.close()
+
+
+async def test_clear_without_redis_or_with_redis_down(private_redis: PrivateRedis) -> None:
+    local_only = CacheManager()
+    await local_only.put("infrastructure", "k", b"v", ttl=60)
+    assert await local_only.clear() == 0
+    assert (await local_only.get("infrastructure", "k")).value is None
+    down = CacheManager(redis_url=private_redis.url, redis_timeout=0.2)
+    try:
+        await down.put("infrastructure", "k", b"v", ttl=60)
+        private_redis.stop()
+        with pytest.raises(RedisUnavailable):
+            await down.clear()
+        assert (await down.get("infrastructure", "k")).value is None  # L1 cleared anyway
+    finally:
+        await down.close()

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import redis
+
+from tests.conftest import PrivateRedis
 from tmws.patterns import default_library_path
 
 
@@ -115,3 +118,23 @@ def test_audit_prune(database_url: str) -> None:
     assert left == (1,) and old == (0,)
     refused = run("audit", "prune", "--older-than", "0", env=env)
     assert refused.returncode == 2
+
+
+def test_cache_clear(private_redis: PrivateRedis) -> None:
+    client = redis.Redis.from_url(private_redis.url)
+    try:
+        client.set("tmws:r:some-result", b"x")
+        client.set("tmws:gen:team", 3)
+        done = run("cache", "clear", env={"TMWS_REDIS_URL": private_redis.url})
+        assert done.returncode == 0, done.stderr
+        assert "deleted 1 cached results" in done.stdout
+        assert client.get("tmws:r:some-result") is None
+        assert client.get("tmws:gen:team") == b"3"
+    finally:
+        client.close()
+    private_redis.stop()
+    down = run("cache", "clear", env={"TMWS_REDIS_URL": private_redis.url,
+                                      "TMWS_REDIS_TIMEOUT": "0.5"})
+    assert down.returncode == 2 and "unreachable" in down.stderr
+    local = run("cache", "clear")
+    assert local.returncode == 2 and "TMWS_REDIS_URL is not set" in local.stderr

@@ -138,6 +138,7 @@ class CircuitBreaker:
 _GEN_PREFIX = "tmws:gen:"
 _SHARED_KEY = "tmws:gen-shared"
 _RESULT_PREFIX = "tmws:r:"
+_CLEAR_BUDGET = 300.0  # seconds for clear() to sweep every result key
 
 
 class CacheManager:
@@ -187,12 +188,14 @@ class CacheManager:
         if self._redis is not None:
             await self._redis.aclose(close_connection_pool=True)
 
-    async def _call(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
-        """Run one Redis operation under the breaker and timeout; raises _Unavailable."""
+    async def _call(self, operation: Callable[[Any], Awaitable[Any]], *,
+                    timeout: float | None = None) -> Any:
+        """Run one Redis operation under the breaker and timeout (default: the Redis
+        timeout); raises _Unavailable."""
         if self._redis is None or not self.breaker.allow():
             raise _Unavailable
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(timeout or self._timeout):
                 result = await operation(self._redis)
         except Exception as exc:  # connection, timeout, protocol: all mean "Redis failed"
             self.redis_errors += 1
@@ -326,6 +329,34 @@ class CacheManager:
 
     def clear_local(self) -> None:
         self.local.clear()
+
+    async def clear(self) -> int:
+        """Drop every cached result: this process's L1 and, with Redis, every instance's L2
+        entries (returns how many). Other processes' L1 entries age out within their
+        local TTL. Memory generations are kept: they only ever grow.
+
+        Raises :class:`RedisUnavailable` when Redis is configured but unreachable (L1 is
+        cleared all the same).
+        """
+        self.local.clear()
+        if self._redis is None:
+            return 0
+
+        async def unlink_results(r: Any) -> int:
+            deleted = 0
+            batch: list[bytes] = []
+            async for key in r.scan_iter(match=_RESULT_PREFIX + "*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    deleted += await r.unlink(*batch)
+                    batch.clear()
+            if batch:
+                deleted += await r.unlink(*batch)
+            return deleted
+
+        # A large keyspace takes many round trips (each within the socket timeout): the whole
+        # sweep gets a budget of its own, not one call's.
+        return int(await self._call(unlink_results, timeout=_CLEAR_BUDGET))
 
     async def ping(self) -> str:
         """'not configured', 'ok', or why not."""

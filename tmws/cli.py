@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         "export", help="write memories as JSON Lines ordered by id (embeddings excluded)")
     export.add_argument("--namespace", default=None, help="only this namespace's memories")
     export.add_argument("--output", "-o", default=None, help="file to write (default: stdout)")
+    cache = commands.add_parser("cache", help="result cache maintenance")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    cache_commands.add_parser(
+        "clear", help="delete every cached result in Redis (TMWS_REDIS_URL), for all "
+        "instances; running workers' in-process entries age out within TMWS_CACHE_LOCAL_TTL")
     audit = commands.add_parser("audit", help="audit log maintenance")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     prune = audit_commands.add_parser(
@@ -128,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 asyncio.run(_reembed(settings))
         elif args.command == "patterns":
             return _patterns(settings, args)
+        elif args.command == "cache":
+            asyncio.run(_cache_clear(settings))
         elif args.command == "audit":
             asyncio.run(_audit_prune(settings, args.older_than))
         elif args.command == "token":
@@ -250,6 +257,25 @@ def _patterns(settings: Settings, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+async def _cache_clear(settings: Settings) -> None:
+    from tmws.cache import CacheManager, RedisUnavailable
+
+    if settings.redis_url is None:
+        raise TmwsError("TMWS_REDIS_URL is not set: results are cached in each worker's "
+                        "memory only; restart the service (or POST /api/v1/cache/clear to "
+                        "the worker) to drop them")
+    cache = CacheManager(redis_url=settings.redis_url, redis_timeout=settings.redis_timeout)
+    try:
+        deleted = await cache.clear()
+    except RedisUnavailable as exc:
+        raise TmwsError(f"Redis (TMWS_REDIS_URL) is unreachable: {exc.__cause__ or exc}"
+                        ) from None
+    finally:
+        await cache.close()
+    print(f"deleted {deleted} cached results from Redis; running workers' in-process "
+          f"entries age out within {settings.cache_local_ttl:g} s (TMWS_CACHE_LOCAL_TTL)")
 
 
 async def _audit_prune(settings: Settings, days: float) -> None:

@@ -11,6 +11,7 @@ from tmws.memory import MemoryRecord
 from tmws.models import ExecutionResult, PatternDefinition, PatternType, RoutingDecision
 from tmws.routing import Route, Router
 from tmws.schemas import (
+    CacheCleared,
     DeletedMemory,
     ExecuteRequest,
     Health,
@@ -68,6 +69,10 @@ ROUTES: Final = (
           "Delete a memory the caller owns", scope="memories:write",
           response_type=DeletedMemory, errors=(404, 422, 503),
           query=(("namespace", "with auth off: the namespace to act as", ()),)),
+    Route("POST", "/api/v1/cache/clear", endpoints.clear_cache,
+          "Drop every cached result (Redis for all instances; this worker's in-process "
+          "cache; other workers' age out within TMWS_CACHE_LOCAL_TTL)",
+          scope="patterns:admin", response_type=CacheCleared, errors=(503,)),
     Route("GET", "/api/v1/stats", endpoints.stats,
           "Engine statistics (executions, caches, registry, router)", scope="metrics:read",
           response_type=dict[str, Any]),

@@ -13,6 +13,7 @@ from tmws.memory import MemoryRecord
 from tmws.models import PatternDefinition, PatternType
 
 __all__ = [
+    "CacheCleared",
     "DeletedMemory",
     "ExecuteRequest",
     "Health",
@@ -83,6 +84,13 @@ class PatternReload(msgspec.Struct):
     source: str
     # "redis": every instance and worker on the same Redis follows; otherwise this process.
     propagation: str
+
+
+class CacheCleared(msgspec.Struct):
+    redis_deleted: int  # result entries removed from Redis (shared by every instance)
+    # In-process caches: this worker's is empty now; the others' entries age out within
+    # this many seconds (TMWS_CACHE_LOCAL_TTL).
+    local_ttl_seconds: float
 
 
 class MemoryCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import ApiFactory
+from tests.conftest import SECRET, ApiFactory, PrivateRedis
+from tmws.auth import TokenAuthority
 from tmws.routes import ROUTES
 
 
@@ -28,6 +29,29 @@ async def test_stats_include_this_workers_pool(api: httpx.AsyncClient) -> None:
     pool = (await api.get("/api/v1/stats")).json()["database_stats"]
     assert pool["name"] == "tmws" and pool["queries"] >= 1
     assert pool["in_use"] + pool["idle"] == pool["size"] <= pool["max_size"]
+
+
+async def test_cache_clear_needs_admin_and_drops_cached_results(
+        make_api: ApiFactory, private_redis: PrivateRedis) -> None:
+    authority = TokenAuthority(SECRET, 60)
+    admin = {"authorization": f"Bearer {authority.create('ops', ['patterns:admin'])}"}
+    caller = {"authorization": f"Bearer {authority.create('ops', ['execute'])}"}
+    query = {"query": "run tool lint"}
+    async with make_api(auth_enabled="true", redis_url=private_redis.url) as (api, _):
+        await api.post("/api/v1/execute", json=query, headers=caller)
+        cached = await api.post("/api/v1/execute", json=query, headers=caller)
+        assert cached.json()["cache_hit"] is True
+        denied = await api.post("/api/v1/cache/clear", headers=caller)
+        assert denied.status_code == 403
+        cleared = await api.post("/api/v1/cache/clear", headers=admin)
+        assert cleared.status_code == 200, cleared.text
+        assert cleared.json() == {"redis_deleted": 1, "local_ttl_seconds": 60}
+        again = await api.post("/api/v1/execute", json=query, headers=caller)
+        assert again.json()["cache_hit"] is False
+        private_redis.stop()
+        down = await api.post("/api/v1/cache/clear", headers=admin)
+        assert down.status_code == 503
+        assert down.json()["error"]["code"] == "redis_unavailable"
 
 
 async def test_openapi_lists_every_route(api: httpx.AsyncClient) -> None:

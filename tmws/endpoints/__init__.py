@@ -9,9 +9,10 @@ from tmws.endpoints.patterns import (
     register_pattern,
     reload_patterns,
 )
-from tmws.endpoints.system import health, metrics, openapi, ready, stats
+from tmws.endpoints.system import clear_cache, health, metrics, openapi, ready, stats
 
 __all__ = [
+    "clear_cache",
     "create_memory",
     "delete_memory",
     "delete_pattern",

@@ -1,4 +1,5 @@
-"""Operations endpoints: liveness, readiness, statistics, metrics, the API description."""
+"""Operations endpoints: liveness, readiness, statistics, cache clearing, metrics, the API
+description."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ from typing import TYPE_CHECKING, Final
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from tmws import __version__
-from tmws.endpoints._common import encoder
+from tmws.cache import RedisUnavailable
+from tmws.endpoints._common import actor, encoder
 from tmws.http import HTTPError, Request, Response
 from tmws.metrics import ExecutionMetrics, exposition
-from tmws.schemas import Health, Readiness
+from tmws.schemas import CacheCleared, Health, Readiness
 
 if TYPE_CHECKING:
     from tmws.engine import PatternExecutionEngine
 
-__all__ = ["health", "metrics", "openapi", "ready", "stats"]
+__all__ = ["clear_cache", "health", "metrics", "openapi", "ready", "stats"]
 
 _READY_DATABASE_TIMEOUT: Final = 2.0  # seconds
 _HEALTH: Final = encoder.encode(Health("ok", __version__))
@@ -45,6 +47,20 @@ async def ready(engine: PatternExecutionEngine, request: Request) -> Response:
         redis_error=redis if redis.startswith("unavailable") else None)
     readiness.healthy = readiness.pattern_engine and readiness.database and readiness.redis
     return Response(200 if readiness.healthy else 503, encoder.encode(readiness))
+
+
+async def clear_cache(engine: PatternExecutionEngine, request: Request) -> Response:
+    """Every cached result goes: Redis's for all instances, this worker's in-process one."""
+    who = actor(request)
+    try:
+        deleted = await engine.cache.clear()
+    except RedisUnavailable:
+        engine.audit.record(who, "cache.clear", outcome="redis_unavailable")
+        raise HTTPError(503, "redis_unavailable",
+                        "Redis (TMWS_REDIS_URL) is unreachable: only this worker's "
+                        "in-process cache was cleared") from None
+    engine.audit.record(who, "cache.clear", outcome="success", detail={"deleted": deleted})
+    return Response(200, encoder.encode(CacheCleared(deleted, engine.settings.cache_local_ttl)))
 
 
 async def stats(engine: PatternExecutionEngine, request: Request) -> Response:
