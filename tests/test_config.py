@@ -61,6 +61,7 @@ def test_platform_injected_names_are_not_settings() -> None:
     ("TMWS_DATABASE_URL", "mysql://x", "postgresql://"),
     ("TMWS_REDIS_URL", "http://x", "redis://"),
     ("TMWS_CACHE_TLL", "5", "unknown setting"),
+    ("TMWS_DB_MIN_CONNECTIONS", "999", "between 0 and TMWS_DB_MAX_CONNECTIONS"),
 ])
 def test_invalid_values_name_the_variable(variable: str, value: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as caught:

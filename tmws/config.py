@@ -68,6 +68,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str = msgspec.field(default_factory=_default_data_dir)
     db_max_connections: int = msgspec.field(default_factory=default_pool_size)
     db_max_overflow: int = -1  # -1: half the pool size, as the guide recommends
+    # Connections each worker opens at start and keeps (-1: all of db_max_connections);
+    # the rest up to max + overflow open on demand and close after 10 idle minutes.
+    db_min_connections: int = -1
     db_pool_timeout: float = 30.0
     db_pool_recycle: float = 3600.0
     db_pool_pre_ping: bool = True
@@ -140,6 +143,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     recall_min_similarity: float = 0.1
 
     @property
+    def db_pool_min(self) -> int:
+        """Connections opened at start and kept open."""
+        if self.db_min_connections < 0:
+            return self.db_max_connections
+        return self.db_min_connections
+
+    @property
     def db_overflow(self) -> int:
         """Extra connections beyond the pool size."""
         if self.db_max_overflow < 0:
@@ -191,6 +201,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("max_body_bytes", self.max_body_bytes >= 256, "must be at least 256"),
             ("db_max_connections", self.db_max_connections >= 1, "must be at least 1"),
             ("db_max_overflow", self.db_max_overflow >= -1, "must be 0 or more"),
+            ("db_min_connections", -1 <= self.db_min_connections <= self.db_max_connections,
+             "must be between 0 and TMWS_DB_MAX_CONNECTIONS (or -1: all of them)"),
             ("db_pool_timeout", self.db_pool_timeout > 0, "must be positive"),
             ("db_pool_recycle", self.db_pool_recycle > 0, "must be positive"),
             ("db_statement_timeout", self.db_statement_timeout >= 0, "must be 0 (off) or more"),

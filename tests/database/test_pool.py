@@ -28,6 +28,20 @@ async def test_pool_stats_report_size_use_and_errors(database_url: str) -> None:
         await database.close()
 
 
+async def test_a_smaller_minimum_opens_the_rest_on_demand(database_url: str) -> None:
+    database = Database(database_url, make_settings(
+        database_url, db_max_connections="4", db_max_overflow="0", db_min_connections="1"))
+    await database.open()
+    try:
+        assert database.pool_stats()["min_size"] == 1
+        assert database.pool_stats()["size"] == 1  # only the minimum at start
+        await asyncio.gather(*(database.fetch("SELECT pg_sleep(0.2)") for _ in range(4)))
+        assert database.pool_stats()["size"] > 1  # grown for the concurrent queries
+        assert database.pool_stats()["max_size"] == 4
+    finally:
+        await database.close()
+
+
 async def test_statement_timeout_is_enforced(database_url: str) -> None:
     database = Database(database_url, make_settings(database_url, db_statement_timeout="50"))
     await database.open()

@@ -58,7 +58,7 @@ class Database:
             kwargs["options"] = f"-c statement_timeout={settings.db_statement_timeout}"
         self._pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             conninfo,
-            min_size=settings.db_max_connections,
+            min_size=settings.db_pool_min,
             max_size=settings.db_max_connections + settings.db_overflow,
             timeout=settings.db_pool_timeout,
             max_lifetime=settings.db_pool_recycle,
