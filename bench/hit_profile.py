@@ -180,11 +180,11 @@ def _items(outer: Any, engine: Any) -> tuple[dict[str, Item | None], dict[str, I
 
     async def key_bytes() -> None:
         cache_key(["default", normalize_query(QUERY), "balanced", b"", fingerprint])
-    item("normalize_query + cache_key, context part b'' (as now)")(key_bytes)
+    item("normalize_query + cache_key, context part b''")(key_bytes)
 
     async def key_str() -> None:
         cache_key(["default", normalize_query(QUERY), "balanced", "", fingerprint])
-    item("normalize_query + cache_key, context part '' (same key)")(key_str)
+    item("normalize_query + cache_key, context part '' (as now)")(key_str)
 
     key = cache_key(["default", normalize_query(QUERY), "balanced", b"", fingerprint])
     pattern = engine.router.match(QUERY, ExecutionMode.BALANCED)
@@ -210,9 +210,9 @@ def _items(outer: Any, engine: Any) -> tuple[dict[str, Item | None], dict[str, I
         item("structs.replace of a kept decoded result (alternative)")(copy_hit)
 
     async def lookup() -> None:
-        await engine._lookup(True, pattern, "delegate", QUERY, ExecutionMode.BALANCED,
-                             "default", {}, pattern.pattern_type)
-    item("engine._lookup (key + get + decode + mark)")(lookup)
+        await engine._lookup(True, pattern, pattern.pattern_type, QUERY,
+                             ExecutionMode.BALANCED, "default", {}, None)
+    item("engine._lookup (handler + key + get + decode + mark)")(lookup)
 
     result_holder: list[Any] = []
 
