@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import msgspec
 import pytest
@@ -198,3 +198,27 @@ async def test_engine_routes_executes_and_evaluates_with_the_model(
             assert report.accuracy == 1.0 and report.scorer == "lexical+openai:wordllama"
             stats = engine.get_stats()["router_stats"]["embeddings"]
             assert stats["ready"] and stats["model"] == "openai:wordllama"
+
+
+class _CrashingProvider:
+    """A provider whose library raises something other than EmbeddingError."""
+
+    name = "sentence-transformers"
+    model = "crashing"
+    dim = 8
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float] | None]:
+        raise RuntimeError("CUDA out of memory")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_any_provider_exception_means_lexical_not_a_crash() -> None:
+    registry = PatternRegistry(load_pattern_file(default_library_path()).patterns)
+    vectors = ExampleVectors(registry, _CrashingProvider(), weight=0.5, query_timeout=1.0)
+    router = HybridRouter(registry, vectors=vectors)
+    assert not await router.settled()
+    assert vectors.stats()["last_error"] == "RuntimeError: CUDA out of memory"
+    decision = await router.route("give me the service metrics")
+    assert decision.scorer == "lexical"

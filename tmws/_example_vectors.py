@@ -86,12 +86,13 @@ class ExampleVectors:
             self._dirty = False
             try:
                 await self._refresh()
-            except EmbeddingError as exc:
+            except Exception as exc:  # any provider failure: routing goes on lexically
                 self.refresh_failures += 1
                 self._failed_at = time.monotonic()
-                self.last_error = str(exc)
+                self.last_error = (str(exc) if isinstance(exc, EmbeddingError)
+                                   else f"{type(exc).__name__}: {exc}")
                 logger.warning("stage-2 routing scores lexically until the example "
-                               "embeddings succeed: %s", exc)
+                               "embeddings succeed: %s", self.last_error)
                 return
 
     async def _refresh(self) -> None:
@@ -128,7 +129,7 @@ class ExampleVectors:
         try:
             async with asyncio.timeout(self._query_timeout):
                 (vector,) = await self._provider.embed([query])
-        except (EmbeddingError, TimeoutError) as exc:
+        except Exception as exc:  # timeout, provider error: this query scores lexically
             self.query_fallbacks += 1
             logger.debug("query embedding failed, scoring lexically: %s",
                          exc or "timed out")
