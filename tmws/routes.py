@@ -7,12 +7,14 @@ from typing import Any, Final
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from tmws import endpoints
+from tmws.evaluation import Evaluation
 from tmws.memory import MemoryRecord
 from tmws.models import ExecutionResult, PatternDefinition, PatternType, RoutingDecision
 from tmws.routing import Route, Router
 from tmws.schemas import (
     CacheCleared,
     DeletedMemory,
+    EvaluationRequest,
     ExecuteRequest,
     Health,
     MemoryCreate,
@@ -48,6 +50,10 @@ ROUTES: Final = (
     Route("POST", "/api/v1/patterns/reload", endpoints.reload_patterns,
           "Re-read TMWS_PATTERN_CONFIG and swap the whole set in", scope="patterns:admin",
           response_type=PatternReload, errors=(422,)),
+    Route("POST", "/api/v1/patterns/eval", endpoints.evaluate_patterns,
+          "Route labelled queries (nothing runs): accuracy, precision/recall, abstentions, "
+          "confusions", scope="patterns:admin", request_type=EvaluationRequest,
+          response_type=Evaluation, errors=(*_BODY, 503)),
     Route("GET", "/api/v1/patterns/{name}", endpoints.get_pattern,
           "Read one pattern", scope="execute", response_type=PatternDefinition,
           errors=(404,)),

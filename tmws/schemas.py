@@ -15,8 +15,10 @@ from tmws.models import PatternDefinition, PatternType
 __all__ = [
     "CacheCleared",
     "DeletedMemory",
+    "EvaluationRequest",
     "ExecuteRequest",
     "Health",
+    "LabelledQuery",
     "MemoryCreate",
     "MemoryList",
     "MemorySearch",
@@ -52,6 +54,26 @@ class RouteRequest(msgspec.Struct, forbid_unknown_fields=True):
     query: Query
     execution_mode: Mode | None = None
     context: dict[str, Any] | None = None
+
+
+class LabelledQuery(msgspec.Struct, forbid_unknown_fields=True):
+    """One line of a labelled file: the pattern a query should reach, or ``NONE``."""
+
+    expected: Annotated[str, msgspec.Meta(
+        min_length=1, description="A registered pattern name, or NONE (must abstain).")]
+    query: Query
+
+
+class EvaluationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Body of ``POST /api/v1/patterns/eval`` (what ``tmws patterns eval`` reads from a
+    file); in the answer, ``misroutes[].line`` is the item's index in ``labelled``."""
+
+    labelled: Annotated[list[LabelledQuery], msgspec.Meta(min_length=1)]
+    execution_mode: Mode | None = None
+    min_score: Annotated[float, msgspec.Meta(
+        gt=0.0, le=1.0, description="Default: TMWS_ROUTER_MIN_SCORE.")] | None = None
+    min_margin: Annotated[float, msgspec.Meta(
+        ge=0.0, lt=1.0, description="Default: TMWS_ROUTER_MIN_MARGIN.")] | None = None
 
 
 class PatternRegistration(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

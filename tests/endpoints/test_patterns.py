@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import ApiFactory
+from tests.conftest import SECRET, ApiFactory
+from tmws.auth import TokenAuthority
 
 PATTERN: dict[str, Any] = {
     "name": "deploy_status", "pattern_type": "infrastructure",
@@ -102,3 +103,32 @@ async def test_pattern_named_reload_is_readable(api: httpx.AsyncClient) -> None:
     assert created.status_code == 201
     assert (await api.get("/api/v1/patterns/reload")).json()["name"] == "reload"
     assert (await api.put("/api/v1/patterns/reload")).status_code == 405
+
+
+async def test_routing_evaluation_over_http(make_api: ApiFactory) -> None:
+    authority = TokenAuthority(SECRET, 60)
+    admin = {"authorization": f"Bearer {authority.create('ops', ['patterns:admin'])}"}
+    caller = {"authorization": f"Bearer {authority.create('ops', ['execute'])}"}
+    body = {"labelled": [
+        {"expected": "health_check", "query": "check database health"},
+        {"expected": "NONE", "query": "tell me a joke"},
+        {"expected": "store_memory", "query": "what is the weather in paris"},
+    ]}
+    async with make_api(auth_enabled="true") as (api, _):
+        assert (await api.post("/api/v1/patterns/eval", json=body,
+                               headers=caller)).status_code == 403
+        answer = await api.post("/api/v1/patterns/eval", json=body, headers=admin)
+        assert answer.status_code == 200, answer.text
+        report = answer.json()
+        assert (report["total"], report["correct"]) == (3, 2)
+        assert report["misroutes"][0]["line"] == 2
+        assert report["scorer"] == "lexical"
+        stricter = await api.post("/api/v1/patterns/eval", headers=admin,
+                                  json={**body, "min_score": 0.99, "execution_mode": "fast"})
+        assert stricter.json()["min_score"] == 0.99 and stricter.json()["mode"] == "fast"
+        unknown = await api.post("/api/v1/patterns/eval", headers=admin, json={
+            "labelled": [{"expected": "nope", "query": "x"}]})
+        assert unknown.status_code == 422
+        assert "$.labelled[0].expected" in unknown.json()["error"]["message"]
+        empty = await api.post("/api/v1/patterns/eval", headers=admin, json={"labelled": []})
+        assert empty.status_code == 422

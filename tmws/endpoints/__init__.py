@@ -4,6 +4,7 @@ from tmws.endpoints.execution import execute, route
 from tmws.endpoints.memories import create_memory, delete_memory, get_memory, search_memories
 from tmws.endpoints.patterns import (
     delete_pattern,
+    evaluate_patterns,
     get_pattern,
     list_patterns,
     register_pattern,
@@ -16,6 +17,7 @@ __all__ = [
     "create_memory",
     "delete_memory",
     "delete_pattern",
+    "evaluate_patterns",
     "execute",
     "get_memory",
     "get_pattern",

@@ -1,4 +1,4 @@
-"""The pattern library over HTTP: list, read, register, delete, reload.
+"""The pattern library over HTTP: list, read, register, delete, reload, evaluate routing.
 
 Every change is all or nothing: a rejected regex or an unknown handler leaves the
 registry exactly as it was.
@@ -10,19 +10,22 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from tmws.embeddings import EmbeddingError
 from tmws.endpoints._common import actor, decode, encoder
 from tmws.errors import PatternConfigError, PatternError
+from tmws.evaluation import NONE, Labelled
 from tmws.http import HTTPError, Request, Response
 from tmws.models import PatternDefinition, PatternType
-from tmws.schemas import PatternList, PatternRegistration, PatternReload
+from tmws.schemas import EvaluationRequest, PatternList, PatternRegistration, PatternReload
 
 if TYPE_CHECKING:
     from tmws.engine import PatternExecutionEngine
 
-__all__ = ["delete_pattern", "get_pattern", "list_patterns", "register_pattern",
-           "reload_patterns"]
+__all__ = ["delete_pattern", "evaluate_patterns", "get_pattern", "list_patterns",
+           "register_pattern", "reload_patterns"]
 
 _registration_decoder: Final = msgspec.json.Decoder(PatternRegistration)
+_evaluation_decoder: Final = msgspec.json.Decoder(EvaluationRequest)
 _TYPES: Final = ", ".join(t.value for t in PatternType)
 
 
@@ -108,3 +111,22 @@ async def reload_patterns(engine: PatternExecutionEngine, request: Request) -> R
                         detail={"patterns": count})
     return Response(200, encoder.encode(PatternReload(
         count, engine.registry.fingerprint, engine.library.source, _propagation(engine))))
+
+
+async def evaluate_patterns(engine: PatternExecutionEngine, request: Request) -> Response:
+    """Route labelled queries (nothing runs) and score the routing, as ``tmws patterns
+    eval`` does with a file."""
+    body = decode(_evaluation_decoder, await request.json_body())
+    labelled = []
+    for position, item in enumerate(body.labelled):
+        if item.expected != NONE and item.expected not in engine.registry:
+            raise HTTPError(422, "unknown_label",
+                            f"unknown pattern {item.expected!r} (use a registered name or "
+                            f"{NONE}) - at `$.labelled[{position}].expected`")
+        labelled.append(Labelled(item.expected, item.query.strip(), position))
+    try:
+        report = await engine.evaluate(labelled, mode=body.execution_mode,
+                                       min_score=body.min_score, min_margin=body.min_margin)
+    except EmbeddingError as exc:
+        raise HTTPError(503, "embedding_unavailable", str(exc)) from None
+    return Response(200, encoder.encode(report))
