@@ -8,7 +8,7 @@ only — nothing is executed, so no database is needed.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -28,6 +28,7 @@ __all__ = [
     "evaluate",
     "examples_tsv",
     "format_report",
+    "labelled",
     "read_labelled",
     "suggest_thresholds",
 ]
@@ -103,14 +104,20 @@ def read_labelled(path: str | Path, known: Iterable[str]) -> list[Labelled]:
         expected, query = expected.strip(), query.strip()
         if not tab or not query:
             raise InvalidRequestError(f"{path}:{number}: expected 'PATTERN<TAB>QUERY'")
-        if expected != NONE and expected not in names:
-            raise InvalidRequestError(
-                f"{path}:{number}: unknown pattern {expected!r} (use a registered name or "
-                f"{NONE})")
-        items.append(Labelled(expected, query, number))
+        items.append(labelled(expected, query, number, names, where=f"{path}:{number}: "))
     if not items:
         raise InvalidRequestError(f"{path}: no labelled queries")
     return items
+
+
+def labelled(expected: str, query: str, line: int, names: Container[str], *,
+             where: str = "") -> Labelled:
+    """One labelled query, its label checked against the registered ``names``; the error
+    starts with ``where`` (the file and line, or the field)."""
+    if expected != NONE and expected not in names:
+        raise InvalidRequestError(
+            f"{where}unknown pattern {expected!r} (use a registered name or {NONE})")
+    return Labelled(expected, query, line)
 
 
 def examples_tsv(patterns: Sequence[PatternDefinition], off_topic: Sequence[str] = ()) -> str:

@@ -12,8 +12,8 @@ import msgspec
 
 from tmws.embeddings import EmbeddingError
 from tmws.endpoints._common import actor, decode, encoder
-from tmws.errors import PatternConfigError, PatternError
-from tmws.evaluation import NONE, Labelled
+from tmws.errors import InvalidRequestError, PatternConfigError, PatternError
+from tmws.evaluation import labelled
 from tmws.http import HTTPError, Request, Response
 from tmws.models import PatternDefinition, PatternType
 from tmws.schemas import EvaluationRequest, PatternList, PatternRegistration, PatternReload
@@ -117,15 +117,14 @@ async def evaluate_patterns(engine: PatternExecutionEngine, request: Request) ->
     """Route labelled queries (nothing runs) and score the routing, as ``tmws patterns
     eval`` does with a file."""
     body = decode(_evaluation_decoder, await request.json_body())
-    labelled = []
-    for position, item in enumerate(body.labelled):
-        if item.expected != NONE and item.expected not in engine.registry:
-            raise HTTPError(422, "unknown_label",
-                            f"unknown pattern {item.expected!r} (use a registered name or "
-                            f"{NONE}) - at `$.labelled[{position}].expected`")
-        labelled.append(Labelled(item.expected, item.query.strip(), position))
     try:
-        report = await engine.evaluate(labelled, mode=body.execution_mode,
+        items = [labelled(item.expected, item.query.strip(), position, engine.registry,
+                          where=f"`$.labelled[{position}].expected`: ")
+                 for position, item in enumerate(body.labelled)]
+    except InvalidRequestError as exc:
+        raise HTTPError(422, "unknown_label", str(exc)) from None
+    try:
+        report = await engine.evaluate(items, mode=body.execution_mode,
                                        min_score=body.min_score, min_margin=body.min_margin)
     except EmbeddingError as exc:
         raise HTTPError(503, "embedding_unavailable", str(exc)) from None
