@@ -224,12 +224,12 @@ async def test_invalid_input_is_rejected_clearly(engine: PatternExecutionEngine,
 
 
 async def test_store_validates_context(engine: PatternExecutionEngine, namespace: str) -> None:
-    result = await engine.execute("remember x", context={"namespace": namespace,
-                                                         "importance": 7})
-    assert not result.success and "importance" in (result.error or "")
-    result = await engine.execute("remember x", context={"namespace": namespace,
-                                                         "tags": "notalist"})
-    assert not result.success and "tags" in (result.error or "")
+    # Checked before anything runs (tmws.inputs.ExecutionContext), naming the field.
+    with pytest.raises(InvalidRequestError, match=r"<= 1.0 - at `context.importance`"):
+        await engine.execute("remember x", context={"namespace": namespace, "importance": 7})
+    with pytest.raises(InvalidRequestError, match=r"got `str` - at `context.tags`"):
+        await engine.execute("remember x", context={"namespace": namespace, "tags": "notalist"})
+    assert await engine.memory.count(namespace) == 0
 
 
 async def test_redis_is_health_checked(database_url: str, redis_url: str) -> None:

@@ -48,8 +48,9 @@ async def test_long_content_is_truncated_with_a_flag(store: MemoryStore, namespa
 
 
 @pytest.mark.parametrize(("content", "importance", "fragment"), [
-    ("", 0.5, "empty"), ("   ", 0.5, "empty"), ("x", 1.5, "between 0 and 1"),
-    ("x" * 100_001, 0.5, "limit is 100000"),
+    ("", 0.5, "memory content is empty"), ("   ", 0.5, "memory content is empty"),
+    ("x", 1.5, r"<= 1.0 - at `\$.importance`"),
+    ("x" * 100_001, 0.5, r"length <= 100000 - at `\$.content`"),
 ])
 async def test_invalid_memories_are_rejected(store: MemoryStore, namespace: str, content: str,
                                              importance: float, fragment: str) -> None:

@@ -13,6 +13,7 @@ from tmws._tmws_core import (
     PatternCompileError,
     __version__,
     cache_key,
+    json_too_deep,
     normalize_query,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "PatternCompileError",
     "__version__",
     "cache_key",
+    "json_too_deep",
     "normalize_query",
 ]

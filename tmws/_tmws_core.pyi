@@ -312,3 +312,11 @@ def cache_key(parts: Sequence[str | bytes]) -> str:
     Identical on every machine and version, so instances sharing one Redis agree on keys;
     ``["ab", "c"]`` and ``["a", "bc"]`` never collide by concatenation.
     """
+
+def json_too_deep(data: bytes, limit: int) -> int | None:
+    """The byte offset of the first ``[`` or ``{`` (outside strings) that opens nesting level
+    ``limit + 1``, or ``None`` if ``data`` never nests deeper than ``limit``.
+
+    One linear pass that decodes nothing: run it before a recursive JSON decoder, which would
+    otherwise fail near 1,000 levels with an error that says nothing about the input.
+    """

@@ -72,7 +72,9 @@ class TmwsApp:
             return
         try:
             route, params = ROUTER.resolve(scope["method"], scope["path"])
-            request = Request(scope, receive, engine.settings.max_body_bytes, params)
+            settings = engine.settings
+            request = Request(scope, receive, settings.max_body_bytes, params,
+                              settings.max_json_depth)
             for guard in self._guards:
                 extra += await guard.check(route, request)
             response = await route.endpoint(engine, request)

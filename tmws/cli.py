@@ -28,6 +28,7 @@ from tmws.database import (
 )
 from tmws.embeddings import create_provider
 from tmws.errors import TmwsError
+from tmws.inputs import check_namespace
 
 __all__ = ["main"]
 
@@ -306,8 +307,7 @@ _SHOWN_REJECTIONS = 50
 
 async def _import(settings: Settings, file: str, namespace: str, batch_size: int) -> int:
     """Exit status 0 if every line was written, 1 if some were rejected."""
-    if not namespace.strip():
-        raise TmwsError("--namespace must not be empty")
+    check_namespace(namespace, "--namespace")
     try:
         with open(file, "rb") as counting:  # a first pass, for the progress bar's total
             total = sum(1 for _ in counting)
@@ -328,7 +328,8 @@ async def _import(settings: Settings, file: str, namespace: str, batch_size: int
             await check_embedding_config(database, settings)
             await import_memories(database, provider, lines(), namespace=namespace,
                                   batch_size=batch_size, total_lines=total,
-                                  progress=_progress("import"), report=report)
+                                  progress=_progress("import"), report=report,
+                                  limits=settings.input_limits)
     except BaseException:
         if report.written:
             sys.stderr.write(f"\n{report.written} memories were written before the error; "

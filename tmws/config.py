@@ -18,6 +18,8 @@ from typing import Any, Final
 import msgspec
 
 from tmws.errors import ConfigError
+from tmws.inputs import InputLimits
+from tmws.models import ExecutionMode, PatternLimits
 
 __all__ = ["ENV_PREFIX", "MIN_SECRET_LENGTH", "Settings", "default_pool_size"]
 
@@ -32,7 +34,7 @@ MIN_SECRET_LENGTH: Final = 32
 
 _ENVIRONMENTS: Final = ("development", "staging", "production", "test")
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_MODES: Final = ("fast", "balanced", "comprehensive")
+_MODES: Final = tuple(mode.value for mode in ExecutionMode)
 _EMBEDDING_PROVIDERS: Final = ("hash", "openai", "sentence-transformers")
 _VECTOR_INDEXES: Final = ("ivfflat", "hnsw")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
@@ -63,6 +65,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: int = 1
     max_query_length: int = 2000
     max_body_bytes: int = 65536
+    # Free-form JSON: nesting of any request body and of memory metadata, and metadata's
+    # size as JSON (tmws.inputs). Deeper structures crash recursive decoders.
+    max_json_depth: int = 32
+    max_metadata_bytes: int = 16384
     # Database (unset URL: embedded PostgreSQL with pgvector under data_dir)
     database_url: str | None = None
     data_dir: str = msgspec.field(default_factory=_default_data_dir)
@@ -113,6 +119,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pattern_infra_timeout: int = 50
     pattern_memory_timeout: int = 100
     pattern_hybrid_timeout: int = 200
+    # Bounds on what a pattern may declare (file, API or shared set alike).
+    pattern_max_cache_ttl: int = 7 * 86400
+    pattern_max_cost_tokens: int = 1_000_000
     # Stage 2 of routing (example utterances, when no trigger matches): the score the best
     # pattern must reach (a pattern's min_score overrides it) and its lead over the next.
     router_min_score: float = 0.3
@@ -199,6 +208,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("workers", self.workers >= 1, "must be at least 1"),
             ("max_query_length", self.max_query_length >= 1, "must be at least 1"),
             ("max_body_bytes", self.max_body_bytes >= 256, "must be at least 256"),
+            ("max_json_depth", 2 <= self.max_json_depth <= 256, "must be between 2 and 256"),
+            ("max_metadata_bytes", 2 <= self.max_metadata_bytes <= self.max_body_bytes,
+             "must be between 2 and TMWS_MAX_BODY_BYTES"),
             ("db_max_connections", self.db_max_connections >= 1, "must be at least 1"),
             ("db_max_overflow", self.db_max_overflow >= -1, "must be 0 or more"),
             ("db_min_connections", -1 <= self.db_min_connections <= self.db_max_connections,
@@ -221,6 +233,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("pattern_infra_timeout", self.pattern_infra_timeout >= 1, "must be at least 1 ms"),
             ("pattern_memory_timeout", self.pattern_memory_timeout >= 1, "must be at least 1 ms"),
             ("pattern_hybrid_timeout", self.pattern_hybrid_timeout >= 1, "must be at least 1 ms"),
+            ("pattern_max_cache_ttl", 0 <= self.pattern_max_cache_ttl <= 10 * 365 * 86400,
+             "must be between 0 and 10 years in seconds"),
+            ("pattern_max_cost_tokens", 0 <= self.pattern_max_cost_tokens <= 2**31 - 1,
+             "must be between 0 and 2147483647"),
             ("router_min_score", 0.0 < self.router_min_score <= 1.0, "must be in (0, 1]"),
             ("router_min_margin", 0.0 <= self.router_min_margin < 1.0, "must be in [0, 1)"),
             ("router_semantic_weight", 0.0 <= self.router_semantic_weight <= 1.0,
@@ -293,6 +309,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(self.env_name("database_url"),
                               "must be set in production (the embedded PostgreSQL is for "
                               "development only)")
+
+    @property
+    def input_limits(self) -> InputLimits:
+        return InputLimits(self.max_json_depth, self.max_metadata_bytes)
+
+    @property
+    def pattern_limits(self) -> PatternLimits:
+        return PatternLimits(self.pattern_max_cache_ttl, self.pattern_max_cost_tokens)
 
     def metrics_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
         """The networks allowed to scrape /metrics (empty: any client)."""

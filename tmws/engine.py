@@ -24,6 +24,7 @@ from tmws.database import (
     Database,
     EmbeddedPostgres,
     check_embedding_config,
+    database_fence,
     require_current_schema,
     upgrade,
 )
@@ -32,14 +33,17 @@ from tmws.errors import DatabaseError, InvalidRequestError, PatternConfigError, 
 from tmws.evaluation import Evaluation, Labelled, evaluate
 from tmws.handlers import (
     HANDLERS,
-    WRITE_HANDLERS,
+    PURE,
+    BoundHandler,
+    Capabilities,
     Handler,
     HandlerContext,
+    check_pattern_handler,
     delegate_to_caller,
-    namespace_of,
     resolve_handler,
 )
 from tmws.handlers import HealthCheckFailed as _HealthCheckFailed
+from tmws.inputs import ExecutionContext, check_depth, check_metadata, convert
 from tmws.memory import MemoryStore
 from tmws.metrics import ExecutionMetrics
 from tmws.models import (
@@ -72,8 +76,10 @@ def _nearest_rank(ordered: Sequence[float], quantile: str) -> float | None:
 _IDENTITY_KEYS: Final = frozenset({"namespace", "request_id"})
 
 
-# authorize(reads_memory, writes_memory): raise to refuse an execution.
-Authorize = Callable[[bool, bool], None]
+# authorize(scopes): raise to refuse an execution that needs these token scopes (beyond
+# execute), derived from what its handler declares it does (tmws.handlers.Capabilities).
+Authorize = Callable[[frozenset[str]], None]
+_READS_MEMORY: Final = frozenset({"memories:read"})
 
 
 class _Slot(NamedTuple):
@@ -105,17 +111,17 @@ class PatternExecutionEngine:
                  handlers: Mapping[str, Handler] | None = None,
                  provider: EmbeddingProvider | None = None) -> None:
         self.settings = settings
-        self.handlers: dict[str, Handler] = {**HANDLERS, **(handlers or {})}
-        self.write_handlers: set[str] = set(WRITE_HANDLERS)
-        _check_handlers(library.patterns, self.handlers, library.source)
+        self.handlers: dict[str, BoundHandler] = {
+            **HANDLERS, **{name: BoundHandler(run, PURE) for name, run in (handlers or {}).items()}}
+        self._check_patterns(library.patterns, library.source)
         self.library = library
         self.database = database
         self.cache = cache or cache_manager_for(settings, library)
         provider = provider or create_provider(settings)
         self.memory = MemoryStore(database, provider,
                                   min_similarity=settings.recall_min_similarity,
-                                  generations=self.cache)
-        self.registry = PatternRegistry(library.patterns)
+                                  generations=self.cache, limits=settings.input_limits)
+        self.registry = PatternRegistry(library.patterns, limits=settings.pattern_limits)
         self.router = HybridRouter(self.registry,
                                    database_available=lambda: database.available,
                                    min_score=settings.router_min_score,
@@ -129,6 +135,8 @@ class PatternExecutionEngine:
         self.registry.add_listener(self._patterns_changed)
         self._inflight: dict[str, asyncio.Future[ExecutionResult]] = {}
         self._singleflight_joins = 0
+        self._unencodable = 0  # results answered but not cacheable (no msgpack form)
+        self._limits = settings.input_limits
         self._counters = _Counters()
         self.metrics = ExecutionMetrics()
         self._by_type: dict[str, dict[str, int]] = {
@@ -183,8 +191,9 @@ class PatternExecutionEngine:
         """Re-read TMWS_PATTERN_CONFIG and swap the set in (all or nothing); returns the
         number of patterns. Other instances on the same Redis follow."""
         library = await asyncio.to_thread(
-            load_pattern_file, self.settings.pattern_config or default_library_path())
-        _check_handlers(library.patterns, self.handlers, library.source)
+            load_pattern_file, self.settings.pattern_config or default_library_path(),
+            limits=self.settings.pattern_limits)
+        self._check_patterns(library.patterns, library.source)
         self.registry.replace_all(library.patterns)
         self.library = library
         await self.router.settled()
@@ -199,23 +208,44 @@ class PatternExecutionEngine:
         task.add_done_callback(self._background.discard)
 
     def _apply_remote_patterns(self, patterns: list[PatternDefinition]) -> None:
-        _check_handlers(patterns, self.handlers, "the shared pattern set")
+        self._check_patterns(patterns, "the shared pattern set")
         self._applying_remote = True
         try:
             self.registry.replace_all(patterns)
         finally:
             self._applying_remote = False
 
-    def bind_handler(self, name: str, handler: Handler, *, writes: bool = False) -> None:
+    def bind_handler(self, name: str, handler: Handler, *, reads_memory: bool = False,
+                     writes_memory: bool = False, reads_stats: bool = False,
+                     database: bool = False, writes: bool = False) -> None:
         """Bind an async handler; patterns use it through ``handler: name`` or their name.
 
-        ``writes=True`` marks it as a write: never cached, never run alongside retrieval.
+        Declare what it does (:class:`tmws.handlers.Capabilities`): ``reads_memory`` and
+        ``writes_memory`` give it ``ctx.memory`` and make executions need the
+        ``memories:read`` / ``memories:write`` scopes (a write is never cached, never run
+        alongside retrieval); ``reads_stats`` gives it ``ctx.statistics()`` behind
+        ``metrics:read``; ``database`` lets ``ctx.health()`` probe the database outside fast
+        mode. ``writes`` is the older name of ``writes_memory``. A binding that would put
+        memory access behind a registered infrastructure pattern is refused
+        (PatternConfigError) and changes nothing.
         """
-        self.handlers[name] = handler
-        if writes:
-            self.write_handlers.add(name)
-        else:
-            self.write_handlers.discard(name)
+        bound = BoundHandler(handler, Capabilities(
+            reads_memory=reads_memory, writes_memory=writes_memory or writes,
+            reads_stats=reads_stats, database=database))
+        staged = {**self.handlers, name: bound}
+        for pattern in self.registry.patterns():
+            problem = check_pattern_handler(pattern, staged)
+            if problem is not None:
+                raise PatternConfigError(problem, pattern=pattern.name)
+        self.handlers = staged
+
+    def _check_patterns(self, patterns: Sequence[PatternDefinition], source: str) -> None:
+        """PatternConfigError for the first pattern its handler cannot run (unknown, or
+        memory access behind an infrastructure pattern)."""
+        for pattern in patterns:
+            problem = check_pattern_handler(pattern, self.handlers)
+            if problem is not None:
+                raise PatternConfigError(problem, source=source, pattern=pattern.name)
 
     # -- execution --------------------------------------------------------------------------
 
@@ -224,15 +254,16 @@ class PatternExecutionEngine:
                       authorize: Authorize | None = None) -> ExecutionResult:
         """Route and execute one query.
 
-        Invalid input (empty or oversize query, unknown mode, malformed context) raises
-        InvalidRequestError; everything that happens after routing is reported in the result.
-        ``authorize(reads_memory, writes_memory)`` is called once the route is known and
-        before anything runs or is read from the cache; whatever it raises propagates (the
-        HTTP layer checks token scopes this way).
+        Invalid input (empty or oversize query, unknown mode, a context field the rules of
+        :class:`tmws.inputs.ExecutionContext` refuse) raises InvalidRequestError; everything
+        that happens after routing is reported in the result. ``authorize(scopes)`` is
+        called once the route is known and before anything runs or is read from the cache,
+        with the scopes the handler's declared capabilities need; whatever it raises
+        propagates (the HTTP layer checks token scopes this way).
         """
         started = time.perf_counter()
-        query, mode, ctx = self._validate(query, execution_mode, context)
-        namespace = namespace_of(ctx)
+        query, mode, ctx, params = self._validate(query, execution_mode, context)
+        namespace = params.namespace
         caching = use_cache and self._caching
         # A trigger match alone fixes the pattern, so a cache hit skips the full routing
         # explanation (the cached result carries the one made when it was computed).
@@ -270,7 +301,17 @@ class PatternExecutionEngine:
                        "which is not bound; bind it with engine.bind_handler()")),
                 namespace, mode)
 
-        handler_ctx = HandlerContext(self, query, mode, decision, pattern, ctx)
+        bound = self.handlers[handler_name]
+        if mode is ExecutionMode.FAST and bound.capabilities.touches_memory:
+            # Registration keeps memory handlers out of infrastructure patterns; this holds
+            # the fast-mode promise whatever was bound since (and _run fences the database).
+            return self._finish(started, decision.pattern_type, ExecutionResult(
+                pattern_name=decision.pattern_name, success=False, metadata=meta,
+                error_code="handler_forbidden",
+                error=(f"handler {handler_name!r} {bound.capabilities.describe()}; fast mode "
+                       "never touches the database")), namespace, mode)
+        handler_ctx = HandlerContext(query, mode, decision, pattern, params,
+                                     bound.capabilities, self, ctx)
         if slot is None:
             result = await self._run(handler_name, handler_ctx, decision, meta)
             return self._finish(started, decision.pattern_type, result, namespace, mode)
@@ -286,9 +327,13 @@ class PatternExecutionEngine:
         try:
             result = await self._run(handler_name, handler_ctx, decision, meta)
             if result.success and not result.metadata.get("partial"):
-                await self.cache.put(decision.pattern_type, key, _encode(result),
-                                     self._ttl(pattern, decision.pattern_type),
-                                     generation=slot.generation)
+                encoded = _encode(result)
+                if encoded is not None:
+                    await self.cache.put(decision.pattern_type, key, encoded,
+                                         self._ttl(pattern, decision.pattern_type),
+                                         generation=slot.generation)
+                else:
+                    self._unencodable += 1
             flight.set_result(result)
         except BaseException as exc:
             flight.set_exception(exc)
@@ -306,11 +351,15 @@ class PatternExecutionEngine:
         execution (with the hit, if any) — None when it must not be cached: caching off, a
         write, cache_ttl 0, or memory generations unknowable because Redis is unreachable."""
         handler_name = resolve_handler(pattern, pattern_type, self.handlers)
-        writes = handler_name in self.write_handlers
-        reads_memory = (pattern_type is not PatternType.INFRASTRUCTURE
-                        or mode is ExecutionMode.COMPREHENSIVE)
+        bound = self.handlers.get(handler_name)
+        capabilities = bound.capabilities if bound is not None else PURE
+        writes = capabilities.writes_memory
+        # Comprehensive mode recalls related memories beside any handler but a write.
+        reads_memory = capabilities.reads_memory or (
+            mode is ExecutionMode.COMPREHENSIVE and not writes)
         if authorize is not None:
-            authorize(reads_memory, writes)
+            scopes = capabilities.scopes()
+            authorize(scopes | _READS_MEMORY if reads_memory else scopes)
         if not caching or writes or (pattern is not None and not pattern.cacheable):
             return handler_name, None
         relevant = {k: v for k, v in ctx.items() if k not in _IDENTITY_KEYS} if ctx else None
@@ -331,7 +380,7 @@ class PatternExecutionEngine:
         return handler_name, _Slot(key, found.generation, hit)
 
     def _validate(self, query: Any, mode: Any, context: Any
-                  ) -> tuple[str, ExecutionMode, dict[str, Any]]:
+                  ) -> tuple[str, ExecutionMode, dict[str, Any], ExecutionContext]:
         if not isinstance(query, str):
             raise InvalidRequestError("query must be a string")
         query = query.strip()
@@ -348,13 +397,17 @@ class PatternExecutionEngine:
         if parsed is None:
             allowed = ", ".join(m.value for m in ExecutionMode)
             raise InvalidRequestError(f"unknown execution mode {mode!r}; use one of: {allowed}")
-        if context is None:
-            ctx: dict[str, Any] = {}
-        elif isinstance(context, Mapping):
-            ctx = dict(context)
-        else:
+        if not context:
+            return query, parsed, {}, _NO_CONTEXT
+        if not isinstance(context, Mapping):
             raise InvalidRequestError("context must be an object (mapping)")
-        return query, parsed, ctx
+        ctx = dict(context)
+        limits = self._limits
+        check_depth(ctx, limits.max_json_depth - 1, "context")  # it sits in a request body
+        params = convert(ctx, ExecutionContext, "context")
+        if params.metadata is not None:
+            check_metadata(params.metadata, limits, "context.metadata")
+        return query, parsed, ctx, params
 
     def _ttl(self, pattern: PatternDefinition | None, pattern_type: PatternType) -> float:
         """The pattern's cache_ttl, else its type's (cache_config), else TMWS_CACHE_TTL."""
@@ -365,15 +418,16 @@ class PatternExecutionEngine:
 
     async def _run(self, handler_name: str, ctx: HandlerContext, decision: RoutingDecision,
                    meta: dict[str, Any]) -> ExecutionResult:
-        handler = self.handlers[handler_name]
+        handler = self.handlers[handler_name].run
         pattern_type = decision.pattern_type
         comprehensive = (ctx.mode is ExecutionMode.COMPREHENSIVE
-                         and handler_name not in self.write_handlers)
+                         and not ctx.capabilities.writes_memory)
         timeout_ms = self.settings.timeout_ms(
             PatternType.HYBRID.value if comprehensive else pattern_type.value)
         name = decision.pattern_name
         meta = {**meta, "handler": handler_name, "timeout_ms": timeout_ms}
         tokens = decision.estimated_cost
+        fence = database_fence.set("fast mode") if ctx.mode is ExecutionMode.FAST else None
         try:
             async with asyncio.timeout(timeout_ms / 1000):
                 if comprehensive:
@@ -414,6 +468,9 @@ class PatternExecutionEngine:
         except TmwsError as exc:
             return ExecutionResult(pattern_name=name, success=False, tokens_used=tokens,
                                    error=str(exc), error_code="handler_error", metadata=meta)
+        finally:
+            if fence is not None:
+                database_fence.reset(fence)
         return ExecutionResult(pattern_name=name, success=True, result=value,
                                tokens_used=tokens, metadata=meta)
 
@@ -479,7 +536,8 @@ class PatternExecutionEngine:
             "cache_hit_rate": round(100.0 * c.cache_hits / c.total, 2) if c.total else 0.0,
             "executions_by_type": {k: dict(v) for k, v in self._by_type.items()},
             "cache_stats": {**self.cache.stats(),
-                            "singleflight_joins": self._singleflight_joins},
+                            "singleflight_joins": self._singleflight_joins,
+                            "unencodable_skipped": self._unencodable},
             "registry_stats": {
                 **self.registry.get_stats(),
                 "fingerprint": self.registry.fingerprint,
@@ -597,23 +655,20 @@ def cache_manager_for(settings: Settings, library: PatternLibrary) -> CacheManag
 
 _result_encoder = msgspec.msgpack.Encoder()
 _result_decoder = msgspec.msgpack.Decoder(ExecutionResult)
+_NO_CONTEXT: Final = ExecutionContext()
 
 
-def _encode(result: ExecutionResult) -> bytes:
-    return _result_encoder.encode(result)
+def _encode(result: ExecutionResult) -> bytes | None:
+    """The cached form of a result, or None if it has no msgpack form (an integer beyond
+    64 bits in a handler's output): such a result is answered, just not cached."""
+    try:
+        return _result_encoder.encode(result)
+    except (OverflowError, TypeError, ValueError):
+        return None
 
 
 def _decode(raw: bytes) -> ExecutionResult:
     return _result_decoder.decode(raw)
-
-
-def _check_handlers(patterns: Sequence[PatternDefinition], handlers: Mapping[str, Handler],
-                    source: str) -> None:
-    for pattern in patterns:
-        if pattern.handler is not None and pattern.handler not in handlers:
-            known = ", ".join(sorted(handlers))
-            raise PatternConfigError(f"unknown handler {pattern.handler!r} (bound: {known})",
-                                     source=source, pattern=pattern.name)
 
 
 async def create_pattern_execution_engine(settings: Settings | None = None, *,
@@ -626,7 +681,8 @@ async def create_pattern_execution_engine(settings: Settings | None = None, *,
     migrated; with it, the schema must already be current (``tmws db upgrade``).
     """
     settings = settings or Settings.from_env()
-    library = patterns or load_pattern_file(settings.pattern_config or default_library_path())
+    library = patterns or load_pattern_file(settings.pattern_config or default_library_path(),
+                                            limits=settings.pattern_limits)
     embedded: EmbeddedPostgres | None = None
     if settings.database_url is None:
         embedded = EmbeddedPostgres(settings.data_dir)

@@ -15,7 +15,8 @@ Every error derives from one root, so callers can catch ``TmwsError`` alone::
      └── ExecutionError              a query could not be executed
           ├── NoPatternMatchedError  nothing in the library fits the query
           ├── PatternTimeoutError    a handler ran past its per-type timeout
-          └── InvalidRequestError    the query or its options are malformed
+          ├── InvalidRequestError    the query or its options are malformed
+          └── HandlerCapabilityError a handler used what it did not declare
 
 ``PatternCompileError`` is defined by the native extension (``tmws._tmws_core``) as a
 subclass of ``PatternError`` and re-exported here; it carries ``pattern_name`` and
@@ -31,6 +32,7 @@ __all__ = [
     "DatabaseError",
     "ExecutionError",
     "ExtensionMissingError",
+    "HandlerCapabilityError",
     "InvalidRequestError",
     "NoPatternMatchedError",
     "PatternCompileError",
@@ -118,6 +120,11 @@ class PatternTimeoutError(ExecutionError):
 
 class InvalidRequestError(ExecutionError):
     """The query or its options are malformed (empty, oversize, unknown mode)."""
+
+
+class HandlerCapabilityError(ExecutionError):
+    """A handler reached for memories, statistics or the database without declaring it
+    (tmws.handlers.Capabilities): a bug in the handler, reported as its failure."""
 
 
 # Imported last: the native module subclasses PatternError defined above.

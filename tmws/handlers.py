@@ -1,8 +1,15 @@
-"""Pattern handlers: the work behind each pattern.
+"""Pattern handlers: the work behind each pattern, and what each one may do.
 
 A pattern runs the handler named by its ``handler`` field, else the handler named like
 the pattern, else its type's default. Tool patterns without a bound handler hand the
 routing decision back to the caller: tmws never runs shell commands.
+
+Every handler declares its :class:`Capabilities`: whether it reads memories, writes them,
+reads service-wide statistics, or queries the database at all. The declaration, not the
+pattern's type, decides which token scopes an execution needs, whether its cached result
+depends on memory writes, and whether it may run in ``fast`` mode or behind an
+``infrastructure`` pattern (neither ever touches memories). A handler reaches only what it
+declared: :class:`HandlerContext` refuses the rest with :class:`HandlerCapabilityError`.
 """
 
 from __future__ import annotations
@@ -11,61 +18,153 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import msgspec
 
-from tmws.errors import InvalidRequestError
-from tmws.memory import DEFAULT_NAMESPACE, VISIBILITIES, topic_words
+from tmws.errors import HandlerCapabilityError, InvalidRequestError
+from tmws.inputs import ExecutionContext, MemoryInput, convert
+from tmws.memory import topic_words
 from tmws.models import ExecutionMode, PatternDefinition, PatternType, RoutingDecision
 
 if TYPE_CHECKING:
     from tmws.engine import PatternExecutionEngine
+    from tmws.memory import MemoryStore
 
-__all__ = ["HANDLERS", "WRITE_HANDLERS", "Handler", "HandlerContext", "resolve_handler"]
+__all__ = [
+    "HANDLERS",
+    "BoundHandler",
+    "Capabilities",
+    "Handler",
+    "HandlerContext",
+    "HealthCheckFailed",
+    "check_pattern_handler",
+    "resolve_handler",
+]
+
+
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """What a handler does beyond computing on the query and its context."""
+
+    reads_memory: bool = False  # recalls memories (scope memories:read)
+    writes_memory: bool = False  # stores or deletes memories (scope memories:write)
+    reads_stats: bool = False  # service-wide figures, across tenants (scope metrics:read)
+    # Queries PostgreSQL for anything else (a health probe); never in fast mode.
+    database: bool = False
+
+    @property
+    def touches_memory(self) -> bool:
+        return self.reads_memory or self.writes_memory
+
+    @property
+    def touches_database(self) -> bool:
+        return self.database or self.touches_memory
+
+    def scopes(self) -> frozenset[str]:
+        """The token scopes an execution of this handler needs beyond ``execute``."""
+        needed = set()
+        if self.reads_memory:
+            needed.add("memories:read")
+        if self.writes_memory:
+            needed.add("memories:write")
+        if self.reads_stats:
+            needed.add("metrics:read")
+        return frozenset(needed)
+
+    def describe(self) -> str:
+        done = [name for name, on in (("reads memories", self.reads_memory),
+                                      ("writes memories", self.writes_memory),
+                                      ("reads service statistics", self.reads_stats),
+                                      ("queries the database", self.database)) if on]
+        return ", ".join(done) or "computes on the query alone"
+
+
+PURE: Final = Capabilities()
 
 
 @dataclass(frozen=True)
 class HandlerContext:
-    engine: PatternExecutionEngine
+    """What a handler gets: the query, the routing decision, the checked context fields
+    (``params``; the raw ``context`` keeps any others) and the services it declared."""
+
     query: str
     mode: ExecutionMode
     decision: RoutingDecision
     pattern: PatternDefinition | None
+    params: ExecutionContext
+    capabilities: Capabilities
+    _engine: PatternExecutionEngine = field(repr=False)
     context: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def namespace(self) -> str:
-        return namespace_of(self.context)
+        return self.params.namespace
 
     @property
     def captures(self) -> dict[str, str]:
         return self.decision.captures
 
     def limit(self, default: int = 10) -> int:
-        raw = self.context.get("limit", default)
-        if not isinstance(raw, int) or isinstance(raw, bool) or not 1 <= raw <= 100:
-            raise InvalidRequestError("context.limit must be an integer between 1 and 100")
-        return raw
+        return self.params.limit if self.params.limit is not None else default
 
     def topic(self) -> str:
-        explicit = self.context.get("topic")
-        return explicit if isinstance(explicit, str) and explicit.strip() else self.query
+        explicit = self.params.topic
+        return explicit if explicit is not None and explicit.strip() else self.query
+
+    @property
+    def memory(self) -> MemoryStore:
+        """The memory store, for a handler that declared reading or writing memories."""
+        self._require(self.capabilities.touches_memory, "memories")
+        return self._engine.memory
+
+    def text_after_trigger(self) -> str:
+        """The query's text after its trigger match (all of it without a trigger)."""
+        if self.pattern is None:
+            return self.query.strip()
+        return self._engine.registry.text_after_trigger(self.pattern, self.query)
+
+    def statistics(self) -> dict[str, Any]:
+        """The service's counters (``GET /api/v1/stats``), for a handler that declared
+        reads_stats."""
+        self._require(self.capabilities.reads_stats, "service statistics")
+        return self._engine.get_stats()
+
+    def pool_statistics(self) -> dict[str, Any]:
+        self._require(self.capabilities.reads_stats, "service statistics")
+        return self._engine.pool_stats()
+
+    async def health(self) -> dict[str, Any]:
+        """The health report; the database is probed only by a handler that declared
+        database access, and never in fast mode."""
+        probe = self.capabilities.database and self.mode is not ExecutionMode.FAST
+        return await self._engine.health(probe_database=probe)
+
+    def _require(self, allowed: bool, what: str) -> None:
+        if not allowed:
+            name = self.decision.pattern_name or self.decision.pattern_type.value
+            raise HandlerCapabilityError(
+                f"the handler of {name!r} used {what} without declaring it "
+                f"(it declared: {self.capabilities.describe()}); bind it with the capability")
 
 
 Handler = Callable[[HandlerContext], Awaitable[Any]]
 
 
-def namespace_of(context: Mapping[str, Any]) -> str:
-    namespace = context.get("namespace", DEFAULT_NAMESPACE)
-    if not isinstance(namespace, str) or not namespace.strip() or len(namespace) > 128:
-        raise InvalidRequestError("context.namespace must be a non-empty string of at most 128 "
-                                  "characters")
-    return namespace
+class BoundHandler(NamedTuple):
+    run: Handler
+    capabilities: Capabilities
 
 
 def _memories(records: list[Any]) -> list[dict[str, Any]]:
     return [msgspec.to_builtins(r) for r in records]
+
+
+class HealthCheckFailed(Exception):
+    """The health pattern ran and found a dependency down (a result, not a crash)."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 # -- infrastructure ---------------------------------------------------------------------------
@@ -84,7 +183,7 @@ async def delegate_to_caller(ctx: HandlerContext) -> dict[str, Any]:
 
 
 async def health_check(ctx: HandlerContext) -> dict[str, Any]:
-    report = await ctx.engine.health(probe_database=ctx.mode is not ExecutionMode.FAST)
+    report = await ctx.health()
     if not report["healthy"]:
         failing = [name for name in ("engine", "database", "cache")
                    if report[name]["status"] not in ("ok", "not_probed")]
@@ -92,14 +191,8 @@ async def health_check(ctx: HandlerContext) -> dict[str, Any]:
     return report
 
 
-class HealthCheckFailed(Exception):
-    def __init__(self, message: str, report: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.report = report
-
-
 async def engine_statistics(ctx: HandlerContext) -> dict[str, Any]:
-    return ctx.engine.get_stats()
+    return ctx.statistics()
 
 
 _SUBJECTS: Final = {
@@ -114,10 +207,10 @@ _SUBJECTS: Final = {
 
 async def quick_calculation(ctx: HandlerContext) -> dict[str, Any]:
     """Figures from the engine's counters; 'connections' reads the pool, not the database."""
-    stats = ctx.engine.get_stats()
     words = set(topic_words(ctx.query)) | set(ctx.captures.values())
     if words & {"connection", "connections", "pool"}:
-        return {"subject": "connections", "value": ctx.engine.pool_stats()}
+        return {"subject": "connections", "value": ctx.pool_statistics()}
+    stats = ctx.statistics()
     for word in words:
         keys = _SUBJECTS.get(word.lower())
         if keys:
@@ -131,63 +224,46 @@ async def quick_calculation(ctx: HandlerContext) -> dict[str, Any]:
 
 
 async def recall_memory(ctx: HandlerContext) -> dict[str, Any]:
-    records = await ctx.engine.memory.search(ctx.namespace, ctx.topic(), limit=ctx.limit())
+    records = await ctx.memory.search(ctx.namespace, ctx.topic(), limit=ctx.limit())
     return {"memories": _memories(records), "count": len(records),
             "terms": topic_words(ctx.topic())}
 
 
 async def store_memory(ctx: HandlerContext) -> dict[str, Any]:
-    content = ctx.context.get("content")
-    if content is None:
-        content = ctx.engine.registry.text_after_trigger(ctx.pattern, ctx.query) \
-            if ctx.pattern else ctx.query
-    if not isinstance(content, str) or not content.strip():
+    params = ctx.params
+    content = params.content if params.content is not None else ctx.text_after_trigger()
+    if not content.strip():
         raise InvalidRequestError("nothing to store: put the text after the trigger "
                                   "(e.g. 'remember <text>') or in context.content")
-    tags = ctx.context.get("tags", [])
-    if isinstance(tags, str) or not isinstance(tags, list) or \
-            not all(isinstance(t, str) for t in tags):
-        raise InvalidRequestError("context.tags must be a list of strings")
-    importance = ctx.context.get("importance", 0.5)
-    if isinstance(importance, bool) or not isinstance(importance, int | float):
-        raise InvalidRequestError("context.importance must be a number between 0 and 1")
-    memory_type = ctx.context.get("memory_type", "general")
-    if not isinstance(memory_type, str) or not memory_type:
-        raise InvalidRequestError("context.memory_type must be a non-empty string")
-    metadata = ctx.context.get("metadata", {})
-    if not isinstance(metadata, dict):
-        raise InvalidRequestError("context.metadata must be an object")
-    visibility = ctx.context.get("visibility", "private")
-    if visibility not in VISIBILITIES:
-        raise InvalidRequestError(f"context.visibility must be one of {', '.join(VISIBILITIES)}")
-    memory_id = await ctx.engine.memory.store(
-        ctx.namespace, content, memory_type=memory_type, importance=float(importance),
-        tags=tags, metadata=metadata, visibility=visibility)
+    given = {name: getattr(params, name) for name in
+             ("memory_type", "importance", "tags", "metadata", "visibility")}
+    memory = convert({"content": content, **{k: v for k, v in given.items() if v is not None}},
+                     MemoryInput, "context")
+    memory_id = await ctx.memory.store_input(ctx.namespace, memory)
     return {"stored": True, "id": memory_id, "namespace": ctx.namespace,
-            "visibility": visibility}
+            "visibility": memory.visibility}
 
 
 async def similar_memories(ctx: HandlerContext) -> dict[str, Any]:
     """Nearest memories by embedding (kNN); scores are cosine similarities."""
-    records = await ctx.engine.memory.similar(ctx.namespace, ctx.topic(), limit=ctx.limit())
+    store = ctx.memory
+    records = await store.similar(ctx.namespace, ctx.topic(), limit=ctx.limit())
     return {"memories": _memories(records), "count": len(records),
-            "embedding": ctx.engine.memory.provider.model}
+            "embedding": store.provider.model}
 
 
 async def search_by_tag(ctx: HandlerContext) -> dict[str, Any]:
-    tag = ctx.context.get("tag") or ctx.captures.get("tag")
-    if not isinstance(tag, str) or not tag.strip():
+    tag = ctx.params.tag or ctx.captures.get("tag")
+    if not tag or not tag.strip():
         raise InvalidRequestError("no tag given: use 'tagged with <tag>' or context.tag")
-    records = await ctx.engine.memory.by_tag(ctx.namespace, [tag], limit=ctx.limit())
-    return {"tag": tag.lower(), "memories": _memories(records), "count": len(records)}
+    records = await ctx.memory.by_tag(ctx.namespace, [tag], limit=ctx.limit())
+    return {"tag": tag.strip().lower(), "memories": _memories(records), "count": len(records)}
 
 
 async def filter_by_importance(ctx: HandlerContext) -> dict[str, Any]:
-    threshold = ctx.context.get("min_importance", 0.7)
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-        raise InvalidRequestError("context.min_importance must be a number between 0 and 1")
-    records = await ctx.engine.memory.by_importance(
-        ctx.namespace, min_importance=float(threshold), limit=ctx.limit())
+    threshold = ctx.params.min_importance if ctx.params.min_importance is not None else 0.7
+    records = await ctx.memory.by_importance(ctx.namespace, min_importance=threshold,
+                                             limit=ctx.limit())
     return {"min_importance": threshold, "memories": _memories(records), "count": len(records)}
 
 
@@ -201,13 +277,10 @@ _UNIT_DAYS: Final = {"day": 1, "week": 7, "month": 30, "year": 365}
 
 def _window_days(ctx: HandlerContext) -> float | None:
     """The time window asked for: context.days, or 'past N days' / 'last week' in the query."""
-    raw = ctx.context.get("days")
-    if raw is not None:
-        if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
-            raise InvalidRequestError("context.days must be a positive number")
-        return float(raw)
+    if ctx.params.days is not None:
+        return ctx.params.days
     if match := _PAST_DAYS.search(ctx.query):
-        return float(match[1])
+        return float(match[1]) or None
     if match := _PAST_UNIT.search(ctx.query):
         return float(_UNIT_DAYS[match[1].lower()])
     return None
@@ -215,25 +288,26 @@ def _window_days(ctx: HandlerContext) -> float | None:
 
 async def temporal_analysis(ctx: HandlerContext) -> dict[str, Any]:
     days = _window_days(ctx)
-    records = await ctx.engine.memory.recent(ctx.namespace, limit=ctx.limit(), days=days)
+    records = await ctx.memory.recent(ctx.namespace, limit=ctx.limit(), days=days)
     return {"memories": _memories(records), "count": len(records), "order": "newest first",
             "window_days": days}
 
 
 async def aggregate_insights(ctx: HandlerContext) -> dict[str, Any]:
-    return await ctx.engine.memory.aggregate(ctx.namespace, ctx.topic())
+    return await ctx.memory.aggregate(ctx.namespace, ctx.topic())
 
 
 async def compare_patterns(ctx: HandlerContext) -> dict[str, Any]:
-    left = ctx.context.get("left") or ctx.captures.get("left")
-    right = ctx.context.get("right") or ctx.captures.get("right")
-    if not (isinstance(left, str) and isinstance(right, str)):
+    left = ctx.params.left or ctx.captures.get("left")
+    right = ctx.params.right or ctx.captures.get("right")
+    if not (left and right):
         raise InvalidRequestError("compare needs two subjects: 'compare A with B' or "
                                   "context.left and context.right")
     limit = ctx.limit(5)
+    store = ctx.memory
     first, second = await asyncio.gather(
-        ctx.engine.memory.search(ctx.namespace, left, limit=limit),
-        ctx.engine.memory.search(ctx.namespace, right, limit=limit))
+        store.search(ctx.namespace, left, limit=limit),
+        store.search(ctx.namespace, right, limit=limit))
     return {"left": {"subject": left, "memories": _memories(first)},
             "right": {"subject": right, "memories": _memories(second)}}
 
@@ -244,24 +318,26 @@ async def recall_with_decision(ctx: HandlerContext) -> dict[str, Any]:
     return {**recalled, "delegate": decision}
 
 
-HANDLERS: Final[dict[str, Handler]] = {
-    "delegate": delegate_to_caller,
-    "health_check": health_check,
-    "engine_statistics": engine_statistics,
-    "quick_calculation": quick_calculation,
-    "recall_memory": recall_memory,
-    "store_memory": store_memory,
-    "search_by_tag": search_by_tag,
-    "filter_by_importance": filter_by_importance,
-    "semantic_search": similar_memories,
-    "analyze_codebase": recall_with_decision,
-    "compare_patterns": compare_patterns,
-    "aggregate_insights": aggregate_insights,
-    "temporal_analysis": temporal_analysis,
-    "contextual_recommendation": recall_with_decision,
-    "recall_with_decision": recall_with_decision,
+_READS: Final = Capabilities(reads_memory=True)
+
+HANDLERS: Final[dict[str, BoundHandler]] = {
+    "delegate": BoundHandler(delegate_to_caller, PURE),
+    # Pings the database outside fast mode; its report carries no tenant data.
+    "health_check": BoundHandler(health_check, Capabilities(database=True)),
+    "engine_statistics": BoundHandler(engine_statistics, Capabilities(reads_stats=True)),
+    "quick_calculation": BoundHandler(quick_calculation, Capabilities(reads_stats=True)),
+    "recall_memory": BoundHandler(recall_memory, _READS),
+    "store_memory": BoundHandler(store_memory, Capabilities(writes_memory=True)),
+    "search_by_tag": BoundHandler(search_by_tag, _READS),
+    "filter_by_importance": BoundHandler(filter_by_importance, _READS),
+    "semantic_search": BoundHandler(similar_memories, _READS),
+    "analyze_codebase": BoundHandler(recall_with_decision, _READS),
+    "compare_patterns": BoundHandler(compare_patterns, _READS),
+    "aggregate_insights": BoundHandler(aggregate_insights, _READS),
+    "temporal_analysis": BoundHandler(temporal_analysis, _READS),
+    "contextual_recommendation": BoundHandler(recall_with_decision, _READS),
+    "recall_with_decision": BoundHandler(recall_with_decision, _READS),
 }
-WRITE_HANDLERS: Final = frozenset({"store_memory"})
 _TYPE_DEFAULTS: Final = {
     PatternType.INFRASTRUCTURE: "delegate",
     PatternType.MEMORY: "recall_memory",
@@ -270,7 +346,7 @@ _TYPE_DEFAULTS: Final = {
 
 
 def resolve_handler(pattern: PatternDefinition | None, pattern_type: PatternType,
-                    bound: Mapping[str, Handler]) -> str:
+                    bound: Mapping[str, BoundHandler]) -> str:
     """The name of the handler that runs a pattern (or a keyword-routed type)."""
     if pattern is not None:
         if pattern.handler is not None:
@@ -278,3 +354,21 @@ def resolve_handler(pattern: PatternDefinition | None, pattern_type: PatternType
         if pattern.name in bound:
             return pattern.name
     return _TYPE_DEFAULTS[pattern_type]
+
+
+def check_pattern_handler(pattern: PatternDefinition, bound: Mapping[str, BoundHandler]
+                          ) -> str | None:
+    """Why ``pattern`` cannot run with the handlers ``bound``, or None: an unknown handler,
+    or an infrastructure pattern whose handler touches memories (infrastructure patterns run
+    in fast mode and must never reach tenant data)."""
+    if pattern.handler is not None and pattern.handler not in bound:
+        return (f"unknown handler {pattern.handler!r} (bound: {', '.join(sorted(bound))})")
+    name = resolve_handler(pattern, pattern.pattern_type, bound)
+    handler = bound.get(name)
+    if (handler is not None and pattern.pattern_type is PatternType.INFRASTRUCTURE
+            and handler.capabilities.touches_memory):
+        return (f"handler {name!r} {handler.capabilities.describe()}; an infrastructure "
+                "pattern never touches memories (fast mode runs it): make it a memory or "
+                "hybrid pattern")
+    return None
+

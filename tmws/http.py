@@ -8,6 +8,8 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
+from tmws._native import json_too_deep
+
 __all__ = [
     "PRINCIPAL_KEY",
     "ASGIApp",
@@ -94,13 +96,14 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 class Request:
     """What an endpoint needs from the ASGI scope, with the body read under a size limit."""
 
-    __slots__ = ("_receive", "max_body", "path_params", "scope")
+    __slots__ = ("_receive", "max_body", "max_depth", "path_params", "scope")
 
     def __init__(self, scope: Scope, receive: Receive, max_body: int,
-                 path_params: dict[str, str] | None = None) -> None:
+                 path_params: dict[str, str] | None = None, max_depth: int = 32) -> None:
         self.scope = scope
         self._receive = receive
         self.max_body = max_body
+        self.max_depth = max_depth
         self.path_params = path_params or {}
 
     @property
@@ -113,6 +116,17 @@ class Request:
         return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True)) if raw else {}
 
     async def json_body(self) -> bytes:
+        """The body, within TMWS_MAX_BODY_BYTES and nested at most TMWS_MAX_JSON_DEPTH
+        levels (checked on the bytes, before any decoder recurses into it)."""
+        body = await self._read_body()
+        offset = json_too_deep(body, self.max_depth)
+        if offset is not None:
+            raise HTTPError(400, "json_too_deep",
+                            f"the body nests deeper than {self.max_depth} levels (at byte "
+                            f"{offset}); the limit is TMWS_MAX_JSON_DEPTH")
+        return body
+
+    async def _read_body(self) -> bytes:
         for key, value in self.scope["headers"]:
             if key == b"content-type":
                 if value != _JSON and value.split(b";")[0].strip().lower() not in (_JSON, b""):

@@ -18,12 +18,16 @@ from pgvector import Vector as PgVector
 from tmws.cache import CacheManager
 from tmws.database import Database
 from tmws.embeddings import EmbeddingProvider, Vector
-from tmws.errors import InvalidRequestError
+from tmws.inputs import (
+    InputLimits,
+    MemoryInput,
+    check_metadata,
+    check_namespace,
+    convert,
+)
 
-__all__ = ["VISIBILITIES", "MemoryRecord", "MemoryStore", "topic_words"]
+__all__ = ["MemoryRecord", "MemoryStore", "topic_words"]
 
-DEFAULT_NAMESPACE: Final = "default"
-MAX_CONTENT_CHARS: Final = 100_000
 PREVIEW_CHARS: Final = 500
 
 _WORD: Final = re.compile(r"[^\W_]+")
@@ -68,7 +72,6 @@ _COLUMNS: Final = ("id, namespace, content, memory_type, importance, tags, metad
                    " created_at")
 # Readable by a namespace: its own memories and everyone's shared ones.
 _READABLE: Final = "(namespace = %(ns)s OR visibility = 'shared')"
-VISIBILITIES: Final = ("private", "shared")
 # Candidates each ranker contributes to reciprocal rank fusion, and its damping constant.
 _RRF_CANDIDATES: Final = 50
 _RRF_K: Final = 60
@@ -91,10 +94,12 @@ class MemoryStore:
     """Memory operations over one database, with embeddings from ``provider``."""
 
     def __init__(self, database: Database, provider: EmbeddingProvider, *,
-                 min_similarity: float = 0.1, generations: CacheManager | None = None) -> None:
+                 min_similarity: float = 0.1, generations: CacheManager | None = None,
+                 limits: InputLimits | None = None) -> None:
         self.database = database
         self.provider = provider
         self.min_similarity = min_similarity
+        self.limits = limits or InputLimits()
         # Every write bumps the generations the result cache keys on (locally, or in Redis
         # for every instance sharing it).
         self.generations = generations or CacheManager()
@@ -110,26 +115,31 @@ class MemoryStore:
                     importance: float = 0.5, tags: Iterable[str] = (),
                     metadata: Mapping[str, Any] | None = None,
                     visibility: str = "private") -> int:
-        content = content.strip()
-        if not content:
-            raise InvalidRequestError("memory content is empty")
-        if len(content) > MAX_CONTENT_CHARS:
-            raise InvalidRequestError(
-                f"memory content is {len(content)} characters; the limit is {MAX_CONTENT_CHARS}")
-        if not 0.0 <= importance <= 1.0:
-            raise InvalidRequestError(f"importance must be between 0 and 1 (got {importance})")
-        if visibility not in VISIBILITIES:
-            raise InvalidRequestError(f"visibility must be one of {', '.join(VISIBILITIES)}")
-        tag_list = sorted({str(t).strip().lower() for t in tags if str(t).strip()})
-        embedding = await self._embed(content)
+        """Store one memory; returns its id. InvalidRequestError (naming the field) for input
+        the rules of :class:`tmws.inputs.MemoryInput` refuse."""
+        memory = convert({"content": content, "memory_type": memory_type,
+                          "importance": importance, "tags": list(tags),
+                          "metadata": dict(metadata or {}), "visibility": visibility},
+                         MemoryInput)
+        return await self.store_input(namespace, memory)
+
+    async def store_input(self, namespace: str, memory: MemoryInput) -> int:
+        """Store a checked :class:`~tmws.inputs.MemoryInput`; returns its id.
+
+        Everything is checked before the row is written: an acknowledged memory can always
+        be read back.
+        """
+        check_namespace(namespace)
+        check_metadata(memory.metadata, self.limits)
+        embedding = await self._embed(memory.content)
         rows = await self.database.fetch(
             "INSERT INTO memories (namespace, content, memory_type, importance, tags, metadata,"
             " visibility, embedding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (namespace, content, memory_type, importance, tag_list,
-             msgspec.json.encode(dict(metadata or {})).decode(), visibility,
+            (namespace, memory.content, memory.memory_type, memory.importance, memory.tags,
+             msgspec.json.encode(memory.metadata).decode(), memory.visibility,
              None if embedding is None else _vector(embedding)),
         )
-        await self._bump(namespace, visibility)
+        await self._bump(namespace, memory.visibility)
         return int(rows[0]["id"])
 
     async def get(self, namespace: str, memory_id: int, *, full: bool = False

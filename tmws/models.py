@@ -15,6 +15,7 @@ __all__ = [
     "ExecutionMode",
     "ExecutionResult",
     "PatternDefinition",
+    "PatternLimits",
     "PatternType",
     "RoutingDecision",
 ]
@@ -122,6 +123,26 @@ class PatternDefinition(msgspec.Struct, frozen=True, kw_only=True):
     def to_config(self) -> dict[str, Any]:
         data: dict[str, Any] = msgspec.to_builtins(self)
         return data
+
+
+class PatternLimits(msgspec.Struct, frozen=True):
+    """What a pattern may declare (``TMWS_PATTERN_MAX_CACHE_TTL``,
+    ``TMWS_PATTERN_MAX_COST_TOKENS``): a TTL Redis cannot store, or a cost that swamps the
+    token counters, is refused wherever the pattern comes from."""
+
+    max_cache_ttl: int = 7 * 86400
+    max_cost_tokens: int = 1_000_000
+
+    def check(self, pattern: PatternDefinition, *, source: str | None = None) -> None:
+        """PatternConfigError naming the pattern, the field and the limit."""
+        if pattern.cache_ttl is not None and pattern.cache_ttl > self.max_cache_ttl:
+            raise PatternConfigError(
+                f"cache_ttl {pattern.cache_ttl} exceeds {self.max_cache_ttl} seconds "
+                "(TMWS_PATTERN_MAX_CACHE_TTL)", source=source, pattern=pattern.name)
+        if pattern.cost_tokens > self.max_cost_tokens:
+            raise PatternConfigError(
+                f"cost_tokens {pattern.cost_tokens} exceeds {self.max_cost_tokens} "
+                "(TMWS_PATTERN_MAX_COST_TOKENS)", source=source, pattern=pattern.name)
 
 
 def _explain(exc: msgspec.ValidationError) -> str:

@@ -18,7 +18,7 @@ import yaml
 
 from tmws._native import Matcher
 from tmws.errors import PatternCompileError, PatternConfigError
-from tmws.models import PatternDefinition, PatternType
+from tmws.models import PatternDefinition, PatternLimits, PatternType
 
 __all__ = [
     "CacheSettings",
@@ -45,6 +45,7 @@ class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_size: int = 1000
 
 
+_DEFAULT_LIMITS = PatternLimits()
 _DEFAULT_TARGETS = {
     PatternType.INFRASTRUCTURE: LatencyTargets(25, 50, 75),
     PatternType.MEMORY: LatencyTargets(50, 100, 150),
@@ -63,30 +64,50 @@ class PatternLibrary(msgspec.Struct, frozen=True):
     off_topic_examples: tuple[str, ...] = ()
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML without aliases: ``*name`` references multiply what later stages walk
+    (nine aliases nine deep are 387 million nodes), and pattern files need none."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not supported in pattern files",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def default_library_path() -> Path:
     """The library shipped in the package, built from the documented defaults."""
     return Path(str(resources.files("tmws") / "data" / "default_patterns.yaml"))
 
 
-def load_pattern_file(path: str | Path) -> PatternLibrary:
-    """Read and validate a pattern file."""
+def load_pattern_file(path: str | Path, *, limits: PatternLimits | None = None
+                      ) -> PatternLibrary:
+    """Read and validate a pattern file (against ``limits``, default :class:`PatternLimits`)."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise PatternConfigError(f"cannot read pattern file: {exc.strerror}",
                                  source=source) from None
-    return parse_pattern_library(text, source=source)
+    except UnicodeDecodeError as exc:
+        raise PatternConfigError(f"the pattern file is not UTF-8 text ({exc.reason} at byte "
+                                 f"{exc.start})", source=source) from None
+    return parse_pattern_library(text, source=source, limits=limits)
 
 
-def parse_pattern_library(text: str, *, source: str = "<string>") -> PatternLibrary:
+def parse_pattern_library(text: str, *, source: str = "<string>",
+                          limits: PatternLimits | None = None) -> PatternLibrary:
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise PatternConfigError(f"invalid YAML{where}: {problem}", source=source) from None
+    except RecursionError:
+        raise PatternConfigError("the YAML nests too deeply to read", source=source) from None
     if document is None:
         document = {}
     if not isinstance(document, Mapping):
@@ -114,6 +135,7 @@ def parse_pattern_library(text: str, *, source: str = "<string>") -> PatternLibr
                 raise PatternConfigError("duplicate pattern name", source=source,
                                          pattern=pattern.name)
             seen.add(pattern.name)
+            (limits or _DEFAULT_LIMITS).check(pattern, source=source)
             try:
                 Matcher.check(pattern.name, pattern.trigger_pattern)
             except PatternCompileError as exc:

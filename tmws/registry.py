@@ -13,7 +13,7 @@ import msgspec
 
 from tmws._native import ExampleIndex, Matcher, cache_key
 from tmws.errors import PatternConfigError
-from tmws.models import ExampleMatch, PatternDefinition, PatternType
+from tmws.models import ExampleMatch, PatternDefinition, PatternLimits, PatternType
 
 __all__ = ["PatternRegistry"]
 
@@ -22,7 +22,8 @@ class PatternRegistry:
     """Patterns in registration order, matched by the Rust core."""
 
     def __init__(self, patterns: Iterable[PatternDefinition] = (), *,
-                 match_cache_size: int = 10_000) -> None:
+                 match_cache_size: int = 10_000, limits: PatternLimits | None = None) -> None:
+        self.limits = limits or PatternLimits()
         self._patterns: dict[str, PatternDefinition] = {}
         self.fingerprint = cache_key([])
         self._listeners: list[Callable[[], None]] = []
@@ -74,6 +75,8 @@ class PatternRegistry:
         self._listeners.append(listener)
 
     def _swap(self, staged: dict[str, PatternDefinition]) -> None:
+        for pattern in staged.values():
+            self.limits.check(pattern)
         specs = [(p.name, p.trigger_pattern, p.priority, p.pattern_type.value)
                  for p in staged.values()]
         warmup = [q for p in staged.values() for q in p.example_queries]

@@ -9,8 +9,17 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from tmws.inputs import (
+    Days,
+    Importance,
+    Limit,
+    MemoryInput,
+    Namespace,
+    SearchText,
+    Tag,
+)
 from tmws.memory import MemoryRecord
-from tmws.models import PatternDefinition, PatternType
+from tmws.models import ExecutionMode, PatternDefinition, PatternType
 
 __all__ = [
     "CacheCleared",
@@ -30,13 +39,7 @@ __all__ = [
 ]
 
 Query = Annotated[str, msgspec.Meta(min_length=1, description="The natural-language query.")]
-Namespace = Annotated[str, msgspec.Meta(
-    min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$",
-    description="With auth on, the token's subject; another namespace is refused (403).")]
-Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
-Importance = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-Mode = Annotated[Literal["fast", "balanced", "comprehensive"], msgspec.Meta(
-    description="Default: TMWS_PATTERN_DEFAULT_MODE.")]
+Mode = Annotated[ExecutionMode, msgspec.Meta(description="Default: TMWS_PATTERN_DEFAULT_MODE.")]
 
 
 class ExecuteRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -115,16 +118,10 @@ class CacheCleared(msgspec.Struct):
     local_ttl_seconds: float
 
 
-class MemoryCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Body of ``POST /api/v1/memories``."""
+class MemoryCreate(MemoryInput, forbid_unknown_fields=True, kw_only=True):
+    """Body of ``POST /api/v1/memories``: a memory (:class:`tmws.inputs.MemoryInput`) and,
+    with auth off, the namespace to store it in."""
 
-    content: Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
-    memory_type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "general"
-    importance: Importance = 0.5
-    tags: Annotated[list[Annotated[str, msgspec.Meta(max_length=128)]],
-                    msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
-    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    visibility: Literal["private", "shared"] = "private"
     namespace: Namespace | None = None
 
 
@@ -135,11 +132,11 @@ class MemorySearch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     it: by ``tags``, else by ``min_importance``, else the most recent.
     """
 
-    query: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+    query: SearchText | None = None
     method: Literal["hybrid", "vector"] = "hybrid"
-    tags: Annotated[list[str], msgspec.Meta(max_length=64)] | None = None
+    tags: Annotated[list[Tag], msgspec.Meta(max_length=64)] | None = None
     min_importance: Importance | None = None
-    days: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    days: Days | None = None
     limit: Limit = 10
     namespace: Namespace | None = None
 

@@ -8,6 +8,7 @@ pub mod embed;
 pub mod engine;
 pub mod errors;
 pub mod hir;
+pub mod json;
 pub mod keys;
 pub mod lexical;
 pub mod matcher;

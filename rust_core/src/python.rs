@@ -12,6 +12,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
 
 use crate::embed::{HashEmbedder, MAX_DIM, MIN_DIM};
 use crate::errors::CompileError;
+use crate::json;
 use crate::keys;
 use crate::lexical::ExampleIndex;
 use crate::matcher::{Matcher, PatternSpec};
@@ -420,6 +421,16 @@ fn cache_key(parts: Vec<KeyPart>) -> String {
     keys::cache_key(&parts)
 }
 
+/// See [`crate::json::first_too_deep`]. Bodies are small; only large ones release the GIL.
+#[pyfunction]
+fn json_too_deep(py: Python<'_>, data: &[u8], limit: usize) -> Option<usize> {
+    if data.len() < 16 * 1024 {
+        json::first_too_deep(data, limit)
+    } else {
+        py.detach(|| json::first_too_deep(data, limit))
+    }
+}
+
 /// One part of a cache key: text or raw bytes.
 #[derive(FromPyObject)]
 enum KeyPart {
@@ -446,5 +457,6 @@ pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyExampleIndex>()?;
     m.add_function(wrap_pyfunction!(normalize_query, m)?)?;
     m.add_function(wrap_pyfunction!(cache_key, m)?)?;
+    m.add_function(wrap_pyfunction!(json_too_deep, m)?)?;
     Ok(())
 }

@@ -95,17 +95,18 @@ async def _import_mixed_file(database: Database, provider: HashProvider, namespa
         {"content": "exported before", "id": 17, "created_at": "2020-01-01T00:00:00"},
     )
     report = await import_memories(database, provider, lines, namespace=namespace, batch_size=2)
+    # The rules and words of every other write (tmws.inputs.MemoryInput), located.
     assert report.rejected == [
         Rejection(3, "malformed JSON (Input data was truncated)"),
-        Rejection(4, "missing required field 'content'"),
-        Rejection(5, "importance must be between 0 and 1 (got 1.5)"),
-        Rejection(6, "unknown field 'colour'"),
-        Rejection(7, "tags[1] must be a string, got number"),
+        Rejection(4, "missing required field `content`"),
+        Rejection(5, "Expected `float` <= 1.0 - at `$.importance`"),
+        Rejection(6, "unknown field `colour`"),
+        Rejection(7, "Expected `str`, got `int` - at `$.tags[1]`"),
         Rejection(10, "memory content is empty"),
-        Rejection(11, "visibility must be one of private, shared"),
-        Rejection(12, "expected a JSON object, got array"),
-        Rejection(13, "memory content is 100001 characters; the limit is 100000"),
-        Rejection(14, "importance must be a number, got boolean"),
+        Rejection(11, "Invalid enum value 'public' - at `$.visibility`"),
+        Rejection(12, "Expected `object`, got `array`"),
+        Rejection(13, "Expected `str` of length <= 100000 - at `$.content`"),
+        Rejection(14, "Expected `float`, got `bool` - at `$.importance`"),
         Rejection(15, "created_at is not an ISO 8601 timestamp: 'last tuesday'"),
     ]
     assert report.written == 3 and report.settled_through == 16
@@ -259,7 +260,7 @@ def test_cli_import_export_exit_codes_and_summary(database_url: str, namespace: 
     assert out[0] == "imported 2 memories, rejected 53 lines"
     assert out[1] == ("line 2: malformed JSON (JSON is malformed: object keys must be strings"
                       " (byte 1))")
-    assert out[2] == "line 4: memory content is empty"
+    assert out[2] == "line 4: memory content is empty"  # the same words as every write
     assert len(out) == 1 + 50 + 1 and out[-1] == "... and 3 more rejected lines"
 
     missing = run_cli("memories", "import", str(tmp_path / "absent.jsonl"), env=env)

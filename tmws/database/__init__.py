@@ -8,7 +8,7 @@ from tmws.database._migrate import (
     require_current_schema,
     upgrade,
 )
-from tmws.database._pool import Database, get_pool_stats
+from tmws.database._pool import Database, database_fence, get_pool_stats
 from tmws.database._vectors import check_embedding_config, reembed
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Rejection",
     "available_migrations",
     "check_embedding_config",
+    "database_fence",
     "export_memories",
     "get_pool_stats",
     "import_memories",

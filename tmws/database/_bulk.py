@@ -29,7 +29,16 @@ from pgvector import Vector as PgVector
 from psycopg.types.json import Jsonb
 
 from tmws.database._pool import first_line
-from tmws.errors import DatabaseError
+from tmws.errors import DatabaseError, InvalidRequestError
+from tmws.inputs import (
+    InputLimits,
+    MemoryInput,
+    Namespace,
+    check_json_depth,
+    check_metadata,
+    check_namespace,
+    explain,
+)
 
 if TYPE_CHECKING:
     from tmws.database._pool import Database
@@ -37,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "ImportLine",
     "ImportReport",
     "ImportRow",
     "Rejection",
@@ -46,8 +56,6 @@ __all__ = [
 ]
 
 DEFAULT_BATCH_SIZE: Final = 1000
-_FIELDS: Final = frozenset({"id", "namespace", "content", "memory_type", "importance", "tags",
-                            "metadata", "visibility", "created_at"})
 _COLUMNS: Final = ("namespace", "content", "memory_type", "importance", "tags", "metadata",
                    "visibility", "embedding", "created_at")
 _COPY: Final = f"COPY memories ({', '.join(_COLUMNS)}) FROM STDIN WITH (FORMAT BINARY)"
@@ -56,8 +64,6 @@ _COPY_TYPES: Final = ["text", "text", "text", "float4", "text[]", "jsonb", "text
                       "timestamptz"]
 _INSERT: Final = (f"INSERT INTO memories ({', '.join(_COLUMNS)})"
                   f" VALUES ({', '.join(['%s'] * len(_COLUMNS))})")
-_JSON_TYPES: Final = {dict: "object", list: "array", str: "string", int: "number",
-                      float: "number", bool: "boolean", type(None): "null"}
 
 
 @dataclass(frozen=True)
@@ -98,94 +104,58 @@ class ImportRow:
                 None if embedding is None else PgVector(embedding), self.created_at or now)
 
 
-def _json_type(value: object) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
+class ImportLine(MemoryInput, kw_only=True, forbid_unknown_fields=True):
+    """One line of an import file: a memory, and where and when it belongs."""
+
+    namespace: Namespace | None = None
+    id: int | None = None  # accepted (exports carry it) and ignored
+    created_at: str | None = None
 
 
-def parse_line(text: bytes | str, line: int, default_namespace: str) -> ImportRow | str | None:
-    """A validated row, the reason the line is rejected, or None for a blank line."""
-    # Imported lazily: tmws.memory imports this package.
-    from tmws.memory import MAX_CONTENT_CHARS, VISIBILITIES
+def parse_line(text: bytes | str, line: int, default_namespace: str,
+               limits: InputLimits | None = None) -> ImportRow | str | None:
+    """A validated row, the reason the line is rejected, or None for a blank line.
 
+    The rules are those of every other write (:class:`tmws.inputs.MemoryInput`).
+    """
     if not text.strip():
         return None
+    limits = limits or InputLimits()
+    data = text.encode() if isinstance(text, str) else text
     try:
-        data = msgspec.json.decode(text)
+        check_json_depth(data, limits.max_json_depth, "the line")
+        memory = _line_decoder.decode(data)
+        namespace = memory.namespace or default_namespace
+        check_metadata(memory.metadata, limits)
+    except msgspec.ValidationError as exc:
+        return explain(exc)
     except msgspec.DecodeError as exc:
         return f"malformed JSON ({exc})"
-    if not isinstance(data, dict):
-        return f"expected a JSON object, got {_json_type(data)}"
-    unknown = sorted(set(data) - _FIELDS)
-    if unknown:
-        return f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
-    if "content" not in data:
-        return "missing required field 'content'"
-
-    content = data["content"]
-    if not isinstance(content, str):
-        return f"content must be a string, got {_json_type(content)}"
-    content = content.strip()
-    if not content:
-        return "memory content is empty"
-    if len(content) > MAX_CONTENT_CHARS:
-        return f"memory content is {len(content)} characters; the limit is {MAX_CONTENT_CHARS}"
-
-    namespace = data.get("namespace", default_namespace)
-    if not isinstance(namespace, str) or not namespace.strip():
-        return "namespace must be a non-empty string"
-    memory_type = data.get("memory_type", "general")
-    if not isinstance(memory_type, str) or not memory_type.strip():
-        return "memory_type must be a non-empty string"
-
-    importance = data.get("importance", 0.5)
-    # bool is an int to Python, not a number to a user.
-    if isinstance(importance, bool) or not isinstance(importance, int | float):
-        return f"importance must be a number, got {_json_type(importance)}"
-    if not 0.0 <= importance <= 1.0:
-        return f"importance must be between 0 and 1 (got {importance})"
-
-    tags = data.get("tags", [])
-    if not isinstance(tags, list):
-        return f"tags must be an array of strings, got {_json_type(tags)}"
-    for index, tag in enumerate(tags):
-        if not isinstance(tag, str):
-            return f"tags[{index}] must be a string, got {_json_type(tag)}"
-
-    metadata = data.get("metadata", {})
-    if not isinstance(metadata, dict):
-        return f"metadata must be an object, got {_json_type(metadata)}"
-    visibility = data.get("visibility", "private")
-    if visibility not in VISIBILITIES:
-        return f"visibility must be one of {', '.join(VISIBILITIES)}"
-
-    created_text = data.get("created_at")
+    except InvalidRequestError as exc:
+        return str(exc)
     created_at = None
-    if created_text is not None:
-        if not isinstance(created_text, str):
-            return f"created_at must be an ISO 8601 string, got {_json_type(created_text)}"
+    if memory.created_at is not None:
         try:
-            created_at = datetime.fromisoformat(created_text)
+            created_at = datetime.fromisoformat(memory.created_at)
         except ValueError:
-            return f"created_at is not an ISO 8601 timestamp: {created_text[:40]!r}"
+            return f"created_at is not an ISO 8601 timestamp: {memory.created_at[:40]!r}"
         if created_at.tzinfo is None:
             created_at = created_at.replace(tzinfo=UTC)
-
-    record_id = data.get("id")
-    if record_id is not None and (isinstance(record_id, bool) or not isinstance(record_id, int)):
-        return f"id must be an integer, got {_json_type(record_id)}"
-
     return ImportRow(
-        line=line, namespace=namespace.strip(), content=content,
-        memory_type=memory_type.strip(), importance=float(importance),
-        tags=sorted({t.strip().lower() for t in tags if t.strip()}), metadata=metadata,
-        visibility=visibility, created_at=created_at)
+        line=line, namespace=namespace, content=memory.content,
+        memory_type=memory.memory_type, importance=memory.importance, tags=memory.tags,
+        metadata=memory.metadata, visibility=memory.visibility, created_at=created_at)
+
+
+_line_decoder: Final = msgspec.json.Decoder(ImportLine)
 
 
 async def import_memories(database: Database, provider: EmbeddingProvider,
                           lines: Iterable[bytes | str], *, namespace: str = "default",
                           batch_size: int = DEFAULT_BATCH_SIZE, total_lines: int = 0,
                           progress: Callable[[int, int], None] | None = None,
-                          report: ImportReport | None = None) -> ImportReport:
+                          report: ImportReport | None = None,
+                          limits: InputLimits | None = None) -> ImportReport:
     """Validate and write JSON Lines memories in batches; see the module docstring.
 
     ``namespace`` is for lines without one. ``progress`` is called with (lines done,
@@ -194,6 +164,7 @@ async def import_memories(database: Database, provider: EmbeddingProvider,
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    check_namespace(namespace, "the default namespace")
     report = report if report is not None else ImportReport()
     batch: list[ImportRow] = []
     line = reported = 0
@@ -202,7 +173,7 @@ async def import_memories(database: Database, provider: EmbeddingProvider,
             if line == 1:  # drop the byte-order mark some editors add
                 text = (text.removeprefix(b"\xef\xbb\xbf") if isinstance(text, bytes)
                         else text.removeprefix("\ufeff"))
-            parsed = parse_line(text, line, namespace)
+            parsed = parse_line(text, line, namespace, limits)
             if isinstance(parsed, str):
                 report.rejected.append(Rejection(line, parsed))
             elif parsed is not None:

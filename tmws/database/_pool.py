@@ -8,19 +8,23 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
+import msgspec
 import psycopg
 from pgvector.psycopg import register_vector_async
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tmws.config import Settings
 from tmws.database._vectors import search_settings_sql
-from tmws.errors import DatabaseError, InvalidRequestError
+from tmws.errors import DatabaseError, HandlerCapabilityError, InvalidRequestError
 from tmws.metrics import DATABASE_CONNECTIONS_ACTIVE, DATABASE_QUERY_DURATION
 
-__all__ = ["Database", "first_line", "get_pool_stats"]
+__all__ = ["UNREADABLE_KEY", "Database", "database_fence", "first_line", "get_pool_stats",
+           "load_json"]
 
 logger = logging.getLogger("tmws.database")
 sql_logger = logging.getLogger("tmws.database.sql")
@@ -31,6 +35,10 @@ PRE_PING_BYPASS_SECONDS = 0.5
 RETRY_AFTER_SECONDS = 5.0
 
 _open_databases: weakref.WeakSet[Database] = weakref.WeakSet()
+
+# Set (to the reason) while code runs that must never reach PostgreSQL, such as a handler
+# in fast mode: any connection it asks for is refused, whatever the handler declared.
+database_fence: ContextVar[str | None] = ContextVar("tmws_database_fence", default=None)
 
 
 def get_pool_stats() -> dict[str, Any]:
@@ -86,6 +94,7 @@ class Database:
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         # Every connection speaks pgvector (binary vectors) and has the kNN knobs set.
+        set_json_loads(load_json, conn)
         await register_vector_async(conn)
         await conn.execute(search_settings_sql(self._settings))
 
@@ -106,6 +115,9 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        fenced = database_fence.get()
+        if fenced is not None:
+            raise HandlerCapabilityError(f"the database is out of bounds here ({fenced})")
         if not self.available:
             # Fail fast instead of queueing behind a pool that cannot connect.
             raise DatabaseError(
@@ -220,6 +232,21 @@ def _tracked_connection_class(database: Database) -> type[psycopg.AsyncConnectio
             return conn
 
     return TrackedConnection
+
+
+_json_decoder = msgspec.json.Decoder()
+UNREADABLE_KEY = "tmws_unreadable"
+
+
+def load_json(data: bytes | str) -> Any:
+    """json/jsonb values as Python objects, for every pooled connection. Never raises:
+    a value too deep for a recursive decoder (written before tmws bounded nesting) comes
+    back as ``{"tmws_unreadable": why}``, so one row cannot fail every read that sees it."""
+    try:
+        return _json_decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        return {UNREADABLE_KEY: f"stored JSON could not be decoded ({type(exc).__name__}); "
+                                "rewrite or delete this row"}
 
 
 def first_line(exc: BaseException) -> str:

@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import msgspec
 
-from tmws.errors import PermissionDeniedError
+from tmws.errors import InvalidRequestError, PermissionDeniedError
 from tmws.http import HTTPError, Request
-from tmws.memory import DEFAULT_NAMESPACE
+from tmws.inputs import DEFAULT_NAMESPACE, check_namespace, explain
 from tmws.models import ExecutionMode
 
 if TYPE_CHECKING:
@@ -35,15 +35,9 @@ def decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
                             " - at `$.execution_mode`") from None
         if message.endswith("`$.query`") and "length >= 1" in message:  # schema min_length
             raise HTTPError(422, "empty_query", "query is empty - at `$.query`") from None
-        raise HTTPError(422, "validation_error", _explain(message)) from None
+        raise HTTPError(422, "validation_error", explain(exc)) from None
     except msgspec.DecodeError as exc:
         raise HTTPError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
-
-
-def _explain(message: str) -> str:
-    # msgspec says "Object missing required field `query`" / "... - at `$.use_cache`"
-    return message.replace("Object contains unknown field", "unknown field") \
-        .replace("Object missing required field", "missing required field")
 
 
 def check_query(engine: PatternExecutionEngine, query: str) -> None:
@@ -56,15 +50,20 @@ def check_query(engine: PatternExecutionEngine, query: str) -> None:
                         "(TMWS_MAX_QUERY_LENGTH)")
 
 
-def namespace_for(request: Request, requested: Any) -> str:
-    """The namespace this request acts in.
+def namespace_for(request: Request, requested: Any, where: str) -> str:
+    """The namespace this request acts in (``where`` names the field that asked for one).
 
     With auth on it is the token's subject, and asking for another one is refused; with
-    auth off the request names it (default: ``default``).
+    auth off the request names it (default: ``default``), by the one namespace rule.
     """
     principal = request.principal
     if principal is None:
-        return requested if isinstance(requested, str) and requested else DEFAULT_NAMESPACE
+        if requested is None:
+            return DEFAULT_NAMESPACE
+        try:
+            return check_namespace(requested, where)
+        except InvalidRequestError as exc:
+            raise HTTPError(422, "invalid_request", str(exc)) from None
     if requested is not None and requested != principal.namespace:
         raise PermissionDeniedError(
             "namespace_forbidden",

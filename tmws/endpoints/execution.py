@@ -28,18 +28,16 @@ async def execute(engine: PatternExecutionEngine, request: Request) -> Response:
     check_query(engine, body.query)
     context = body.context
     requested = context.get("namespace") if context else None
-    namespace = namespace_for(request, requested)
+    namespace = namespace_for(request, requested, "`$.context.namespace`")
     if request.principal is not None and requested != namespace:
         context = {**(context or {}), "namespace": namespace}
     principal = request.principal
     authorize = None
     if principal is not None:
-        def authorize(reads_memory: bool, writes_memory: bool) -> None:
-            # The execute scope runs patterns; touching memories needs their scopes too.
-            if reads_memory:
-                principal.require("memories:read")
-            if writes_memory:
-                principal.require("memories:write")
+        def authorize(scopes: frozenset[str]) -> None:
+            # The execute scope runs patterns; what the handler does needs its scopes too.
+            for scope in sorted(scopes):
+                principal.require(scope)
     try:
         result = await engine.execute(body.query, body.execution_mode, context, body.use_cache,
                                       authorize=authorize)
@@ -56,7 +54,8 @@ async def route(engine: PatternExecutionEngine, request: Request) -> Response:
     body = decode(_route_decoder, await request.json_body())
     check_query(engine, body.query)
     context = body.context
-    namespace = namespace_for(request, context.get("namespace") if context else None)
+    namespace = namespace_for(request, context.get("namespace") if context else None,
+                              "`$.context.namespace`")
     if context is not None:
         context = {**context, "namespace": namespace}
     mode = body.execution_mode or engine.settings.pattern_default_mode

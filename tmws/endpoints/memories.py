@@ -9,6 +9,7 @@ import msgspec
 from tmws.endpoints._common import actor, decode, encoder, namespace_for
 from tmws.errors import InvalidRequestError
 from tmws.http import HTTPError, Request, Response
+from tmws.inputs import memory_id
 from tmws.schemas import DeletedMemory, MemoryCreate, MemoryList, MemorySearch
 
 if TYPE_CHECKING:
@@ -18,15 +19,13 @@ __all__ = ["create_memory", "delete_memory", "get_memory", "search_memories"]
 
 _create_decoder: Final = msgspec.json.Decoder(MemoryCreate)
 _search_decoder: Final = msgspec.json.Decoder(MemorySearch)
-_MAX_ID: Final = 2**63 - 1
 
 
 def _memory_id(request: Request) -> int:
-    raw = request.path_params["id"]
-    if not raw.isdigit() or int(raw) > _MAX_ID:
-        raise HTTPError(422, "validation_error",
-                        f"memory id must be a positive integer (got {raw[:40]!r}) - at `{{id}}`")
-    return int(raw)
+    try:
+        return memory_id(request.path_params["id"])
+    except InvalidRequestError as exc:
+        raise HTTPError(422, "validation_error", str(exc)) from None
 
 
 def _not_found(memory_id: int) -> HTTPError:
@@ -37,45 +36,43 @@ def _not_found(memory_id: int) -> HTTPError:
 
 async def create_memory(engine: PatternExecutionEngine, request: Request) -> Response:
     body = decode(_create_decoder, await request.json_body())
-    namespace = namespace_for(request, body.namespace)
+    namespace = namespace_for(request, body.namespace, "`$.namespace`")
     try:
-        memory_id = await engine.memory.store(
-            namespace, body.content, memory_type=body.memory_type, importance=body.importance,
-            tags=body.tags, metadata=body.metadata, visibility=body.visibility)
+        stored = await engine.memory.store_input(namespace, body)
     except InvalidRequestError as exc:
         raise HTTPError(422, "invalid_memory", str(exc)) from None
-    engine.audit.record(actor(request, namespace), "memory.store", target=str(memory_id),
+    engine.audit.record(actor(request, namespace), "memory.store", target=str(stored),
                         outcome="success", detail={"visibility": body.visibility})
-    record = await engine.memory.get(namespace, memory_id, full=True)
+    record = await engine.memory.get(namespace, stored, full=True)
     return Response(201, encoder.encode(record),
-                    [(b"location", f"/api/v1/memories/{memory_id}".encode())])
+                    [(b"location", f"/api/v1/memories/{stored}".encode())])
 
 
 async def get_memory(engine: PatternExecutionEngine, request: Request) -> Response:
-    memory_id = _memory_id(request)
-    namespace = namespace_for(request, request.query_params().get("namespace"))
-    record = await engine.memory.get(namespace, memory_id, full=True)
+    wanted = _memory_id(request)
+    namespace = namespace_for(request, request.query_params().get("namespace"), "`?namespace`")
+    record = await engine.memory.get(namespace, wanted, full=True)
     if record is None:
-        raise _not_found(memory_id)
+        raise _not_found(wanted)
     return Response(200, encoder.encode(record))
 
 
 async def delete_memory(engine: PatternExecutionEngine, request: Request) -> Response:
-    memory_id = _memory_id(request)
-    namespace = namespace_for(request, request.query_params().get("namespace"))
-    deleted = await engine.memory.delete(namespace, memory_id)
-    engine.audit.record(actor(request, namespace), "memory.delete", target=str(memory_id),
+    wanted = _memory_id(request)
+    namespace = namespace_for(request, request.query_params().get("namespace"), "`?namespace`")
+    deleted = await engine.memory.delete(namespace, wanted)
+    engine.audit.record(actor(request, namespace), "memory.delete", target=str(wanted),
                         outcome="success" if deleted else "not_found")
     if not deleted:
         raise HTTPError(404, "memory_not_found",
-                        f"no memory {memory_id} owned by this namespace (only the owner "
+                        f"no memory {wanted} owned by this namespace (only the owner "
                         "deletes, shared or not)")
-    return Response(200, encoder.encode(DeletedMemory(memory_id)))
+    return Response(200, encoder.encode(DeletedMemory(wanted)))
 
 
 async def search_memories(engine: PatternExecutionEngine, request: Request) -> Response:
     body = decode(_search_decoder, await request.json_body())
-    namespace = namespace_for(request, body.namespace)
+    namespace = namespace_for(request, body.namespace, "`$.namespace`")
     store, limit = engine.memory, body.limit
     if body.query is not None and body.query.strip():
         if body.method == "vector":
