@@ -58,9 +58,12 @@ def redis_url() -> str:
 def make_settings(database_url: str, **overrides: str) -> Settings:
     # Generous handler timeouts: functional tests must not fail because the machine is busy
     # (tests of the timeouts themselves set their own).
+    # Each settings object is a pattern group of its own: engines built from it share their
+    # pattern set (as workers of one deployment do); other tests' engines do not.
     env = {"TMWS_DATABASE_URL": database_url, "TMWS_DB_MAX_CONNECTIONS": "4",
            "TMWS_LOG_LEVEL": "WARNING", "TMWS_PATTERN_INFRA_TIMEOUT": "2000",
-           "TMWS_PATTERN_MEMORY_TIMEOUT": "5000", "TMWS_PATTERN_HYBRID_TIMEOUT": "5000"}
+           "TMWS_PATTERN_MEMORY_TIMEOUT": "5000", "TMWS_PATTERN_HYBRID_TIMEOUT": "5000",
+           "TMWS_PATTERN_SYNC_GROUP": f"test-{uuid.uuid4().hex[:12]}"}
     env.update({f"TMWS_{k.upper()}": v for k, v in overrides.items()})
     return Settings.from_env(env)
 

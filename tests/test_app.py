@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,50 +19,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
-
-
-def _env(env_overrides: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a `tmws` subprocess: this one's without TMWS_*, then the overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TMWS_")}
-    env.update({"TMWS_LOG_LEVEL": "WARNING", "TMWS_DB_MAX_CONNECTIONS": "2"})
-    env.update(env_overrides)
-    return env
-
-
-def _start(env_overrides: Mapping[str, str], tmp: Path, *, log: Path | None = None,
-           ready_timeout: float = 60) -> tuple[subprocess.Popen[bytes], str]:
-    """`tmws serve` on a free port, once /health answers; its output goes to ``log``
-    (default: ``tmp/server-<port>.log``)."""
-    port = free_port()
-    env = _env({"TMWS_API_PORT": str(port), **env_overrides})
-    log = log or tmp / f"server-{port}.log"
-    output = open(log, "wb")  # noqa: SIM115 - closed with the process
-    process = subprocess.Popen([sys.executable, "-m", "tmws", "serve"], env=env, stdout=output,
-                               stderr=subprocess.STDOUT)
-    output.close()  # the child has its own descriptor
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited: {log.read_text()}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    process.wait()
-    raise AssertionError(f"server did not become ready within {ready_timeout:g} s")
-
-
-def _stop(process: subprocess.Popen[bytes], timeout: float = 30) -> int:
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise
+from tests.fix_server import server_env as _env
+from tests.fix_server import start_server as _start
+from tests.fix_server import stop_server as _stop
 
 
 @pytest.fixture(scope="module")

@@ -228,7 +228,7 @@ async def test_migration_is_reversible(database_url: str) -> None:
             return version[0], table[0], {r[0] for r in indexes}
 
         version, exists, indexes = await state()
-        assert version == "0003" and exists
+        assert version == "0004" and exists
         assert {"idx_audit_occurred", "idx_audit_actor_occurred"} <= indexes
 
         def downgrade() -> None:
@@ -237,8 +237,8 @@ async def test_migration_is_reversible(database_url: str) -> None:
 
         await asyncio.to_thread(downgrade)
         assert await state() == ("0002", False, set())
-        assert [m.revision for m in await upgrade(fresh)] == ["0003"]
-        assert (await state())[:2] == ("0003", True)
+        assert [m.revision for m in await upgrade(fresh)] == ["0003", "0004"]
+        assert (await state())[:2] == ("0004", True)
 
 
 async def test_close_counts_what_cannot_be_written(caplog: pytest.LogCaptureFixture) -> None:

@@ -125,26 +125,32 @@ async def _eventually(condition: Callable[[], bool], seconds: float = 5.0) -> No
         await asyncio.sleep(0.02)
 
 
-async def test_pattern_changes_reach_every_instance(database_url: str,
-                                                    private_redis: PrivateRedis) -> None:
-    settings = make_settings(database_url, redis_url=private_redis.url)
+async def test_pattern_changes_reach_every_instance(database_url: str) -> None:
+    """Through the database, with or without Redis: the change is stored as the group's
+    next version before it is acknowledged, and acknowledged once both instances run it."""
+    settings = make_settings(database_url)
     async with await create_pattern_execution_engine(settings) as first, \
             await create_pattern_execution_engine(settings) as second:
+        assert first.registry.shared_version == second.registry.shared_version == 1
         await second.execute("run tool vector_search")
         assert (await second.execute("run tool vector_search")).cache_hit
-        first.registry.register(PatternDefinition(
+        change = await first.register_pattern(PatternDefinition(
             name="deploy_status", pattern_type=PatternType.INFRASTRUCTURE,
             trigger_pattern=r"\bdeploy\s+status\b", priority=50, cost_tokens=5))
-        await _eventually(lambda: "deploy_status" in second.registry)
+        assert change.propagation.visible_everywhere
+        assert (change.propagation.version, change.propagation.instances) == (2, 2)
+        assert "deploy_status" in second.registry  # acknowledged means installed there too
         assert second.registry.fingerprint == first.registry.fingerprint
         routed = await second.execute("what is the deploy status")
         assert routed.pattern_name == "deploy_status"
         assert not (await second.execute("run tool vector_search")).cache_hit  # L1 dropped
-        first.registry.unregister("deploy_status")
-        await _eventually(lambda: "deploy_status" not in second.registry)
-        assert second.get_stats()["registry_stats"]["sync"]["applied"] == 2
-        assert first.get_stats()["registry_stats"]["sync"]["published"] == 2
+        removed = await second.unregister_pattern("deploy_status")
+        assert removed.propagation.visible_everywhere
+        assert "deploy_status" not in first.registry
+        assert second.get_stats()["registry_stats"]["sync"]["applied"] == 1
+        assert first.get_stats()["registry_stats"]["sync"]["changes"] == 1
 
-        count = await second.reload_patterns()  # from the file: back to the shipped set
-        await _eventually(lambda: first.registry.fingerprint == second.registry.fingerprint)
-        assert len(first.registry) == count
+        reload = await second.reload_patterns()  # from the file: back to the shipped set
+        assert reload.propagation.visible_everywhere and reload.propagation.version == 4
+        assert first.registry.fingerprint == second.registry.fingerprint
+        assert len(first.registry) == reload.patterns

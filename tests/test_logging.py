@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.test_app import _start, _stop
+from tests.fix_server import start_server as _start
+from tests.fix_server import stop_server as _stop
 from tmws._logging import (
     REDACTED,
     SQL_LOGGER,

@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings, scratch_database
-from tests.test_app import _start, _stop
+from tests.fix_server import start_server as _start
+from tests.fix_server import stop_server as _stop
 
 # Per operation and phase; about 1,000 requests in all, 10-20 s on this machine.
 MAX_EXAMPLES = 25

@@ -20,6 +20,7 @@ from tmws.errors import (
     AuthError,
     DatabaseError,
     InvalidRequestError,
+    OverloadedError,
     PatternError,
     TmwsError,
 )
@@ -83,10 +84,8 @@ class TmwsApp:
                             exc.headers + extra)
             return
         except Exception as exc:
-            status, body = _failure(exc, scope["path"])
-            if status == 401:  # RFC 6750: say which scheme, and that the token was the problem
-                extra.append((b"www-authenticate", b'Bearer realm="tmws", error="invalid_token"'))
-            await send_json(send, status, body, extra)
+            status, body, headers = _failure(exc, scope["path"])
+            await send_json(send, status, body, headers + extra if headers else extra)
             return
         headers = [(b"content-type", response.content_type)]
         if response.headers:
@@ -126,21 +125,30 @@ class TmwsApp:
                 return
 
 
-def _failure(exc: Exception, path: str) -> tuple[int, bytes]:
-    """Status and body for an exception an endpoint let through."""
+def _failure(exc: Exception, path: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, body and headers for an exception an endpoint let through."""
     if isinstance(exc, AuthError):
-        return exc.status, error_body(exc.code, str(exc))
+        # RFC 6750: say which scheme, and that the token was the problem.
+        challenge = [(b"www-authenticate", b'Bearer realm="tmws", error="invalid_token"')]
+        return exc.status, error_body(exc.code, str(exc)), challenge if exc.status == 401 else []
+    if isinstance(exc, OverloadedError):
+        return 503, error_body("overloaded", str(exc)), _retry_after(exc.retry_after)
     if isinstance(exc, DatabaseError):
         logger.warning("database unavailable on %s: %s", path, exc)
-        return 503, error_body("database_unavailable", f"{exc}; retry shortly")
+        return (503, error_body("database_unavailable", f"{exc}; retry shortly"),
+                _retry_after(exc.retry_after))
     if isinstance(exc, InvalidRequestError | PatternError):
-        return 422, error_body("invalid_request", str(exc))
+        return 422, error_body("invalid_request", str(exc)), []
     if isinstance(exc, TmwsError):
         logger.warning("request failed on %s: %s", path, exc)
-        return 503, error_body("unavailable", str(exc))
+        return 503, error_body("unavailable", str(exc)), _retry_after(1)
     logger.exception("unhandled error on %s", path)
     return 500, error_body("internal_error", "internal error; the server log has the details "
-                           "under this response's X-Request-ID")
+                           "under this response's X-Request-ID"), []
+
+
+def _retry_after(seconds: int) -> list[tuple[bytes, bytes]]:
+    return [(b"retry-after", str(max(1, seconds)).encode())]
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:

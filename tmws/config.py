@@ -78,6 +78,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # the rest up to max + overflow open on demand and close after 10 idle minutes.
     db_min_connections: int = -1
     db_pool_timeout: float = 30.0
+    # Admission (tmws.admission): executions that may use the database at once per worker
+    # (0: TMWS_DB_MAX_CONNECTIONS), and how many per pattern type may wait for one
+    # (0: four times that). A request that cannot finish in time is refused at once (503).
+    admission_concurrency: int = 0
+    admission_queue: int = 0
     db_pool_recycle: float = 3600.0
     db_pool_pre_ping: bool = True
     db_echo: bool = False
@@ -122,6 +127,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Bounds on what a pattern may declare (file, API or shared set alike).
     pattern_max_cache_ttl: int = 7 * 86400
     pattern_max_cost_tokens: int = 1_000_000
+    # A pattern file without patterns is refused at start and on reload unless this is set.
+    pattern_allow_empty: bool = False
+    # Instances sharing the database and this group share one pattern set; a change waits
+    # this many milliseconds for every live instance to run it (tmws._pattern_sync).
+    pattern_sync_group: str = "default"
+    pattern_sync_timeout: int = 3000
     # Stage 2 of routing (example utterances, when no trigger matches): the score the best
     # pattern must reach (a pattern's min_score overrides it) and its lead over the next.
     router_min_score: float = 0.3
@@ -157,6 +168,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.db_min_connections < 0:
             return self.db_max_connections
         return self.db_min_connections
+
+    @property
+    def admission_limit(self) -> int:
+        return self.admission_concurrency or self.db_max_connections
+
+    @property
+    def admission_max_queue(self) -> int:
+        return self.admission_queue or 4 * self.admission_limit
 
     @property
     def db_overflow(self) -> int:
@@ -216,6 +235,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("db_min_connections", -1 <= self.db_min_connections <= self.db_max_connections,
              "must be between 0 and TMWS_DB_MAX_CONNECTIONS (or -1: all of them)"),
             ("db_pool_timeout", self.db_pool_timeout > 0, "must be positive"),
+            ("admission_concurrency", 0 <= self.admission_concurrency <= 10_000,
+             "must be between 0 (TMWS_DB_MAX_CONNECTIONS) and 10000"),
+            ("admission_queue", 0 <= self.admission_queue <= 1_000_000,
+             "must be between 0 (four times the concurrency) and 1000000"),
             ("db_pool_recycle", self.db_pool_recycle > 0, "must be positive"),
             ("db_statement_timeout", self.db_statement_timeout >= 0, "must be 0 (off) or more"),
             ("redis_max_connections", self.redis_max_connections >= 1, "must be at least 1"),
@@ -233,6 +256,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("pattern_infra_timeout", self.pattern_infra_timeout >= 1, "must be at least 1 ms"),
             ("pattern_memory_timeout", self.pattern_memory_timeout >= 1, "must be at least 1 ms"),
             ("pattern_hybrid_timeout", self.pattern_hybrid_timeout >= 1, "must be at least 1 ms"),
+            ("pattern_sync_group", 1 <= len(self.pattern_sync_group) <= 64,
+             "must be 1 to 64 characters"),
+            ("pattern_sync_timeout", 0 <= self.pattern_sync_timeout <= 60_000,
+             "must be between 0 and 60000 ms"),
             ("pattern_max_cache_ttl", 0 <= self.pattern_max_cache_ttl <= 10 * 365 * 86400,
              "must be between 0 and 10 years in seconds"),
             ("pattern_max_cost_tokens", 0 <= self.pattern_max_cost_tokens <= 2**31 - 1,

@@ -7,7 +7,8 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager, nullcontext
 from types import TracebackType
 from typing import Any, Final, NamedTuple
 
@@ -16,20 +17,32 @@ import msgspec
 from tmws import __version__
 from tmws._example_vectors import example_vectors_for
 from tmws._native import cache_key, normalize_query
-from tmws._pattern_sync import PatternSync
-from tmws.audit import AuditLog, ConstantDetail
+from tmws._pattern_sync import PatternSets, Propagation, StoredSet
+from tmws.admission import Admission
+from tmws.audit import SYSTEM_ACTOR, AuditLog, ConstantDetail
 from tmws.cache import CacheManager, Generation
 from tmws.config import Settings
 from tmws.database import (
+    Budget,
     Database,
     EmbeddedPostgres,
     check_embedding_config,
     database_fence,
+    request_budget,
     require_current_schema,
     upgrade,
 )
 from tmws.embeddings import EmbeddingProvider, create_provider
-from tmws.errors import DatabaseError, InvalidRequestError, PatternConfigError, TmwsError
+from tmws.errors import (
+    DatabaseError,
+    InvalidRequestError,
+    OverloadedError,
+    PatternConfigError,
+    PatternError,
+    PatternExistsError,
+    PatternNotFoundError,
+    TmwsError,
+)
 from tmws.evaluation import Evaluation, Labelled, evaluate
 from tmws.handlers import (
     HANDLERS,
@@ -54,10 +67,11 @@ from tmws.models import (
     RoutingDecision,
 )
 from tmws.patterns import PatternLibrary, default_library_path, load_pattern_file
-from tmws.registry import PatternRegistry
+from tmws.registry import PatternRegistry, fingerprint_of
 from tmws.router import HybridRouter
 
-__all__ = ["Authorize", "PatternExecutionEngine", "create_pattern_execution_engine"]
+__all__ = ["Authorize", "PatternChange", "PatternExecutionEngine",
+           "create_pattern_execution_engine", "require_patterns"]
 
 logger = logging.getLogger("tmws.engine")
 
@@ -80,6 +94,17 @@ _IDENTITY_KEYS: Final = frozenset({"namespace", "request_id"})
 # execute), derived from what its handler declares it does (tmws.handlers.Capabilities).
 Authorize = Callable[[frozenset[str]], None]
 _READS_MEMORY: Final = frozenset({"memories:read"})
+
+
+class PatternChange(msgspec.Struct, frozen=True, kw_only=True):
+    """What a pattern change did: ``pattern`` is the registered or removed one (None for a
+    reload), ``patterns`` the size of the new set, ``propagation`` how far it has reached."""
+
+    action: str
+    target: str
+    patterns: int
+    propagation: Propagation
+    pattern: PatternDefinition | None = None
 
 
 class _Slot(NamedTuple):
@@ -129,14 +154,15 @@ class PatternExecutionEngine:
                                    vectors=example_vectors_for(settings, self.registry,
                                                                provider))
         self._embedded = embedded
-        self._sync: PatternSync | None = None
-        self._applying_remote = False
+        self._sync: PatternSets | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.registry.add_listener(self._patterns_changed)
         self._inflight: dict[str, asyncio.Future[ExecutionResult]] = {}
         self._singleflight_joins = 0
         self._unencodable = 0  # results answered but not cacheable (no msgpack form)
         self._limits = settings.input_limits
+        # Executions that use memories wait for one of these, never for the pool itself.
+        self.admission = Admission(settings.admission_limit, settings.admission_max_queue)
         self._counters = _Counters()
         self.metrics = ExecutionMetrics()
         self._by_type: dict[str, dict[str, int]] = {
@@ -147,8 +173,8 @@ class PatternExecutionEngine:
             t.value: deque(maxlen=_LATENCY_WINDOW) for t in PatternType}
         self._closed = False
         self._caching = settings.cache_enabled and settings.pattern_cache_enabled
-        # Every execution is recorded in _finish; the HTTP layer records pattern and memory
-        # changes with engine.audit.record(actor, "pattern.register", target=..., outcome=...).
+        # Every execution is recorded in _finish, every pattern change by the operation that
+        # makes it; the HTTP layer records memory changes.
         self.audit = AuditLog(database, enabled=settings.audit_enabled)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -178,42 +204,131 @@ class PatternExecutionEngine:
         await self.close()
 
     async def start_pattern_sync(self) -> None:
-        """Share pattern-set changes with every instance on the same Redis (no-op without)."""
-        if self.settings.redis_url is None or self._sync is not None:
+        """Join the pattern group (TMWS_PATTERN_SYNC_GROUP) in the database: adopt its set
+        or publish this one's file, then follow every change (:mod:`tmws._pattern_sync`)."""
+        if self._sync is not None:
             return
-        self._sync = PatternSync(
-            self.settings.redis_url, timeout=self.settings.redis_timeout,
-            current=lambda: (self.registry.fingerprint, self.registry.patterns()),
-            apply=self._apply_remote_patterns)
-        await self._sync.start()
+        sync = PatternSets(self.database, self.registry, self.settings.pattern_sync_group,
+                           timeout=self.settings.pattern_sync_timeout / 1000,
+                           check=lambda patterns: self._check_patterns(
+                               patterns, "the shared pattern set"))
+        await sync.start(actor=SYSTEM_ACTOR)
+        self._sync = sync
 
-    async def reload_patterns(self) -> int:
-        """Re-read TMWS_PATTERN_CONFIG and swap the set in (all or nothing); returns the
-        number of patterns. Other instances on the same Redis follow."""
-        library = await asyncio.to_thread(
-            load_pattern_file, self.settings.pattern_config or default_library_path(),
-            limits=self.settings.pattern_limits)
-        self._check_patterns(library.patterns, library.source)
-        self.registry.replace_all(library.patterns)
+    async def register_pattern(self, pattern: PatternDefinition | Mapping[str, Any], *,
+                               replace: bool = False, actor: str = SYSTEM_ACTOR
+                               ) -> PatternChange:
+        """Add a pattern (or replace one of the same name) for every instance of the group;
+        ``pattern`` may be a mapping as written in a pattern file.
+
+        Refused, with nothing changed anywhere: PatternExistsError (the name is taken and
+        ``replace`` is false), PatternConfigError or PatternCompileError (the pattern or its
+        handler is unusable), DatabaseError (the change cannot be stored). Audited.
+        """
+        if not isinstance(pattern, PatternDefinition):
+            name = pattern.get("name")
+            try:
+                pattern = PatternDefinition.from_config(pattern, source="request")
+            except PatternError:
+                self.audit.record(actor, "pattern.register",
+                                  target=name if isinstance(name, str) else None,
+                                  outcome="invalid_pattern")
+                raise
+        registered = pattern
+
+        def mutate(current: StoredSet) -> tuple[list[PatternDefinition], str]:
+            names = [p.name for p in current.patterns]
+            if registered.name in names and not replace:
+                raise PatternExistsError(registered.name)
+            self._check_patterns([registered], "request")
+            patterns = [registered if p.name == registered.name else p
+                        for p in current.patterns]
+            if registered.name not in names:
+                patterns.append(registered)
+            return patterns, current.base
+
+        change = await self._change(mutate, "pattern.register", actor, registered.name,
+                                    detail={"replace": replace,
+                                            "pattern_type": registered.pattern_type.value})
+        return msgspec.structs.replace(change, pattern=registered)
+
+    async def unregister_pattern(self, name: str, *, actor: str = SYSTEM_ACTOR
+                                 ) -> PatternChange:
+        """Remove a pattern for every instance of the group (PatternNotFoundError if the
+        group's set has none of that name). Audited."""
+        removed: list[PatternDefinition] = []
+
+        def mutate(current: StoredSet) -> tuple[list[PatternDefinition], str]:
+            removed[:] = [p for p in current.patterns if p.name == name]
+            if not removed:
+                raise PatternNotFoundError(name)
+            return [p for p in current.patterns if p.name != name], current.base
+
+        change = await self._change(mutate, "pattern.delete", actor, name)
+        return msgspec.structs.replace(change, pattern=removed[0])
+
+    async def reload_patterns(self, *, allow_empty: bool | None = None,
+                              actor: str = SYSTEM_ACTOR) -> PatternChange:
+        """Re-read TMWS_PATTERN_CONFIG and make it the whole set of every instance of the
+        group (all or nothing). A file without patterns is refused unless ``allow_empty``
+        (default: TMWS_PATTERN_ALLOW_EMPTY). Audited."""
+        source = self.settings.pattern_config or default_library_path()
+        try:
+            library = await asyncio.to_thread(load_pattern_file, source,
+                                              limits=self.settings.pattern_limits)
+            self._require_patterns(library, allow_empty)
+            self._check_patterns(library.patterns, library.source)
+        except PatternError:
+            self.audit.record(actor, "pattern.reload", target=str(source),
+                              outcome="invalid_pattern")
+            raise
+        change = await self._change(
+            lambda current: (list(library.patterns), fingerprint_of(library.patterns)),
+            "pattern.reload", actor, str(source))
         self.library = library
-        await self.router.settled()
-        return len(library.patterns)
+        return change
+
+    def _require_patterns(self, library: PatternLibrary, allow_empty: bool | None) -> None:
+        require_patterns(library, self.settings.pattern_allow_empty if allow_empty is None
+                         else allow_empty)
+
+    async def _change(self, mutate: Callable[[StoredSet], tuple[list[PatternDefinition], str]],
+                      action: str, actor: str, target: str, *,
+                      detail: dict[str, Any] | None = None) -> PatternChange:
+        """Apply a change through the group (or, before start_pattern_sync, here only)."""
+        try:
+            if self._sync is None:
+                current = StoredSet(self.registry.shared_version or 0,
+                                    self.registry.fingerprint, self.registry.patterns())
+                patterns, _ = mutate(current)
+                prepared = self.registry.prepare(patterns)
+                self.registry.install(prepared)
+                propagation = Propagation(self.registry.version, prepared.fingerprint, 1, 1,
+                                          True, 0.0)
+            else:
+                prepared, propagation = await self._sync.change(
+                    mutate, action=action, actor=actor, target=target)
+        except PatternNotFoundError:
+            self.audit.record(actor, action, target=target, outcome="not_found")
+            raise
+        except PatternExistsError:
+            self.audit.record(actor, action, target=target, outcome="exists")
+            raise
+        except PatternError:
+            self.audit.record(actor, action, target=target, outcome="invalid_pattern")
+            raise
+        except DatabaseError:
+            self.audit.record(actor, action, target=target, outcome="database_unavailable")
+            raise
+        self.audit.record(actor, action, target=target, outcome="success",
+                          detail={**(detail or {}), "version": propagation.version,
+                                  "patterns": len(prepared.patterns)})
+        await self.router.settled()  # its examples count in stage 2 once this returns
+        return PatternChange(action=action, target=target, patterns=len(prepared.patterns),
+                             propagation=propagation)
 
     def _patterns_changed(self) -> None:
         self.cache.clear_local()  # keys carry the fingerprint; this just frees the memory
-        if self._sync is None or self._applying_remote:
-            return
-        task = asyncio.get_running_loop().create_task(self._sync.publish())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def _apply_remote_patterns(self, patterns: list[PatternDefinition]) -> None:
-        self._check_patterns(patterns, "the shared pattern set")
-        self._applying_remote = True
-        try:
-            self.registry.replace_all(patterns)
-        finally:
-            self._applying_remote = False
 
     def bind_handler(self, name: str, handler: Handler, *, reads_memory: bool = False,
                      writes_memory: bool = False, reads_stats: bool = False,
@@ -427,13 +542,18 @@ class PatternExecutionEngine:
         name = decision.pattern_name
         meta = {**meta, "handler": handler_name, "timeout_ms": timeout_ms}
         tokens = decision.estimated_cost
+        # One budget for everything: the wait for admission and for a connection included.
+        budget = Budget(time.monotonic() + timeout_ms / 1000)
+        budget_token = request_budget.set(budget)
         fence = database_fence.set("fast mode") if ctx.mode is ExecutionMode.FAST else None
+        admitted = (self.admission.slot(pattern_type.value, budget.deadline)
+                    if comprehensive or ctx.capabilities.touches_memory else nullcontext())
         try:
-            async with asyncio.timeout(timeout_ms / 1000):
+            async with asyncio.timeout_at(budget.deadline), admitted:
                 if comprehensive:
                     output, related = await asyncio.gather(handler(ctx), self._related(ctx))
                     value: Any = {"handler": output}
-                    if isinstance(related, DatabaseError):
+                    if isinstance(related, TmwsError):
                         value.update(related_memories=None, partial=True, missing=str(related))
                         meta["partial"] = True
                     else:
@@ -444,20 +564,18 @@ class PatternExecutionEngine:
             error = (f"pattern {name or pattern_type.value!r} ({pattern_type.value}) timed out "
                      f"after {timeout_ms} ms (TMWS_PATTERN_"
                      f"{'HYBRID' if comprehensive else _TIMEOUT_VAR[pattern_type]}_TIMEOUT)")
-            code = "pattern_timeout"
-            if pattern_type is not PatternType.INFRASTRUCTURE and not self.database.available:
-                error = f"database unavailable: {error}"
-                code = "database_unavailable"
-                if pattern_type is PatternType.HYBRID:
-                    return await self._partial(ctx, tokens, meta, error)
+            if budget.waiting or (pattern_type is not PatternType.INFRASTRUCTURE
+                                  and not self.database.available):
+                # Queued for a connection, or the server went away: the database's doing.
+                reason: DatabaseError | OverloadedError = (
+                    self.database.unreachable() if not self.database.available else
+                    OverloadedError(f"overloaded: no database connection came free in time; "
+                                    f"{error}", retry_after=1))
+                return await self._unserved(ctx, tokens, meta, reason)
             return ExecutionResult(pattern_name=name, success=False, tokens_used=tokens,
-                                   metadata=meta, error=error, error_code=code)
-        except DatabaseError as exc:
-            if pattern_type is PatternType.HYBRID:
-                return await self._partial(ctx, tokens, meta, str(exc))
-            return ExecutionResult(pattern_name=name, success=False, tokens_used=tokens,
-                                   error=str(exc), error_code="database_unavailable",
-                                   metadata=meta)
+                                   metadata=meta, error=error, error_code="pattern_timeout")
+        except (DatabaseError, OverloadedError) as exc:
+            return await self._unserved(ctx, tokens, meta, exc)
         except _HealthCheckFailed as exc:
             return ExecutionResult(pattern_name=name, success=False, result=exc.report,
                                    tokens_used=tokens, error=str(exc),
@@ -471,14 +589,40 @@ class PatternExecutionEngine:
         finally:
             if fence is not None:
                 database_fence.reset(fence)
+            request_budget.reset(budget_token)
         return ExecutionResult(pattern_name=name, success=True, result=value,
                                tokens_used=tokens, metadata=meta)
 
-    async def _related(self, ctx: HandlerContext) -> list[Any] | DatabaseError:
+    async def _unserved(self, ctx: HandlerContext, tokens: int, meta: dict[str, Any],
+                        reason: DatabaseError | OverloadedError) -> ExecutionResult:
+        """The database could not serve this execution (down, or too busy to within the
+        budget): a hybrid pattern still answers with its infrastructure part; anything
+        else fails with ``database_unavailable`` or ``overloaded`` and when to retry."""
+        if ctx.decision.pattern_type is PatternType.HYBRID:
+            return await self._partial(ctx, tokens, meta, str(reason))
+        code = "overloaded" if isinstance(reason, OverloadedError) else "database_unavailable"
+        return ExecutionResult(pattern_name=ctx.decision.pattern_name, success=False,
+                               tokens_used=tokens, error=str(reason), error_code=code,
+                               metadata={**meta, "retry_after": reason.retry_after})
+
+    @asynccontextmanager
+    async def admitted(self, pattern_type: PatternType) -> AsyncIterator[None]:
+        """For database work done for a caller outside :meth:`execute` (the memory routes):
+        the pattern type's time budget bounds the wait for admission and for connections;
+        OverloadedError or DatabaseError (nothing done) when they cannot be had in time."""
+        budget = Budget(time.monotonic() + self.settings.timeout_ms(pattern_type.value) / 1000)
+        token = request_budget.set(budget)
+        try:
+            async with self.admission.slot(pattern_type.value, budget.deadline):
+                yield
+        finally:
+            request_budget.reset(token)
+
+    async def _related(self, ctx: HandlerContext) -> list[Any] | TmwsError:
         """Memories related to the query, or the reason there are none (comprehensive mode)."""
         try:
             return await self.memory.search(ctx.namespace, ctx.topic(), limit=5)
-        except DatabaseError as exc:
+        except (DatabaseError, OverloadedError) as exc:
             return exc
 
     async def _partial(self, ctx: HandlerContext, tokens: int, meta: dict[str, Any],
@@ -541,12 +685,11 @@ class PatternExecutionEngine:
             "registry_stats": {
                 **self.registry.get_stats(),
                 "fingerprint": self.registry.fingerprint,
-                "sync": None if self._sync is None else {
-                    "published": self._sync.published, "applied": self._sync.applied,
-                    "errors": self._sync.errors},
+                "sync": None if self._sync is None else self._sync.stats(),
             },
             "router_stats": self.router.get_stats(),
             "audit_stats": self.audit.stats(),
+            "admission_stats": self.admission.stats(),
             # This worker's pool: the guide's get_pool_stats() run from another process
             # cannot see a server's pool, /api/v1/stats can.
             "database_stats": self.pool_stats(),
@@ -639,6 +782,16 @@ def _execute_detail(pattern_type: PatternType, cache_hit: bool, mode: ExecutionM
     return detail
 
 
+def require_patterns(library: PatternLibrary, allow_empty: bool) -> None:
+    """PatternConfigError for a library without patterns, unless that is wanted: a file
+    emptied by mistake must not silence every instance."""
+    if not library.patterns and not allow_empty:
+        raise PatternConfigError(
+            "defines no patterns; an empty library would answer nothing, so it is refused "
+            "unless asked for explicitly (\"allow_empty\": true on reload, or "
+            "TMWS_PATTERN_ALLOW_EMPTY=true)", source=library.source)
+
+
 def cache_manager_for(settings: Settings, library: PatternLibrary) -> CacheManager:
     """The two-tier cache the settings and the pattern file's cache_config describe."""
     return CacheManager(
@@ -681,8 +834,11 @@ async def create_pattern_execution_engine(settings: Settings | None = None, *,
     migrated; with it, the schema must already be current (``tmws db upgrade``).
     """
     settings = settings or Settings.from_env()
-    library = patterns or load_pattern_file(settings.pattern_config or default_library_path(),
-                                            limits=settings.pattern_limits)
+    library = patterns
+    if library is None:
+        library = load_pattern_file(settings.pattern_config or default_library_path(),
+                                    limits=settings.pattern_limits)
+        require_patterns(library, settings.pattern_allow_empty)
     embedded: EmbeddedPostgres | None = None
     if settings.database_url is None:
         embedded = EmbeddedPostgres(settings.data_dir)

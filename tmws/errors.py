@@ -6,7 +6,9 @@ Every error derives from one root, so callers can catch ``TmwsError`` alone::
      ├── ConfigError                 a TMWS_* variable is missing or invalid
      ├── PatternError                a pattern or pattern file is unusable
      │    ├── PatternCompileError    the Rust core rejected a trigger regex (native type)
-     │    └── PatternConfigError     a pattern file is malformed (names file, pattern, problem)
+     │    ├── PatternConfigError     a pattern file is malformed (names file, pattern, problem)
+     │    ├── PatternExistsError     registering a name the set already has (409)
+     │    └── PatternNotFoundError   removing a name the set does not have (404)
      ├── AuthError                   a request is not authenticated or not allowed
      │    ├── AuthenticationError    missing, malformed, tampered or expired token (401)
      │    └── PermissionDeniedError  the token lacks the scope or namespace (403)
@@ -16,7 +18,8 @@ Every error derives from one root, so callers can catch ``TmwsError`` alone::
           ├── NoPatternMatchedError  nothing in the library fits the query
           ├── PatternTimeoutError    a handler ran past its per-type timeout
           ├── InvalidRequestError    the query or its options are malformed
-          └── HandlerCapabilityError a handler used what it did not declare
+          ├── HandlerCapabilityError a handler used what it did not declare
+          └── OverloadedError        refused at once: it could not finish in time (503)
 
 ``PatternCompileError`` is defined by the native extension (``tmws._tmws_core``) as a
 subclass of ``PatternError`` and re-exported here; it carries ``pattern_name`` and
@@ -35,9 +38,12 @@ __all__ = [
     "HandlerCapabilityError",
     "InvalidRequestError",
     "NoPatternMatchedError",
+    "OverloadedError",
     "PatternCompileError",
     "PatternConfigError",
     "PatternError",
+    "PatternExistsError",
+    "PatternNotFoundError",
     "PatternTimeoutError",
     "PermissionDeniedError",
     "TmwsError",
@@ -78,6 +84,23 @@ class PatternConfigError(PatternError):
         self.problem = problem
 
 
+class PatternExistsError(PatternError):
+    """A pattern of this name is registered already (and replacing was not asked for)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a pattern named {name!r} is already registered; send "
+                         "\"replace\": true to replace it")
+        self.name = name
+
+
+class PatternNotFoundError(PatternError):
+    """No pattern of this name is registered."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no pattern named {name!r}; GET /api/v1/patterns lists them")
+        self.name = name
+
+
 class AuthError(TmwsError):
     """A request cannot be served for the caller; ``code`` is the stable API error code."""
 
@@ -99,7 +122,12 @@ class PermissionDeniedError(AuthError):
 
 
 class DatabaseError(TmwsError):
-    """PostgreSQL could not be reached or is not set up as tmws needs."""
+    """PostgreSQL could not be reached or is not set up as tmws needs. ``retry_after``:
+    whole seconds until it is worth trying again (at least 1)."""
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ExtensionMissingError(DatabaseError):
@@ -125,6 +153,15 @@ class InvalidRequestError(ExecutionError):
 class HandlerCapabilityError(ExecutionError):
     """A handler reached for memories, statistics or the database without declaring it
     (tmws.handlers.Capabilities): a bug in the handler, reported as its failure."""
+
+
+class OverloadedError(ExecutionError):
+    """Refused before anything ran: the database is too busy for this request to finish
+    within its time budget. ``retry_after`` is a hint in whole seconds (at least 1)."""
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 # Imported last: the native module subclasses PatternError defined above.

@@ -239,8 +239,8 @@ async def store_memory(ctx: HandlerContext) -> dict[str, Any]:
              ("memory_type", "importance", "tags", "metadata", "visibility")}
     memory = convert({"content": content, **{k: v for k, v in given.items() if v is not None}},
                      MemoryInput, "context")
-    memory_id = await ctx.memory.store_input(ctx.namespace, memory)
-    return {"stored": True, "id": memory_id, "namespace": ctx.namespace,
+    stored = await ctx.memory.store_input(ctx.namespace, memory)
+    return {"stored": True, "id": stored.id, "namespace": ctx.namespace,
             "visibility": memory.visibility}
 
 

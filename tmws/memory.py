@@ -121,26 +121,27 @@ class MemoryStore:
                           "importance": importance, "tags": list(tags),
                           "metadata": dict(metadata or {}), "visibility": visibility},
                          MemoryInput)
-        return await self.store_input(namespace, memory)
+        return (await self.store_input(namespace, memory)).id
 
-    async def store_input(self, namespace: str, memory: MemoryInput) -> int:
-        """Store a checked :class:`~tmws.inputs.MemoryInput`; returns its id.
+    async def store_input(self, namespace: str, memory: MemoryInput) -> MemoryRecord:
+        """Store a checked :class:`~tmws.inputs.MemoryInput`; returns it as stored (whole
+        content), in the same statement: nothing can fail after the row is committed.
 
-        Everything is checked before the row is written: an acknowledged memory can always
-        be read back.
+        Everything is checked before the row is written, so an acknowledged memory can
+        always be read back.
         """
         check_namespace(namespace)
         check_metadata(memory.metadata, self.limits)
         embedding = await self._embed(memory.content)
         rows = await self.database.fetch(
             "INSERT INTO memories (namespace, content, memory_type, importance, tags, metadata,"
-            " visibility, embedding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            f" visibility, embedding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
             (namespace, memory.content, memory.memory_type, memory.importance, memory.tags,
              msgspec.json.encode(memory.metadata).decode(), memory.visibility,
              None if embedding is None else _vector(embedding)),
         )
         await self._bump(namespace, memory.visibility)
-        return int(rows[0]["id"])
+        return _record(rows[0], full=True)
 
     async def get(self, namespace: str, memory_id: int, *, full: bool = False
                   ) -> MemoryRecord | None:

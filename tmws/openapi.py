@@ -53,12 +53,15 @@ def openapi_schema() -> dict[str, Any]:
         if parameters:
             operation["parameters"] = parameters
         if route.request_type is not None:
-            operation["requestBody"] = {"required": True, "content": {
+            operation["requestBody"] = {"required": route.body_required, "content": {
                 "application/json": {"schema": by_type[route.request_type]}}}
         schema = (by_type[route.response_type] if route.response_type is not None
                   else {"type": "string"})
         ok: dict[str, Any] = {"description": "OK" if route.status == 200 else "Created",
                               "content": {route.content_type: {"schema": schema}}}
+        if route.response_headers:
+            ok["headers"] = {name: {"description": text, "schema": {"type": kind}}
+                             for name, kind, text in route.response_headers}
         responses: dict[str, Any] = {str(route.status): ok}
         errors = set(route.errors)
         if route.scope is not None:

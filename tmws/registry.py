@@ -1,13 +1,18 @@
 """The pattern registry: the live pattern set and its compiled Rust matcher.
 
-Every change builds a complete new matcher first and swaps it in atomically, so a
-failed registration leaves the registry exactly as it was.
+Every change builds a complete new set first (:meth:`PatternRegistry.prepare`: limits
+checked, every trigger compiled, the example index built) and only then swaps it in
+(:meth:`PatternRegistry.install`), so a failed registration leaves the registry exactly as
+it was. Preparing touches no state, so it may run in a thread.
+
+The registry is one process's view. Changes every instance must see go through the
+engine (``engine.register_pattern`` and friends, :mod:`tmws._pattern_sync`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -15,7 +20,24 @@ from tmws._native import ExampleIndex, Matcher, cache_key
 from tmws.errors import PatternConfigError
 from tmws.models import ExampleMatch, PatternDefinition, PatternLimits, PatternType
 
-__all__ = ["PatternRegistry"]
+__all__ = ["PatternRegistry", "PreparedSet", "fingerprint_of"]
+
+
+def fingerprint_of(patterns: Iterable[PatternDefinition]) -> str:
+    """The content hash of a pattern set, in order: equal on every instance for equal sets,
+    so instances running the same set share cached results."""
+    return cache_key([msgspec.msgpack.encode(p) for p in patterns])
+
+
+class PreparedSet(NamedTuple):
+    """A complete pattern set, checked and compiled, ready to :meth:`install`."""
+
+    patterns: dict[str, PatternDefinition]
+    matcher: Matcher
+    examples: ExampleIndex
+    texts: list[str]
+    positions: dict[str, int]
+    fingerprint: str
 
 
 class PatternRegistry:
@@ -31,6 +53,9 @@ class PatternRegistry:
         self._examples: tuple[ExampleIndex, list[str]] = (ExampleIndex([]), [])
         self._example_positions: dict[str, int] = {}
         self._match_cache_size = match_cache_size
+        self._version = 0
+        # The shared version this set is (tmws._pattern_sync), None for a local change.
+        self.shared_version: int | None = None
         self.register_batch(list(patterns))
 
     # -- changes ---------------------------------------------------------------------------
@@ -63,20 +88,24 @@ class PatternRegistry:
 
     def replace_all(self, patterns: Iterable[PatternDefinition]) -> None:
         """Swap in a whole new pattern set (a reload)."""
-        staged: dict[str, PatternDefinition] = {}
-        for pattern in patterns:
-            if pattern.name in staged:
-                raise PatternConfigError("duplicate pattern name", pattern=pattern.name)
-            staged[pattern.name] = pattern
-        self._swap(staged)
+        self.install(self.prepare(patterns))
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Called after every successful change of the pattern set."""
         self._listeners.append(listener)
 
     def _swap(self, staged: dict[str, PatternDefinition]) -> None:
-        for pattern in staged.values():
+        self.install(self.prepare(staged.values()))
+
+    def prepare(self, patterns: Iterable[PatternDefinition]) -> PreparedSet:
+        """Check and compile a whole set without touching the registry (thread-safe):
+        PatternConfigError or PatternCompileError naming the pattern if any is unusable."""
+        staged: dict[str, PatternDefinition] = {}
+        for pattern in patterns:
+            if pattern.name in staged:
+                raise PatternConfigError("duplicate pattern name", pattern=pattern.name)
             self.limits.check(pattern)
+            staged[pattern.name] = pattern
         specs = [(p.name, p.trigger_pattern, p.priority, p.pattern_type.value)
                  for p in staged.values()]
         warmup = [q for p in staged.values() for q in p.example_queries]
@@ -84,19 +113,31 @@ class PatternRegistry:
         examples = [(p.name, p.pattern_type.value, text)
                     for p in staged.values() for text in p.routing_examples]
         try:
-            # Content, not the local version counter, so instances with equal sets share L2.
-            # Computed first: like the matcher, it must fail before anything changes.
-            fingerprint = cache_key([msgspec.msgpack.encode(p) for p in staged.values()])
+            # Content, not a version counter, so instances with equal sets share L2.
+            fingerprint = fingerprint_of(staged.values())
             index = ExampleIndex(examples)
-            self._matcher.replace(specs, warmup=warmup)  # raises before anything changes
+            matcher = Matcher(specs, cache_capacity=self._match_cache_size, warmup=warmup)
         except OverflowError as exc:  # an integer (priority, metadata) beyond 64 bits
             raise PatternConfigError(f"a number is out of range: {exc}") from None
-        self._patterns = staged
-        self._examples = (index, [text for _, _, text in examples])
-        self._example_positions = {}
+        positions: dict[str, int] = {}
         for position, (_, _, text) in enumerate(examples):
-            self._example_positions.setdefault(text, position)
-        self.fingerprint = fingerprint
+            positions.setdefault(text, position)
+        return PreparedSet(staged, matcher, index, [text for _, _, text in examples],
+                           positions, fingerprint)
+
+    def install(self, prepared: PreparedSet, *, shared_version: int | None = None) -> None:
+        """Swap a prepared set in (one reference at a time, each atomic under the GIL) and
+        tell the listeners. ``shared_version``: the group's version this set is; without
+        it (a change made here only) the registry keeps the one it had, and runs ahead of
+        the group until the group's next version replaces the whole set."""
+        self._matcher = prepared.matcher
+        self._patterns = prepared.patterns
+        self._examples = (prepared.examples, prepared.texts)
+        self._example_positions = prepared.positions
+        self.fingerprint = prepared.fingerprint
+        if shared_version is not None:
+            self.shared_version = shared_version
+        self._version += 1
         for listener in self._listeners:
             listener()
 
@@ -104,8 +145,8 @@ class PatternRegistry:
 
     @property
     def version(self) -> int:
-        """Bumped on every change of the pattern set."""
-        return self._matcher.version
+        """Bumped on every change of the pattern set in this process."""
+        return self._version
 
     def get(self, name: str) -> PatternDefinition | None:
         return self._patterns.get(name)
@@ -194,6 +235,7 @@ class PatternRegistry:
             "total_patterns": len(self._patterns),
             "patterns_by_type": by_type,
             "version": self.version,
+            "shared_version": self.shared_version,
             "match_cache": {**cache,
                             "hit_rate": 100.0 * cache["hits"] / lookups if lookups else 0.0},
         }

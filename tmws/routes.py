@@ -23,6 +23,7 @@ from tmws.schemas import (
     PatternList,
     PatternRegistration,
     PatternReload,
+    PatternReloadRequest,
     Readiness,
     RouteRequest,
 )
@@ -30,6 +31,13 @@ from tmws.schemas import (
 __all__ = ["ROUTER", "ROUTES"]
 
 _BODY: Final = (400, 413, 415, 422)  # every route with a JSON body can answer these
+_CHANGE_HEADERS: Final = (
+    ("x-pattern-set-version", "integer", "the group's pattern-set version after the change"),
+    ("x-pattern-set-instances", "string",
+     "live instances of the group running it, of all live ones (e.g. 2/2)"),
+    ("x-pattern-set-visible-everywhere", "boolean",
+     "whether every live instance ran the change when this was answered"),
+)
 
 ROUTES: Final = (
     Route("POST", "/api/v1/execute", endpoints.execute,
@@ -44,12 +52,16 @@ ROUTES: Final = (
           errors=(422,),
           query=(("type", "only patterns of this type", tuple(t.value for t in PatternType)),)),
     Route("POST", "/api/v1/patterns", endpoints.register_pattern,
-          "Register a pattern (the regex is compiled first; nothing changes on error)",
+          "Register a pattern for every instance of the group (compiled first; nothing "
+          "changes on error)",
           scope="patterns:admin", request_type=PatternRegistration,
-          response_type=PatternDefinition, status=201, errors=(*_BODY, 409)),
+          response_type=PatternDefinition, status=201, errors=(*_BODY, 409, 503),
+          response_headers=_CHANGE_HEADERS),
     Route("POST", "/api/v1/patterns/reload", endpoints.reload_patterns,
-          "Re-read TMWS_PATTERN_CONFIG and swap the whole set in", scope="patterns:admin",
-          response_type=PatternReload, errors=(422,)),
+          "Re-read TMWS_PATTERN_CONFIG and make it every instance's whole set (a file without "
+          "patterns only with allow_empty)", scope="patterns:admin",
+          request_type=PatternReloadRequest, body_required=False,
+          response_type=PatternReload, errors=(*_BODY, 503), response_headers=_CHANGE_HEADERS),
     Route("POST", "/api/v1/patterns/eval", endpoints.evaluate_patterns,
           "Route labelled queries (nothing runs): accuracy, precision/recall, abstentions, "
           "confusions", scope="patterns:admin", request_type=EvaluationRequest,
@@ -58,8 +70,8 @@ ROUTES: Final = (
           "Read one pattern", scope="execute", response_type=PatternDefinition,
           errors=(404,)),
     Route("DELETE", "/api/v1/patterns/{name}", endpoints.delete_pattern,
-          "Unregister a pattern", scope="patterns:admin", response_type=PatternDefinition,
-          errors=(404,)),
+          "Unregister a pattern for every instance of the group", scope="patterns:admin",
+          response_type=PatternDefinition, errors=(404, 503), response_headers=_CHANGE_HEADERS),
     Route("POST", "/api/v1/memories", endpoints.create_memory,
           "Store a memory in the caller's namespace", scope="memories:write",
           request_type=MemoryCreate, response_type=MemoryRecord, status=201,

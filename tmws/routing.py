@@ -32,6 +32,9 @@ class Route(NamedTuple):
     # Query parameters: (name, description, allowed values or () for any string).
     query: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
     rate_limited: bool = True
+    body_required: bool = True  # False: an empty body means the request type's defaults
+    # Headers of the 2xx answer: (name, JSON schema type, description).
+    response_headers: tuple[tuple[str, str, str], ...] = ()
 
 
 class _Template(NamedTuple):

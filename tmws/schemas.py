@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from tmws._pattern_sync import Propagation
 from tmws.inputs import (
     Days,
     Importance,
@@ -34,6 +35,7 @@ __all__ = [
     "PatternList",
     "PatternRegistration",
     "PatternReload",
+    "PatternReloadRequest",
     "Readiness",
     "RouteRequest",
 ]
@@ -101,14 +103,23 @@ class PatternList(msgspec.Struct):
     patterns: list[PatternDefinition]
     count: int
     fingerprint: str
+    # The group's version this worker runs (TMWS_PATTERN_SYNC_GROUP).
+    version: int | None
+
+
+class PatternReloadRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Optional body of ``POST /api/v1/patterns/reload``."""
+
+    allow_empty: bool = msgspec.field(default=False)  # a file without patterns is refused
 
 
 class PatternReload(msgspec.Struct):
     patterns: int
     fingerprint: str
     source: str
-    # "redis": every instance and worker on the same Redis follows; otherwise this process.
-    propagation: str
+    version: int
+    # How far the new set has reached: every live instance of the group, or how many.
+    propagation: Propagation
 
 
 class CacheCleared(msgspec.Struct):

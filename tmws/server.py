@@ -12,6 +12,7 @@ import tempfile
 from tmws._logging import granian_log_options
 from tmws.config import Settings
 from tmws.database import EmbeddedPostgres, upgrade
+from tmws.engine import require_patterns
 from tmws.patterns import default_library_path, load_pattern_file
 
 __all__ = ["serve"]
@@ -25,7 +26,9 @@ def serve(settings: Settings) -> None:
     from granian.constants import Interfaces
 
     # Fail here, with the file and pattern named, rather than inside every worker.
-    load_pattern_file(settings.pattern_config or default_library_path())
+    require_patterns(load_pattern_file(settings.pattern_config or default_library_path(),
+                                       limits=settings.pattern_limits),
+                     settings.pattern_allow_empty)
     embedded: EmbeddedPostgres | None = None
     if settings.database_url is None:
         # Started once here so every worker shares one server and one migration run.

@@ -85,7 +85,9 @@ async def test_reload(make_api: ApiFactory, tmp_path: Path) -> None:
         reloaded = await api.post("/api/v1/patterns/reload")
         assert reloaded.status_code == 200, reloaded.text
         assert reloaded.json()["patterns"] == 2
-        assert reloaded.json()["propagation"] == "this process"
+        assert reloaded.json()["version"] == 2 and reloaded.headers["x-pattern-set-version"] == "2"
+        assert reloaded.json()["propagation"]["visible_everywhere"] is True
+        assert reloaded.json()["propagation"]["instances"] == 1
         fingerprint = reloaded.json()["fingerprint"]
 
         library.write_text("infrastructure_patterns:\n"
@@ -96,6 +98,15 @@ async def test_reload(make_api: ApiFactory, tmp_path: Path) -> None:
         assert str(library) in failed.json()["error"]["message"]
         current = (await api.get("/api/v1/patterns")).json()
         assert current["count"] == 2 and current["fingerprint"] == fingerprint
+        assert current["version"] == 2
+
+        library.write_text("# nothing left\n")
+        emptied = await api.post("/api/v1/patterns/reload")
+        assert emptied.status_code == 422, emptied.text
+        assert "defines no patterns" in emptied.json()["error"]["message"]
+        assert (await api.get("/api/v1/patterns")).json()["count"] == 2
+        deliberate = await api.post("/api/v1/patterns/reload", json={"allow_empty": True})
+        assert deliberate.status_code == 200 and deliberate.json()["patterns"] == 0
 
 
 async def test_pattern_named_reload_is_readable(api: httpx.AsyncClient) -> None:

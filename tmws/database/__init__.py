@@ -8,11 +8,18 @@ from tmws.database._migrate import (
     require_current_schema,
     upgrade,
 )
-from tmws.database._pool import Database, database_fence, get_pool_stats
+from tmws.database._pool import (
+    Budget,
+    Database,
+    database_fence,
+    get_pool_stats,
+    request_budget,
+)
 from tmws.database._vectors import check_embedding_config, reembed
 
 __all__ = [
     "PGVECTOR_HELP",
+    "Budget",
     "Database",
     "EmbeddedPostgres",
     "ImportReport",
@@ -24,6 +31,7 @@ __all__ = [
     "get_pool_stats",
     "import_memories",
     "reembed",
+    "request_budget",
     "require_current_schema",
     "upgrade",
 ]

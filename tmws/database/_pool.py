@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
@@ -20,11 +21,16 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tmws.config import Settings
 from tmws.database._vectors import search_settings_sql
-from tmws.errors import DatabaseError, HandlerCapabilityError, InvalidRequestError
+from tmws.errors import (
+    DatabaseError,
+    HandlerCapabilityError,
+    InvalidRequestError,
+    OverloadedError,
+)
 from tmws.metrics import DATABASE_CONNECTIONS_ACTIVE, DATABASE_QUERY_DURATION
 
-__all__ = ["UNREADABLE_KEY", "Database", "database_fence", "first_line", "get_pool_stats",
-           "load_json"]
+__all__ = ["UNREADABLE_KEY", "Budget", "Database", "database_fence", "first_line",
+           "get_pool_stats", "load_json", "request_budget"]
 
 logger = logging.getLogger("tmws.database")
 sql_logger = logging.getLogger("tmws.database.sql")
@@ -41,6 +47,23 @@ _open_databases: weakref.WeakSet[Database] = weakref.WeakSet()
 database_fence: ContextVar[str | None] = ContextVar("tmws_database_fence", default=None)
 
 
+class Budget:
+    """The time a request has (``deadline``, on ``time.monotonic``), shared by everything
+    it awaits: tasks it starts copy the context, so they see this same object. ``waiting``
+    counts its connection requests still queued for the pool, so a timeout can tell "the
+    database was busy or down" from "the handler was slow"."""
+
+    __slots__ = ("deadline", "waiting")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.waiting = 0
+
+
+# Set around work done for a request: connection requests wait at most until its deadline.
+request_budget: ContextVar[Budget | None] = ContextVar("tmws_request_budget", default=None)
+
+
 def get_pool_stats() -> dict[str, Any]:
     """Pool statistics of every open database in this process (the guide's diagnosis call)."""
     pools = [db.pool_stats() for db in list(_open_databases)]
@@ -53,6 +76,7 @@ class Database:
     """A pool of connections to one PostgreSQL database."""
 
     def __init__(self, conninfo: str, settings: Settings) -> None:
+        self.conninfo = conninfo
         self._settings = settings
         self._echo = settings.db_echo
         self._errors = 0
@@ -115,16 +139,27 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection. Within a request (:data:`request_budget`) the wait for one
+        ends at the request's deadline, never TMWS_DB_POOL_TIMEOUT later."""
         fenced = database_fence.get()
         if fenced is not None:
             raise HandlerCapabilityError(f"the database is out of bounds here ({fenced})")
         if not self.available:
             # Fail fast instead of queueing behind a pool that cannot connect.
-            raise DatabaseError(
-                f"database unavailable: the server could not be reached (retrying every "
-                f"{RETRY_AFTER_SECONDS:g}s)")
+            raise self.unreachable()
+        budget = request_budget.get()
+        timeout = self._settings.db_pool_timeout
+        if budget is not None:
+            timeout = min(timeout, budget.deadline - time.monotonic())
+            if timeout <= 0:
+                raise self._no_connection(budget)
+            budget.waiting += 1
+        waiting = budget is not None
         try:
-            async with self._pool.connection() as conn:
+            async with self._pool.connection(timeout=timeout) as conn:
+                if waiting:
+                    budget.waiting -= 1  # type: ignore[union-attr]
+                    waiting = False
                 DATABASE_CONNECTIONS_ACTIVE.inc()
                 try:
                     yield conn
@@ -133,9 +168,35 @@ class Database:
                     self._returned_at[conn] = time.monotonic()
         except PoolTimeout as exc:
             self._errors += 1
-            raise DatabaseError(
-                f"no database connection within {self._settings.db_pool_timeout:g}s "
-                "(TMWS_DB_POOL_TIMEOUT): the pool is exhausted or the server is down") from exc
+            raise self._no_connection(budget) from exc
+        finally:
+            if waiting:
+                budget.waiting -= 1  # type: ignore[union-attr]
+
+    def unreachable(self) -> DatabaseError:
+        return DatabaseError(
+            f"database unavailable: the server could not be reached (retrying every "
+            f"{RETRY_AFTER_SECONDS:g}s)", retry_after=self.retry_after())
+
+    def _no_connection(self, budget: Budget | None) -> DatabaseError | OverloadedError:
+        """No connection came in time: the server is down, or (within a request's budget)
+        the pool is busy, or (outside one) exhausted for TMWS_DB_POOL_TIMEOUT."""
+        if not self.available:
+            return self.unreachable()
+        if budget is not None:
+            return OverloadedError(
+                "overloaded: no database connection came free within the request's time "
+                "budget (TMWS_DB_MAX_CONNECTIONS); retry shortly", retry_after=1)
+        return DatabaseError(
+            f"no database connection within {self._settings.db_pool_timeout:g}s "
+            "(TMWS_DB_POOL_TIMEOUT): the pool is exhausted or the server is down")
+
+    def retry_after(self) -> int:
+        """Whole seconds until the next attempt to reach an unreachable server (at least 1)."""
+        since = self._unreachable_since
+        if since is None:
+            return 1
+        return max(1, math.ceil(RETRY_AFTER_SECONDS - (time.monotonic() - since)))
 
     async def fetch(self, query: Any, params: Sequence[Any] | dict[str, Any] = (), *,
                     prepare: bool | None = None) -> list[dict[str, Any]]:

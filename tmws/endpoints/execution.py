@@ -20,7 +20,7 @@ _execute_decoder: Final = msgspec.json.Decoder(ExecuteRequest)
 _route_decoder: Final = msgspec.json.Decoder(RouteRequest)
 # Failed executions that are the service's fault or a dependency's, not an answer.
 _FAILURE_STATUS: Final = {"pattern_timeout": 504, "database_unavailable": 503,
-                          "invalid_request": 422}
+                          "overloaded": 503, "invalid_request": 422}
 
 
 async def execute(engine: PatternExecutionEngine, request: Request) -> Response:
@@ -45,8 +45,9 @@ async def execute(engine: PatternExecutionEngine, request: Request) -> Response:
         raise HTTPError(422, "invalid_request", str(exc)) from None
     status = _FAILURE_STATUS.get(result.error_code or "") if not result.success else None
     if status is not None:
-        return Response(status, error_body(result.error_code or "", result.error or "",
-                                           result))
+        retry = result.metadata.get("retry_after")
+        return Response(status, error_body(result.error_code or "", result.error or "", result),
+                        [(b"retry-after", str(retry).encode())] if retry else None)
     return Response(200, encoder.encode(result))
 
 

@@ -10,6 +10,8 @@ from tmws.endpoints._common import actor, decode, encoder, namespace_for
 from tmws.errors import InvalidRequestError
 from tmws.http import HTTPError, Request, Response
 from tmws.inputs import memory_id
+from tmws.memory import MemoryRecord, MemoryStore
+from tmws.models import PatternType
 from tmws.schemas import DeletedMemory, MemoryCreate, MemoryList, MemorySearch
 
 if TYPE_CHECKING:
@@ -38,20 +40,21 @@ async def create_memory(engine: PatternExecutionEngine, request: Request) -> Res
     body = decode(_create_decoder, await request.json_body())
     namespace = namespace_for(request, body.namespace, "`$.namespace`")
     try:
-        stored = await engine.memory.store_input(namespace, body)
+        async with engine.admitted(PatternType.MEMORY):
+            record = await engine.memory.store_input(namespace, body)
     except InvalidRequestError as exc:
         raise HTTPError(422, "invalid_memory", str(exc)) from None
-    engine.audit.record(actor(request, namespace), "memory.store", target=str(stored),
+    engine.audit.record(actor(request, namespace), "memory.store", target=str(record.id),
                         outcome="success", detail={"visibility": body.visibility})
-    record = await engine.memory.get(namespace, stored, full=True)
     return Response(201, encoder.encode(record),
-                    [(b"location", f"/api/v1/memories/{stored}".encode())])
+                    [(b"location", f"/api/v1/memories/{record.id}".encode())])
 
 
 async def get_memory(engine: PatternExecutionEngine, request: Request) -> Response:
     wanted = _memory_id(request)
     namespace = namespace_for(request, request.query_params().get("namespace"), "`?namespace`")
-    record = await engine.memory.get(namespace, wanted, full=True)
+    async with engine.admitted(PatternType.MEMORY):
+        record = await engine.memory.get(namespace, wanted, full=True)
     if record is None:
         raise _not_found(wanted)
     return Response(200, encoder.encode(record))
@@ -60,7 +63,8 @@ async def get_memory(engine: PatternExecutionEngine, request: Request) -> Respon
 async def delete_memory(engine: PatternExecutionEngine, request: Request) -> Response:
     wanted = _memory_id(request)
     namespace = namespace_for(request, request.query_params().get("namespace"), "`?namespace`")
-    deleted = await engine.memory.delete(namespace, wanted)
+    async with engine.admitted(PatternType.MEMORY):
+        deleted = await engine.memory.delete(namespace, wanted)
     engine.audit.record(actor(request, namespace), "memory.delete", target=str(wanted),
                         outcome="success" if deleted else "not_found")
     if not deleted:
@@ -73,17 +77,20 @@ async def delete_memory(engine: PatternExecutionEngine, request: Request) -> Res
 async def search_memories(engine: PatternExecutionEngine, request: Request) -> Response:
     body = decode(_search_decoder, await request.json_body())
     namespace = namespace_for(request, body.namespace, "`$.namespace`")
-    store, limit = engine.memory, body.limit
+    async with engine.admitted(PatternType.MEMORY):
+        results = await _search(engine.memory, namespace, body)
+    return Response(200, encoder.encode(MemoryList(results, len(results))))
+
+
+async def _search(store: MemoryStore, namespace: str, body: MemorySearch) -> list[MemoryRecord]:
+    limit = body.limit
     if body.query is not None and body.query.strip():
         if body.method == "vector":
-            results = await store.similar(namespace, body.query, limit=limit)
-        else:
-            results = await store.search(namespace, body.query, limit=limit)
-    elif body.tags:
-        results = await store.by_tag(namespace, body.tags, limit=limit)
-    elif body.min_importance is not None:
-        results = await store.by_importance(namespace, min_importance=body.min_importance,
-                                            limit=limit)
-    else:
-        results = await store.recent(namespace, limit=limit, days=body.days)
-    return Response(200, encoder.encode(MemoryList(results, len(results))))
+            return await store.similar(namespace, body.query, limit=limit)
+        return await store.search(namespace, body.query, limit=limit)
+    if body.tags:
+        return await store.by_tag(namespace, body.tags, limit=limit)
+    if body.min_importance is not None:
+        return await store.by_importance(namespace, min_importance=body.min_importance,
+                                         limit=limit)
+    return await store.recent(namespace, limit=limit, days=body.days)

@@ -1,7 +1,9 @@
 """The pattern library over HTTP: list, read, register, delete, reload, evaluate routing.
 
-Every change is all or nothing: a rejected regex or an unknown handler leaves the
-registry exactly as it was.
+Changes go through the engine's operations: all or nothing (a rejected regex or handler
+leaves every instance's set as it was), stored as a new version of the group's set before
+they are acknowledged, audited, and answered with how far they have reached
+(``x-pattern-set-*`` headers).
 """
 
 from __future__ import annotations
@@ -12,25 +14,33 @@ import msgspec
 
 from tmws.embeddings import EmbeddingError
 from tmws.endpoints._common import actor, decode, encoder
-from tmws.errors import InvalidRequestError, PatternConfigError, PatternError
+from tmws.errors import (
+    InvalidRequestError,
+    PatternError,
+    PatternExistsError,
+    PatternNotFoundError,
+)
 from tmws.evaluation import labelled
 from tmws.http import HTTPError, Request, Response
 from tmws.models import PatternDefinition, PatternType
-from tmws.schemas import EvaluationRequest, PatternList, PatternRegistration, PatternReload
+from tmws.schemas import (
+    EvaluationRequest,
+    PatternList,
+    PatternRegistration,
+    PatternReload,
+    PatternReloadRequest,
+)
 
 if TYPE_CHECKING:
-    from tmws.engine import PatternExecutionEngine
+    from tmws.engine import PatternChange, PatternExecutionEngine
 
 __all__ = ["delete_pattern", "evaluate_patterns", "get_pattern", "list_patterns",
            "register_pattern", "reload_patterns"]
 
 _registration_decoder: Final = msgspec.json.Decoder(PatternRegistration)
 _evaluation_decoder: Final = msgspec.json.Decoder(EvaluationRequest)
+_reload_decoder: Final = msgspec.json.Decoder(PatternReloadRequest)
 _TYPES: Final = ", ".join(t.value for t in PatternType)
-
-
-def _propagation(engine: PatternExecutionEngine) -> str:
-    return "redis" if engine.settings.redis_url else "this process"
 
 
 async def list_patterns(engine: PatternExecutionEngine, request: Request) -> Response:
@@ -43,9 +53,10 @@ async def list_patterns(engine: PatternExecutionEngine, request: Request) -> Res
             raise HTTPError(422, "validation_error",
                             f"unknown pattern type {wanted!r}; use one of: {_TYPES} - at "
                             "`?type`") from None
-    patterns = engine.registry.patterns(pattern_type)
+    registry = engine.registry
+    patterns = registry.patterns(pattern_type)
     return Response(200, encoder.encode(
-        PatternList(patterns, len(patterns), engine.registry.fingerprint)))
+        PatternList(patterns, len(patterns), registry.fingerprint, registry.shared_version)))
 
 
 def _pattern_or_404(engine: PatternExecutionEngine, name: str) -> PatternDefinition:
@@ -60,57 +71,53 @@ async def get_pattern(engine: PatternExecutionEngine, request: Request) -> Respo
     return Response(200, encoder.encode(_pattern_or_404(engine, request.path_params["name"])))
 
 
+def _change_headers(change: PatternChange) -> list[tuple[bytes, bytes]]:
+    """Where the change stands: the set's version, and whether every live instance of the
+    group runs it yet (they converge within a heartbeat either way)."""
+    reach = change.propagation
+    return [(b"x-pattern-set-version", str(reach.version).encode()),
+            (b"x-pattern-set-instances", f"{reach.applied}/{reach.instances}".encode()),
+            (b"x-pattern-set-visible-everywhere",
+             b"true" if reach.visible_everywhere else b"false")]
+
+
 async def register_pattern(engine: PatternExecutionEngine, request: Request) -> Response:
     body = decode(_registration_decoder, await request.json_body())
     config = msgspec.structs.asdict(body)
     replace = config.pop("replace")
-    who = actor(request)
     try:
-        pattern = PatternDefinition.from_config(config, source="request")
-        if pattern.handler is not None and pattern.handler not in engine.handlers:
-            raise PatternConfigError(
-                f"unknown handler {pattern.handler!r}; bound handlers: "
-                f"{', '.join(sorted(engine.handlers))}", pattern=pattern.name)
-        if pattern.name in engine.registry and not replace:
-            raise HTTPError(409, "pattern_exists",
-                            f"a pattern named {pattern.name!r} is already registered; send "
-                            "\"replace\": true to replace it")
-        engine.registry.register(pattern, replace=replace)  # compiles first; all or nothing
+        change = await engine.register_pattern(config, replace=replace, actor=actor(request))
+    except PatternExistsError as exc:
+        raise HTTPError(409, "pattern_exists", str(exc)) from None
     except PatternError as exc:
-        engine.audit.record(who, "pattern.register", target=body.name, outcome="invalid_pattern")
         raise HTTPError(422, "invalid_pattern", str(exc)) from None
-    engine.audit.record(who, "pattern.register", target=pattern.name, outcome="success",
-                        detail={"replace": replace, "pattern_type": pattern.pattern_type.value})
-    await engine.router.settled()  # its examples count in stage 2 once this returns
-    return Response(201, encoder.encode(pattern),
-                    [(b"location", f"/api/v1/patterns/{pattern.name}".encode())])
+    assert change.pattern is not None
+    return Response(201, encoder.encode(change.pattern),
+                    [(b"location", f"/api/v1/patterns/{change.pattern.name}".encode()),
+                     *_change_headers(change)])
 
 
 async def delete_pattern(engine: PatternExecutionEngine, request: Request) -> Response:
     name = request.path_params["name"]
-    _pattern_or_404(engine, name)
     try:
-        removed = engine.registry.unregister(name)
-    except KeyError:  # removed concurrently by another request
-        raise HTTPError(404, "pattern_not_found", f"no pattern named {name!r}") from None
-    engine.audit.record(actor(request), "pattern.delete", target=name, outcome="success")
-    await engine.router.settled()
-    return Response(200, encoder.encode(removed))
+        change = await engine.unregister_pattern(name, actor=actor(request))
+    except PatternNotFoundError as exc:
+        raise HTTPError(404, "pattern_not_found", str(exc)) from None
+    return Response(200, encoder.encode(change.pattern), _change_headers(change))
 
 
 async def reload_patterns(engine: PatternExecutionEngine, request: Request) -> Response:
-    source = engine.settings.pattern_config or "the default library"
-    who = actor(request)
+    raw = await request.json_body()
+    options = decode(_reload_decoder, raw) if raw.strip() else PatternReloadRequest()
     try:
-        count = await engine.reload_patterns()
+        change = await engine.reload_patterns(allow_empty=options.allow_empty or None,
+                                              actor=actor(request))
     except PatternError as exc:
-        engine.audit.record(who, "pattern.reload", target=source, outcome="invalid_pattern")
         raise HTTPError(422, "invalid_pattern_file",
                         f"{exc}; the previous pattern set is still in use") from None
-    engine.audit.record(who, "pattern.reload", target=source, outcome="success",
-                        detail={"patterns": count})
     return Response(200, encoder.encode(PatternReload(
-        count, engine.registry.fingerprint, engine.library.source, _propagation(engine))))
+        change.patterns, change.propagation.fingerprint, engine.library.source,
+        change.propagation.version, change.propagation)), _change_headers(change))
 
 
 async def evaluate_patterns(engine: PatternExecutionEngine, request: Request) -> Response:
