@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,6 +26,9 @@ from tmws.app import TmwsApp
 from tmws.config import Settings
 from tmws.database import EmbeddedPostgres, upgrade
 from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
+
+# Fixture plugins (psycopg's tests/fix_*.py): served instances.
+pytest_plugins = ["tests.fix_server"]
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 # The machine's PostgreSQL 15 has no pgvector: used to test the missing-extension error.
@@ -63,7 +67,8 @@ def make_settings(database_url: str, **overrides: str) -> Settings:
     env = {"TMWS_DATABASE_URL": database_url, "TMWS_DB_MAX_CONNECTIONS": "4",
            "TMWS_LOG_LEVEL": "WARNING", "TMWS_PATTERN_INFRA_TIMEOUT": "2000",
            "TMWS_PATTERN_MEMORY_TIMEOUT": "5000", "TMWS_PATTERN_HYBRID_TIMEOUT": "5000",
-           "TMWS_PATTERN_SYNC_GROUP": f"test-{uuid.uuid4().hex[:12]}"}
+           "TMWS_PATTERN_SYNC_GROUP": f"test-{uuid.uuid4().hex[:12]}",
+           "TMWS_AUDIT_SPILL_DIR": str(Path(tempfile.gettempdir()) / "tmws-test-audit-spill")}
     env.update({f"TMWS_{k.upper()}": v for k, v in overrides.items()})
     return Settings.from_env(env)
 

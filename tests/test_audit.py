@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -253,5 +254,57 @@ async def test_close_counts_what_cannot_be_written(caplog: pytest.LogCaptureFixt
     await audit.close()
     assert audit.stats() == {"enabled": True, "recorded": 3, "written": 0, "dropped": 3,
                              "rejected": 0, "write_errors": audit.stats()["write_errors"],
-                             "pending": 0}
+                             "pending": 0, "spilled": 0, "replayed": 0}
     assert any("closed with 3 record(s) unwritten" in r.getMessage() for r in caplog.records)
+
+
+async def test_nothing_is_lost_to_overload_or_shutdown_spilled_then_replayed(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """The finding: at shutdown after an overload, "audit log closed with 100000 record(s)
+    unwritten". Now what the database cannot take goes to the spill directory, and the next
+    start writes it: the count in the table matches the count recorded."""
+    data_dir = tmp_path_factory.mktemp("audit-spill")
+    spill = tmp_path / "spill"
+    embedded = EmbeddedPostgres(data_dir)
+    conninfo = embedded.start()
+    await upgrade(conninfo)
+    embedded.stop()  # down for the whole first life of the log
+    database = Database(conninfo, make_settings(conninfo, db_pool_timeout="1"))
+    first = AuditLog(database, capacity=50, flush_interval=0.05, close_timeout=1,
+                     spill_dir=spill)
+    for i in range(500):  # ten times the capacity: the writer moves the excess to disk
+        first.record("erin", "execute", target=f"r-{i}", outcome="success", tokens=i,
+                     detail={"n": i})
+        if i % 100 == 99:
+            await asyncio.sleep(0.2)
+    await first.close()
+    stats = first.stats()
+    assert stats["dropped"] == 0 and stats["written"] == 0 and stats["pending"] == 0
+    assert stats["spilled"] == stats["recorded"] == 500
+    assert len(list(spill.glob("audit-*.jsonl"))) >= 2  # spilled while running, and at close
+
+    # A log on another database leaves those files alone.
+    elsewhere = AuditLog(Database("postgresql://postgres@127.0.0.1:5432/postgres",
+                                  make_settings(conninfo)), spill_dir=spill)
+    elsewhere.start()
+    await asyncio.sleep(0.3)
+    await elsewhere.close()
+    assert elsewhere.stats()["replayed"] == 0
+
+    restarted = EmbeddedPostgres(data_dir)
+    restarted.start()
+    try:
+        second = AuditLog(database, flush_interval=0.05, spill_dir=spill)
+        second.start()
+        deadline = time.monotonic() + 30
+        while second.stats()["replayed"] < 500:
+            assert time.monotonic() < deadline, second.stats()
+            await asyncio.sleep(0.1)
+        await second.close()
+        rows = await _rows(conninfo, "erin")
+        assert len(rows) == 500 and {r["target"] for r in rows} == {f"r-{i}" for i in range(500)}
+        assert sorted(r["tokens"] for r in rows) == list(range(500))
+        assert list(spill.glob("audit-*")) == []  # every file written and removed
+    finally:
+        await database.close()
+        restarted.stop()

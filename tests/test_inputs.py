@@ -42,7 +42,7 @@ def test_namespaces_that_pass_everywhere(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["", " ", "a b", "x" * 129, "tab\there", "ünïcode", "a/b",
-                                  "a\u0000b"])
+                                  "a\u0000b", "team\n", "\nteam"])
 def test_namespaces_refused_everywhere(name: str) -> None:
     """The finding: /execute (handlers) took what /memories refused. One rule now."""
     with pytest.raises(InvalidRequestError):

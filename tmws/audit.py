@@ -2,14 +2,20 @@
 
 :meth:`AuditLog.record` runs on every execution (cache hits included), so it only appends a
 tuple to an in-memory buffer; a background task writes the buffer to the ``audit_log``
-table in batches, one binary ``COPY`` per batch, through the engine's connection pool.
+table in batches, one binary ``COPY`` per batch, over a connection of its own (never the
+request pool: under overload requests hold every pooled connection, and the audit trail
+must not wait behind them).
 
 Records are written at least once (a connection lost just as a COPY commits may write its
 batch twice) and auditing never fails a request. While the database cannot be reached,
-records stay buffered (up to ``capacity``; beyond it the oldest are dropped and counted) and
-are written when it is back; one warning is logged per outage, not one per record. Records
-the server refuses (a value only it checks) are written row by row so that only the bad
-ones are lost, and counted as ``rejected``.
+records stay buffered and are written when it is back; one warning is logged per outage,
+not one per record. With a spill directory (TMWS_AUDIT_SPILL_DIR; the engine always has
+one), records beyond ``capacity`` and those still unwritten at :meth:`AuditLog.close` go to
+a file there instead of being lost, and the next start of any instance sharing the
+directory writes them to the database (each file is claimed by renaming it, so only one
+process replays it). Without one, the oldest beyond ``capacity`` are dropped and counted.
+Records the server refuses (a value only it checks) are written row by row so that only
+the bad ones are lost, and counted as ``rejected``.
 
 Keep ``detail`` small and free of query text, memory content and secrets: it is stored as
 is, and read when written (not copied by ``record``, so do not change it afterwards). Text
@@ -20,15 +26,21 @@ belongs to one event loop (the engine's).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
+import os
 import struct
 import time
+import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from tmws._request_context import request_id as _request_id
 from tmws.database._pool import first_line
@@ -63,6 +75,12 @@ DEFAULT_FLUSH_INTERVAL: Final = 0.5  # seconds between writes otherwise
 DEFAULT_CLOSE_TIMEOUT: Final = 5.0
 MAX_WRITE_BATCH: Final = 5_000  # records per COPY
 MAX_TEXT: Final = 512
+CONNECT_TIMEOUT: Final = 5  # seconds
+# Spill files: written whole to a hidden name, then renamed (a reader never sees half a
+# file); a file claimed for replay by a process that died is taken over after this long.
+_SPILL_GLOB: Final = "audit-{tag}-*.jsonl"
+_CLAIMED_GLOB: Final = "audit-{tag}-*.jsonl.replaying-*"
+_STALE_CLAIM: Final = 600.0
 
 _COLUMNS: Final = ("occurred_at", "request_id", "actor", "action", "target", "outcome",
                    "tokens", "duration_ms", "detail")
@@ -89,7 +107,8 @@ class AuditLog:
     def __init__(self, database: Database, *, enabled: bool = True,
                  capacity: int = DEFAULT_CAPACITY, batch_size: int = DEFAULT_BATCH_SIZE,
                  flush_interval: float = DEFAULT_FLUSH_INTERVAL,
-                 close_timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
+                 close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+                 spill_dir: str | Path | None = None) -> None:
         if capacity < 1 or batch_size < 1 or flush_interval <= 0 or close_timeout < 0:
             raise ValueError("capacity and batch_size must be at least 1, flush_interval "
                              "positive and close_timeout not negative")
@@ -110,6 +129,13 @@ class AuditLog:
         self._outage = False
         self._dropped_before_outage = 0
         self._warned_drops = False
+        self._spill_dir = Path(spill_dir) if spill_dir is not None else None
+        # Files name the database they belong to: a directory shared by deployments on
+        # different databases never replays one's records into another.
+        self._spill_tag = _database_tag(database.conninfo)
+        self._spilled = self._replayed = 0
+        self._replay_pending = self._spill_dir is not None
+        self._connection: psycopg.AsyncConnection[Any] | None = None
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -129,13 +155,18 @@ class AuditLog:
         buffer = self._buffer
         size = len(buffer)
         if size >= self._capacity:
-            buffer.popleft()
-            self._dropped += 1
+            # The writer moves the excess to disk between turns of the loop; a burst that
+            # doubles the buffer before it can is spilled here, at once (a rare blocking
+            # write beats a lost record). Without a spill directory the oldest is dropped.
+            if self._spill_dir is None or (size >= 2 * self._capacity and not self._spill_now()):
+                buffer.popleft()
+                self._dropped += 1
+            size = len(buffer)
         buffer.append((_now(), _current_request_id(), actor, action, target, outcome, tokens,
                        duration_ms, detail))
         if self._task is None:
             self._start()
-        elif size + 1 == self._batch_size:
+        elif size + 1 == self._batch_size or size + 1 == self._capacity:
             self._wakeup.set()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -166,7 +197,8 @@ class AuditLog:
 
     async def close(self) -> None:
         """Stop the writer and write what is left, for at most ``close_timeout`` seconds;
-        records still unwritten then are counted as dropped."""
+        records still unwritten then go to the spill directory (without one: dropped and
+        counted)."""
         if self._closed:
             return
         self._closed = True
@@ -184,20 +216,34 @@ class AuditLog:
             if task is not None and not task.done():  # stuck in a write: its batch goes back
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if self._buffer and self._spill_dir is not None:
+            count = len(self._buffer)
+            if await self._spill(count):
+                logger.warning("audit log closed with %d record(s) unwritten by the database "
+                               "within %gs: kept in %s for the next start", count,
+                               self._close_timeout, self._spill_dir)
         lost = len(self._buffer)
         if lost:
             self._dropped += lost
             self._buffer.clear()
             logger.warning("audit log closed with %d record(s) unwritten: the database could "
                            "not take them within %gs", lost, self._close_timeout)
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+            self._connection = None
 
     def stats(self) -> dict[str, Any]:
-        """recorded = written + dropped (rejected included) + pending, at any moment."""
+        """recorded = written + dropped (rejected included) + spilled + pending, at any
+        moment; ``replayed`` counts spilled records written later (by any instance's log:
+        they are in its ``written`` too, not in its ``recorded``)."""
         pending = len(self._buffer) + self._in_flight
         return {"enabled": self.enabled,
-                "recorded": self._written + self._dropped + pending,
+                "recorded": self._written - self._replayed + self._dropped + self._spilled
+                + pending,
                 "written": self._written, "dropped": self._dropped, "rejected": self._rejected,
-                "write_errors": self._write_errors, "pending": pending}
+                "write_errors": self._write_errors, "pending": pending,
+                "spilled": self._spilled, "replayed": self._replayed}
 
     # -- the writer -------------------------------------------------------------------------
 
@@ -211,7 +257,11 @@ class AuditLog:
                 pass
             wakeup.clear()
             try:
+                if len(self._buffer) > self._capacity and self._spill_dir is not None:
+                    await self._spill(len(self._buffer) - self._capacity)
                 ok = await self._drain()
+                if ok and self._replay_pending:
+                    ok = await self._replay()
             except Exception:  # a bug must not end auditing for the life of the process
                 logger.exception("audit log writer failed; retrying")
                 ok = False
@@ -271,30 +321,187 @@ class AuditLog:
             logger.warning("audit log: buffer full (%d records); dropping the oldest",
                            self._capacity)
 
+    # -- spilling to disk and replaying -----------------------------------------------------
+
+    async def _spill(self, count: int) -> bool:
+        """Move the oldest ``count`` buffered records to a new file in the spill directory;
+        False (and they stay buffered) if it cannot be written."""
+        assert self._spill_dir is not None
+        batch = [self._buffer.popleft() for _ in range(min(count, len(self._buffer)))]
+        if not batch:
+            return True
+        try:
+            await asyncio.to_thread(_write_spill_file, self._spill_dir, self._spill_tag, batch)
+        except OSError as exc:
+            self._buffer.extendleft(reversed(batch))
+            logger.error("audit log: cannot spill %d record(s) to %s: %s", len(batch),
+                         self._spill_dir, exc)
+            return False
+        self._spilled += len(batch)
+        self._replay_pending = True
+        return True
+
+    def _spill_now(self) -> bool:
+        assert self._spill_dir is not None
+        batch = [self._buffer.popleft() for _ in range(self._capacity)]
+        try:
+            _write_spill_file(self._spill_dir, self._spill_tag, batch)
+        except OSError as exc:
+            self._buffer.extendleft(reversed(batch))
+            logger.error("audit log: cannot spill %d record(s) to %s: %s", len(batch),
+                         self._spill_dir, exc)
+            return False
+        self._spilled += len(batch)
+        self._replay_pending = True
+        return True
+
+    async def _replay(self) -> bool:
+        """Write every spill file no other process is replaying; True when none is left
+        (or the directory cannot be read: nothing to do then)."""
+        assert self._spill_dir is not None
+        async with self._lock:
+            try:
+                claimed = await asyncio.to_thread(_claim_spill_files, self._spill_dir,
+                                                  self._spill_tag)
+            except OSError:
+                self._replay_pending = False
+                return True
+            for path in claimed:
+                try:
+                    records = await asyncio.to_thread(_read_spill_file, path)
+                    for start in range(0, len(records), MAX_WRITE_BATCH):
+                        batch = records[start:start + MAX_WRITE_BATCH]
+                        written = await self._write(batch)
+                        self._written += written
+                        self._replayed += written
+                        self._rejected += len(batch) - written
+                        # Written: a retry of this file must not repeat them.
+                        await asyncio.to_thread(_rewrite_spill_file, path,
+                                                records[start + len(batch):])
+                except Exception as exc:
+                    await asyncio.to_thread(_release_claims, claimed)
+                    self._write_errors += 1
+                    self._note_outage(exc)
+                    return False
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+                logger.info("audit log: wrote the %d record(s) kept in %s", len(records), path)
+            self._replay_pending = False
+            return True
+
     async def _write(self, batch: Sequence[_Record]) -> int:
         """Write a batch; returns how many rows went in (fewer if some cannot be stored).
 
         Raises when the database cannot take it now (the batch is then kept).
         """
-        async with self._database.connection() as conn:  # fails fast while the server is down
-            rows = []
-            for index, record in enumerate(batch):
-                if index and not index % _ENCODE_CHUNK:
-                    await asyncio.sleep(0)  # let requests run: encoding takes a few µs a row
-                try:
-                    rows.append(_encode_row(record))
-                except Exception as exc:  # e.g. tokens that are not a number: lose only it
-                    logger.warning("audit log: unwritable %s record dropped (%s)", record[3],
-                                   first_line(exc))
-            if not rows:
-                return 0
+        conn = await self._connect()
+        try:
+            return await self._write_on(conn, batch)
+        except Exception:
+            if conn.closed or conn.broken:
+                self._connection = None
+            raise
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        conn = self._connection
+        if conn is None or conn.closed or conn.broken:
+            self._connection = None
+            conn = await psycopg.AsyncConnection.connect(
+                self._database.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+            self._connection = conn
+        return conn
+
+    async def _write_on(self, conn: psycopg.AsyncConnection[Any], batch: Sequence[_Record]
+                        ) -> int:
+        rows = []
+        for index, record in enumerate(batch):
+            if index and not index % _ENCODE_CHUNK:
+                await asyncio.sleep(0)  # let requests run: encoding takes a few µs a row
             try:
-                await _copy(conn, rows)
-            except Exception as exc:
-                if not _refused_data(exc):
-                    raise
-                return await _write_row_by_row(conn, rows)
+                rows.append(_encode_row(record))
+            except Exception as exc:  # e.g. tokens that are not a number: lose only it
+                logger.warning("audit log: unwritable %s record dropped (%s)", record[3],
+                               first_line(exc))
+        if not rows:
+            return 0
+        try:
+            await _copy(conn, rows)
+        except Exception as exc:
+            if not _refused_data(exc):
+                raise
+            return await _write_row_by_row(conn, rows)
         return len(rows)
+
+
+_spill_encoder = msgspec.json.Encoder()
+_spill_decoder = msgspec.json.Decoder(list[Any])
+
+
+def _database_tag(conninfo: str) -> str:
+    """Host, port, database and user of a connection string, hashed (no password)."""
+    try:
+        parts = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        parts = {"conninfo": conninfo}
+    key = "|".join(str(parts.get(k, "")) for k in ("host", "port", "dbname", "user", "conninfo"))
+    return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+
+
+def _write_spill_file(directory: Path, tag: str, records: Sequence[_Record]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"audit-{tag}-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+    _write_lines(directory / name, records)
+
+
+def _write_lines(path: Path, records: Sequence[_Record]) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as sink:
+        for record in records:
+            sink.write(_spill_encoder.encode(list(record)) + b"\n")
+        sink.flush()
+        os.fsync(sink.fileno())
+    os.replace(partial, path)
+
+
+def _rewrite_spill_file(path: Path, remaining: Sequence[_Record]) -> None:
+    if remaining:
+        _write_lines(path, remaining)
+
+
+def _read_spill_file(path: Path) -> list[_Record]:
+    records: list[_Record] = []
+    with open(path, "rb") as source:
+        for line in source:
+            if line.strip():
+                fields = _spill_decoder.decode(line)
+                records.append(tuple(fields))
+    return records
+
+
+def _claim_spill_files(directory: Path, tag: str) -> list[Path]:
+    """Rename this database's unclaimed (and stale claimed) spill files to our claim."""
+    if not directory.is_dir():
+        return []
+    mine = f".replaying-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    claimed: list[Path] = []
+    stale = time.time() - _STALE_CLAIM
+    candidates = sorted(directory.glob(_SPILL_GLOB.format(tag=tag))) + [
+        p for p in sorted(directory.glob(_CLAIMED_GLOB.format(tag=tag)))
+        if p.stat().st_mtime < stale]
+    for path in candidates:
+        original = path.name.split(".replaying-")[0]
+        target = path.with_name(original + mine)
+        try:
+            path.rename(target)  # atomic: of several claimants, one wins
+        except FileNotFoundError:
+            continue
+        claimed.append(target)
+    return claimed
+
+
+def _release_claims(paths: Sequence[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.rename(path.with_name(path.name.split(".replaying-")[0]))
 
 
 async def _copy(conn: psycopg.AsyncConnection[Any], rows: Sequence[bytes]) -> None:

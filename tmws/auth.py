@@ -14,7 +14,6 @@ import base64
 import binascii
 import json
 import math
-import re
 import secrets
 import time
 from collections import OrderedDict
@@ -28,6 +27,7 @@ import msgspec
 
 from tmws.config import MIN_SECRET_LENGTH, Settings
 from tmws.errors import AuthenticationError, ConfigError, PermissionDeniedError
+from tmws.inputs import valid_namespace
 
 __all__ = [
     "ALGORITHM",
@@ -50,7 +50,6 @@ LEEWAY_SECONDS: Final = 5
 _CACHE_SIZE: Final = 4096
 _SCOPE_SET: Final = frozenset(SCOPES)
 _VALID_SCOPES: Final = ", ".join(SCOPES)
-_NAMESPACE: Final = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 # Algorithm names safe to repeat in an error message; anything else is attacker text.
 _KNOWN_ALGORITHMS: Final = frozenset({
     "none", "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES256K", "ES384",
@@ -205,7 +204,7 @@ class TokenAuthority:
         ``scopes`` may also be one comma- or space-separated string. Raises ValueError for
         an invalid namespace, an unknown scope, no scopes, or a non-positive lifetime.
         """
-        if not _NAMESPACE.fullmatch(namespace):
+        if not valid_namespace(namespace):
             raise ValueError(
                 f"invalid namespace {namespace[:140]!r}: use 1 to 128 characters from "
                 "A-Z a-z 0-9 _ . : @ -")
@@ -308,7 +307,7 @@ class TokenAuthority:
                 f"the token is not valid before {_iso(max(iat, nbf))}; check that the clocks "
                 "of the minting host and this server agree")
         namespace = claims["sub"]
-        if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        if not valid_namespace(namespace):
             raise _claims("has an invalid sub (namespace) claim")
         scope = claims.get("scope")
         if not isinstance(scope, str):

@@ -63,6 +63,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     workers: int = 1
+    # Requests one worker has in progress at most (Granian's backpressure; 0: Granian's
+    # default, 1024 / TMWS_WORKERS). Further requests wait in Granian, costing no Python CPU.
+    max_concurrent_requests: int = 0
     max_query_length: int = 2000
     max_body_bytes: int = 65536
     # Free-form JSON: nesting of any request body and of memory metadata, and metadata's
@@ -79,9 +82,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_min_connections: int = -1
     db_pool_timeout: float = 30.0
     # Admission (tmws.admission): executions that may use the database at once per worker
-    # (0: TMWS_DB_MAX_CONNECTIONS), and how many per pattern type may wait for one
-    # (0: four times that). A request that cannot finish in time is refused at once (503).
+    # (the most; 0: TMWS_DB_MAX_CONNECTIONS), whether fewer are used while more would only
+    # slow each query down, and how many per pattern type may wait for one (0: four times
+    # the most). A request that cannot finish in time is refused at once (503).
     admission_concurrency: int = 0
+    admission_adaptive: bool = True
     admission_queue: int = 0
     db_pool_recycle: float = 3600.0
     db_pool_pre_ping: bool = True
@@ -113,8 +118,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # a token with the metrics:read scope is also required when auth is on.
     metrics_allowed_networks: str | None = None
     metrics_require_token: bool = False
-    # Audit records (executions, pattern and memory changes) in the database.
+    # Audit records (executions, pattern and memory changes) in the database; those the
+    # database cannot take in time are kept in files here (default: TMWS_DATA_DIR/audit-spill)
+    # and written at the next start.
     audit_enabled: bool = True
+    audit_spill_dir: str | None = None
     # Seconds SIGTERM waits for in-flight requests before workers are killed.
     shutdown_timeout: int = 30
     # Pattern service
@@ -168,6 +176,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.db_min_connections < 0:
             return self.db_max_connections
         return self.db_min_connections
+
+    @property
+    def audit_spill_path(self) -> Path:
+        return Path(self.audit_spill_dir or Path(self.data_dir) / "audit-spill")
 
     @property
     def admission_limit(self) -> int:
@@ -225,6 +237,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
              f"must be one of {_MODES}"),
             ("api_port", 0 <= self.api_port <= 65535, "must be between 0 and 65535"),
             ("workers", self.workers >= 1, "must be at least 1"),
+            ("max_concurrent_requests", 0 <= self.max_concurrent_requests <= 100_000,
+             "must be between 0 (Granian's default) and 100000"),
             ("max_query_length", self.max_query_length >= 1, "must be at least 1"),
             ("max_body_bytes", self.max_body_bytes >= 256, "must be at least 256"),
             ("max_json_depth", 2 <= self.max_json_depth <= 256, "must be between 2 and 256"),

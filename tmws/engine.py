@@ -162,7 +162,8 @@ class PatternExecutionEngine:
         self._unencodable = 0  # results answered but not cacheable (no msgpack form)
         self._limits = settings.input_limits
         # Executions that use memories wait for one of these, never for the pool itself.
-        self.admission = Admission(settings.admission_limit, settings.admission_max_queue)
+        self.admission = Admission(settings.admission_limit, settings.admission_max_queue,
+                                   adaptive=settings.admission_adaptive)
         self._counters = _Counters()
         self.metrics = ExecutionMetrics()
         self._by_type: dict[str, dict[str, int]] = {
@@ -175,7 +176,8 @@ class PatternExecutionEngine:
         self._caching = settings.cache_enabled and settings.pattern_cache_enabled
         # Every execution is recorded in _finish, every pattern change by the operation that
         # makes it; the HTTP layer records memory changes.
-        self.audit = AuditLog(database, enabled=settings.audit_enabled)
+        self.audit = AuditLog(database, enabled=settings.audit_enabled,
+                              spill_dir=settings.audit_spill_path)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -389,6 +391,13 @@ class PatternExecutionEngine:
                                                     query, mode, namespace, ctx, authorize)
             if slot is not None and slot.hit is not None:
                 return self._finish(started, pattern.pattern_type, slot.hit, namespace, mode)
+            if slot is None or slot.key not in self._inflight:
+                # Under overload most requests are refused: refuse before explaining the
+                # route, so that a refusal costs little of what the admitted ones need.
+                refused = self._refused_early(handler_name, pattern, mode, namespace)
+                if refused is not None:
+                    return self._finish(started, pattern.pattern_type, refused, namespace,
+                                        mode)
 
         vector = (await self.router.query_vector(query)
                   if pattern is None and self.router.vectors is not None else None)
@@ -457,6 +466,28 @@ class PatternExecutionEngine:
         finally:
             del self._inflight[key]
         return self._finish(started, decision.pattern_type, result, namespace, mode)
+
+    def _refused_early(self, handler_name: str, pattern: PatternDefinition,
+                       mode: ExecutionMode, namespace: str) -> ExecutionResult | None:
+        """The refusal admission would give this execution now, or None."""
+        bound = self.handlers.get(handler_name)
+        if bound is None:
+            return None
+        capabilities = bound.capabilities
+        comprehensive = mode is ExecutionMode.COMPREHENSIVE and not capabilities.writes_memory
+        if not (comprehensive or capabilities.touches_memory):
+            return None
+        kind = PatternType.HYBRID.value if comprehensive else pattern.pattern_type.value
+        refusal = self.admission.refusal(
+            pattern.pattern_type.value,
+            time.monotonic() + self.settings.timeout_ms(kind) / 1000, handler_name)
+        if refusal is None:
+            return None
+        return ExecutionResult(
+            pattern_name=pattern.name, success=False, tokens_used=0, error=str(refusal),
+            error_code="overloaded",
+            metadata={"mode": mode.value, "namespace": namespace, "handler": handler_name,
+                      "retry_after": refusal.retry_after})
 
     async def _lookup(self, caching: bool, pattern: PatternDefinition | None,
                       pattern_type: PatternType, query: str, mode: ExecutionMode,
@@ -546,7 +577,7 @@ class PatternExecutionEngine:
         budget = Budget(time.monotonic() + timeout_ms / 1000)
         budget_token = request_budget.set(budget)
         fence = database_fence.set("fast mode") if ctx.mode is ExecutionMode.FAST else None
-        admitted = (self.admission.slot(pattern_type.value, budget.deadline)
+        admitted = (self.admission.slot(pattern_type.value, budget.deadline, handler_name)
                     if comprehensive or ctx.capabilities.touches_memory else nullcontext())
         try:
             async with asyncio.timeout_at(budget.deadline), admitted:
@@ -564,7 +595,7 @@ class PatternExecutionEngine:
             error = (f"pattern {name or pattern_type.value!r} ({pattern_type.value}) timed out "
                      f"after {timeout_ms} ms (TMWS_PATTERN_"
                      f"{'HYBRID' if comprehensive else _TIMEOUT_VAR[pattern_type]}_TIMEOUT)")
-            if budget.waiting or (pattern_type is not PatternType.INFRASTRUCTURE
+            if budget.starved or (pattern_type is not PatternType.INFRASTRUCTURE
                                   and not self.database.available):
                 # Queued for a connection, or the server went away: the database's doing.
                 reason: DatabaseError | OverloadedError = (
@@ -606,14 +637,14 @@ class PatternExecutionEngine:
                                metadata={**meta, "retry_after": reason.retry_after})
 
     @asynccontextmanager
-    async def admitted(self, pattern_type: PatternType) -> AsyncIterator[None]:
+    async def admitted(self, pattern_type: PatternType, work: str) -> AsyncIterator[None]:
         """For database work done for a caller outside :meth:`execute` (the memory routes):
         the pattern type's time budget bounds the wait for admission and for connections;
         OverloadedError or DatabaseError (nothing done) when they cannot be had in time."""
         budget = Budget(time.monotonic() + self.settings.timeout_ms(pattern_type.value) / 1000)
         token = request_budget.set(budget)
         try:
-            async with self.admission.slot(pattern_type.value, budget.deadline):
+            async with self.admission.slot(pattern_type.value, budget.deadline, work):
                 yield
         finally:
             request_budget.reset(token)

@@ -25,6 +25,7 @@ memory id              1 .. 2**63 - 1, ASCII digits
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal, TypeVar
 
@@ -64,12 +65,15 @@ __all__ = [
 T = TypeVar("T")
 
 DEFAULT_NAMESPACE: Final = "default"
-NAMESPACE_PATTERN: Final = r"^[A-Za-z0-9_.:@-]{1,128}$"
+# msgspec searches with Python's re, where ``$`` also matches before a final newline:
+# the lookahead keeps "team\n" out (and reads the same in JSON Schema's ECMA dialect).
+NAMESPACE_PATTERN: Final = r"^[A-Za-z0-9_.:@-]{1,128}(?!\n)$"
 _NAMESPACE: Final = re.compile(NAMESPACE_PATTERN)
 MAX_CONTENT_CHARS: Final = 100_000
 MAX_MEMORY_ID: Final = 2**63 - 1  # PostgreSQL bigint
 VISIBILITIES: Final = ("private", "shared")
 _ID: Final = re.compile(r"[0-9]{1,19}")
+_FLOAT4: Final = struct.Struct("<f")
 
 Namespace = Annotated[str, msgspec.Meta(
     min_length=1, max_length=128, pattern=NAMESPACE_PATTERN,
@@ -110,10 +114,18 @@ class MemoryInput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         self.content = self.content.strip()
         if not self.content:
             raise ValueError("memory content is empty")
+        for field, text in (("content", self.content), ("memory_type", self.memory_type),
+                            *(("tags", tag) for tag in self.tags)):
+            if "\x00" in text:
+                raise ValueError(f"{field} contains a NUL character (\\u0000), which "
+                                 "PostgreSQL cannot store")
         self.memory_type = self.memory_type.strip()
         if not self.memory_type:
             raise ValueError("memory_type is empty")
         self.tags = sorted({tag.strip().lower() for tag in self.tags if tag.strip()})
+        # The column is a 4-byte float: what it cannot hold (5e-324) is stored as it would be
+        # read back, rather than refused by the database after everything else passed.
+        self.importance = _FLOAT4.unpack(_FLOAT4.pack(self.importance))[0]
 
 
 class ExecutionContext(msgspec.Struct, kw_only=True):
@@ -207,9 +219,13 @@ def check_metadata(metadata: Mapping[str, Any], limits: InputLimits,
     """
     check_depth(metadata, limits.max_json_depth, where)
     try:
-        size = len(_encoder.encode(metadata))
+        encoded = _encoder.encode(metadata)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidRequestError(f"{where} is not JSON: {exc}") from None
+    if b"\\u0000" in encoded and _has_nul(metadata):  # (the bytes may be an escaped "\\")
+        raise InvalidRequestError(f"{where} contains a NUL character (\\u0000), which "
+                                  "PostgreSQL cannot store")
+    size = len(encoded)
     if size > limits.max_metadata_bytes:
         raise InvalidRequestError(
             f"{where} is {size} bytes as JSON; the limit is {limits.max_metadata_bytes} "
@@ -224,6 +240,21 @@ def check_depth(value: Any, limit: int, where: str) -> None:
         raise InvalidRequestError(
             f"{where} nests deeper than {limit} levels (at `{where}{path}`); the limit is "
             "TMWS_MAX_JSON_DEPTH")
+
+
+def _has_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def _too_deep(value: Any, limit: int) -> str | None:

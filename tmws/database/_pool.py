@@ -49,15 +49,16 @@ database_fence: ContextVar[str | None] = ContextVar("tmws_database_fence", defau
 
 class Budget:
     """The time a request has (``deadline``, on ``time.monotonic``), shared by everything
-    it awaits: tasks it starts copy the context, so they see this same object. ``waiting``
-    counts its connection requests still queued for the pool, so a timeout can tell "the
-    database was busy or down" from "the handler was slow"."""
+    it awaits: tasks it starts copy the context, so they see this same object. ``starved``
+    is set when a wait for a connection ended without one (timed out, or cancelled by the
+    request's own timeout), so a timeout can tell "the database was busy or down" from "the
+    handler was slow"."""
 
-    __slots__ = ("deadline", "waiting")
+    __slots__ = ("deadline", "starved")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
-        self.waiting = 0
+        self.starved = False
 
 
 # Set around work done for a request: connection requests wait at most until its deadline.
@@ -152,14 +153,12 @@ class Database:
         if budget is not None:
             timeout = min(timeout, budget.deadline - time.monotonic())
             if timeout <= 0:
+                budget.starved = True
                 raise self._no_connection(budget)
-            budget.waiting += 1
-        waiting = budget is not None
+        waiting = True
         try:
             async with self._pool.connection(timeout=timeout) as conn:
-                if waiting:
-                    budget.waiting -= 1  # type: ignore[union-attr]
-                    waiting = False
+                waiting = False
                 DATABASE_CONNECTIONS_ACTIVE.inc()
                 try:
                     yield conn
@@ -170,8 +169,8 @@ class Database:
             self._errors += 1
             raise self._no_connection(budget) from exc
         finally:
-            if waiting:
-                budget.waiting -= 1  # type: ignore[union-attr]
+            if waiting and budget is not None:
+                budget.starved = True  # timed out or cancelled while queued for the pool
 
     def unreachable(self) -> DatabaseError:
         return DatabaseError(

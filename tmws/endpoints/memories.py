@@ -40,7 +40,7 @@ async def create_memory(engine: PatternExecutionEngine, request: Request) -> Res
     body = decode(_create_decoder, await request.json_body())
     namespace = namespace_for(request, body.namespace, "`$.namespace`")
     try:
-        async with engine.admitted(PatternType.MEMORY):
+        async with engine.admitted(PatternType.MEMORY, "POST /memories"):
             record = await engine.memory.store_input(namespace, body)
     except InvalidRequestError as exc:
         raise HTTPError(422, "invalid_memory", str(exc)) from None
@@ -53,7 +53,7 @@ async def create_memory(engine: PatternExecutionEngine, request: Request) -> Res
 async def get_memory(engine: PatternExecutionEngine, request: Request) -> Response:
     wanted = _memory_id(request)
     namespace = namespace_for(request, request.query_params().get("namespace"), "`?namespace`")
-    async with engine.admitted(PatternType.MEMORY):
+    async with engine.admitted(PatternType.MEMORY, "GET /memories/{id}"):
         record = await engine.memory.get(namespace, wanted, full=True)
     if record is None:
         raise _not_found(wanted)
@@ -63,7 +63,7 @@ async def get_memory(engine: PatternExecutionEngine, request: Request) -> Respon
 async def delete_memory(engine: PatternExecutionEngine, request: Request) -> Response:
     wanted = _memory_id(request)
     namespace = namespace_for(request, request.query_params().get("namespace"), "`?namespace`")
-    async with engine.admitted(PatternType.MEMORY):
+    async with engine.admitted(PatternType.MEMORY, "DELETE /memories/{id}"):
         deleted = await engine.memory.delete(namespace, wanted)
     engine.audit.record(actor(request, namespace), "memory.delete", target=str(wanted),
                         outcome="success" if deleted else "not_found")
@@ -77,7 +77,7 @@ async def delete_memory(engine: PatternExecutionEngine, request: Request) -> Res
 async def search_memories(engine: PatternExecutionEngine, request: Request) -> Response:
     body = decode(_search_decoder, await request.json_body())
     namespace = namespace_for(request, body.namespace, "`$.namespace`")
-    async with engine.admitted(PatternType.MEMORY):
+    async with engine.admitted(PatternType.MEMORY, "POST /memories/search"):
         results = await _search(engine.memory, namespace, body)
     return Response(200, encoder.encode(MemoryList(results, len(results))))
 
