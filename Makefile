@@ -6,7 +6,7 @@ PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install install-test build lint test test-rust test-python bench bench-http \
-	bench-memory bench-routing bench-cache bench-regexset serve clean promtool
+	bench-memory bench-routing bench-cache bench-regexset bench-overload serve clean promtool
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench-memory: install ## Memory patterns at 100k memories vs bare SQL; ANN recal
 
 bench-cache: install ## Cache: L1/L2 hit and miss via execute vs dict/Redis GET; Zipf hit rate
 	$(PY) bench/cache_load.py
+
+bench-overload: install ## Memory recall past saturation: goodput, p99, infra beside it
+	$(PY) bench/overload.py
 
 bench-regexset: ## Baseline: the corpora through one plain regex::RegexSet
 	for n in 15 100 1000; do cargo run -q --release --example regexset_baseline -- $$n; done

@@ -119,9 +119,17 @@ def main() -> None:
     parser.add_argument("--redis", action="store_true", help="serve with TMWS_REDIS_URL")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--tmws-command", help="run this instead of `python -m tmws serve` "
-                        "(e.g. an older checkout: \"env PYTHONPATH=/tmp/old python -m tmws "
-                        "serve\")")
+                        "(e.g. an older checkout: \"env PYTHONPATH=/tmp/old python -P -m "
+                        "tmws serve\")")
+    parser.add_argument("--report", type=Path, metavar="JSON",
+                        help="print the report of a saved --json run, measure nothing")
     args = parser.parse_args()
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        for name in ("workers", "memories", "duration", "infra_rate"):
+            setattr(args, name, saved[name])
+        report(args, saved["pinned"], saved["rounds"], saved.get("seconds", 0.0))
+        return
     cpus = os.cpu_count() or 1
     pin = not args.no_pin and cpus >= 2
     app_cpus = f"0-{cpus - 2}" if pin else None
@@ -192,11 +200,13 @@ def main() -> None:
             stop(process)
             if args.redis:
                 flush_redis(REDIS_URL)
+    seconds = time.monotonic() - started
     if args.json:
-        args.json.write_text(json.dumps({"rounds": rounds, "workers": args.workers,
-                                         "memories": args.memories, "pinned": pin},
-                                        indent=1))
-    report(args, pin, rounds, time.monotonic() - started)
+        args.json.write_text(json.dumps({
+            "rounds": rounds, "workers": args.workers, "memories": args.memories,
+            "duration": args.duration, "infra_rate": args.infra_rate, "pinned": pin,
+            "seconds": seconds}, indent=1))
+    report(args, pin, rounds, seconds)
 
 
 def report(args: argparse.Namespace, pin: bool, rounds: list[dict[str, Any]],
@@ -218,7 +228,7 @@ def report(args: argparse.Namespace, pin: bool, rounds: list[dict[str, Any]],
     for label, prefix, c in rows:
         runs = [r[f"{prefix} {c}"] for r in rounds]
         ok = med([f["ok"]["rps"] for f in runs])
-        ratio = med([f["ok"]["rps"] / p for f, p in zip(runs, peaks, strict=True)])
+        ratio = med([f["ok"]["rps"] / p if p else 0.0 for f, p in zip(runs, peaks, strict=True)])
         p50 = med([f["ok"]["p50_ms"] for f in runs])
         p99 = med([f["ok"]["p99_ms"] for f in runs])
         print(f"{label:>8} {c:>5} {ok:>7.0f} {ratio:>8.0%} {p50:>7.1f}ms {p99:>7.1f}ms  "
@@ -232,7 +242,8 @@ def report(args: argparse.Namespace, pin: bool, rounds: list[dict[str, Any]],
     for mode in CLIENTS:
         for c in OVERLOAD_LEVELS:
             runs = [r[f"beside {mode} {c}"] for r in rounds]
-            ratio = med([f["infra"]["ok"]["rps"] / a for f, a in zip(runs, alone, strict=True)])
+            ratio = med([f["infra"]["ok"]["rps"] / a if a else 0.0
+                         for f, a in zip(runs, alone, strict=True)])
             print(f"  beside {mode} memory clients at {c:>3} connections: "
                   f"{med([f['infra']['ok']['rps'] for f in runs]):>5.0f} 2xx/s ({ratio:.0%} of "
                   f"alone), p50 {med([f['infra']['ok']['p50_ms'] for f in runs]):.1f} ms, "

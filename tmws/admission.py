@@ -3,8 +3,8 @@ cannot finish in time.
 
 Executions that read or write memories (and the memory routes) hold one of ``limit``
 slots while they run. Without a free slot, a request waits in its pattern type's queue
-(bounded) only if it can still finish within its deadline and the queue is short (two
-hold times): the wait is estimated from the queue ahead of it and the recent time a slot is
+(bounded) only if it can still finish within its deadline and the queue is short (two hold
+times): the wait is estimated from the queue ahead of it and the recent time a slot is
 held for that work (an exponentially weighted mean per handler), and a request that would
 miss its deadline is refused at once with :class:`~tmws.errors.OverloadedError` (HTTP 503
 and ``Retry-After``). A waiter whose deadline becomes unreachable leaves the queue the moment
@@ -46,8 +46,9 @@ _SHRINK_ABOVE: Final = 4.0
 # The fastest hold drifts up by this share per sample, so one lucky sample cannot pin it
 # and a database that got slower for good is learnt within seconds.
 _BASELINE_DRIFT: Final = 2e-4
-# A queue longer than this many hold times adds latency without adding throughput: a slot
-# that comes free finds a waiter either way.
+# A queue longer than this many hold times adds latency without adding throughput (a freed
+# slot finds a waiter either way); measured, waiting up to half the budget instead let more
+# admitted requests run past it (504s) and lowered goodput (bench/README.md, Overload).
 _QUEUE_ROUNDS: Final = 2.0
 
 

@@ -63,9 +63,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     workers: int = 1
-    # Requests one worker has in progress at most (Granian's backpressure; 0: Granian's
-    # default, 1024 / TMWS_WORKERS). Further requests wait in Granian, costing no Python CPU.
-    max_concurrent_requests: int = 0
     max_query_length: int = 2000
     max_body_bytes: int = 65536
     # Free-form JSON: nesting of any request body and of memory metadata, and metadata's
@@ -237,8 +234,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
              f"must be one of {_MODES}"),
             ("api_port", 0 <= self.api_port <= 65535, "must be between 0 and 65535"),
             ("workers", self.workers >= 1, "must be at least 1"),
-            ("max_concurrent_requests", 0 <= self.max_concurrent_requests <= 100_000,
-             "must be between 0 (Granian's default) and 100000"),
             ("max_query_length", self.max_query_length >= 1, "must be at least 1"),
             ("max_body_bytes", self.max_body_bytes >= 256, "must be at least 256"),
             ("max_json_depth", 2 <= self.max_json_depth <= 256, "must be between 2 and 256"),

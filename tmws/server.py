@@ -54,7 +54,6 @@ def serve(settings: Settings) -> None:
             port=settings.api_port,
             interface=Interfaces.ASGI,
             workers=settings.workers,
-            backpressure=settings.max_concurrent_requests or None,
             # SIGTERM stops accepting and lets in-flight requests finish for this long.
             workers_kill_timeout=settings.shutdown_timeout,
             **granian_log_options(settings),  # JSON lines, also in every worker

@@ -1,7 +1,11 @@
 use tmws_core::json::first_too_deep;
 
 fn nested(levels: usize) -> String {
-    format!("{{\"m\":{}1{}}}", "[".repeat(levels - 1), "]".repeat(levels - 1))
+    format!(
+        "{{\"m\":{}1{}}}",
+        "[".repeat(levels - 1),
+        "]".repeat(levels - 1)
+    )
 }
 
 #[test]

@@ -77,9 +77,13 @@ fn parse_options() -> Options {
             options.honor_retry_after = true;
             continue;
         }
-        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
+        };
         let number = |text: String| -> f64 {
-            text.parse().unwrap_or_else(|_| usage(&format!("{flag}: not a number: {text}")))
+            text.parse()
+                .unwrap_or_else(|_| usage(&format!("{flag}: not a number: {text}")))
         };
         match flag.as_str() {
             "--url" => url = Some(value()),
@@ -144,7 +148,10 @@ impl Connection {
     async fn open(address: &str) -> std::io::Result<Self> {
         let stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
-        Ok(Self { stream, buffer: Vec::with_capacity(16 * 1024) })
+        Ok(Self {
+            stream,
+            buffer: Vec::with_capacity(16 * 1024),
+        })
     }
 
     /// (status, the server closes the connection, Retry-After seconds)
@@ -165,7 +172,8 @@ impl Connection {
         let close = head.contains("\r\nconnection: close");
         let retry_after = header_value(&head, "retry-after").and_then(|v| v.parse().ok());
         let length = header_value(&head, "content-length").and_then(|v| v.parse().ok());
-        let chunked = header_value(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
+        let chunked =
+            header_value(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
         self.buffer.drain(..head_end);
         if let Some(length) = length {
             while self.buffer.len() < length {
@@ -238,7 +246,10 @@ struct Tally {
 impl Tally {
     fn merge(&mut self, other: Tally) {
         for (status, mut values) in other.latencies {
-            self.latencies.entry(status).or_default().append(&mut values);
+            self.latencies
+                .entry(status)
+                .or_default()
+                .append(&mut values);
         }
         self.errors += other.errors;
         self.unsent += other.unsent;
@@ -331,15 +342,24 @@ async fn worker(
             Ok((status, close, retry_after)) => {
                 let done = Instant::now();
                 if intended >= measure_from {
-                    let micros = done.duration_since(intended).as_micros().min(u32::MAX as u128);
-                    tally.latencies.entry(status).or_default().push(micros as u32);
+                    let micros = done
+                        .duration_since(intended)
+                        .as_micros()
+                        .min(u32::MAX as u128);
+                    tally
+                        .latencies
+                        .entry(status)
+                        .or_default()
+                        .push(micros as u32);
                 }
                 if close {
                     connection = None;
                 }
-                if let (true, Some(seconds), true) =
-                    (honor_retry_after, retry_after, status == 429 || status == 503)
-                {
+                if let (true, Some(seconds), true) = (
+                    honor_retry_after,
+                    retry_after,
+                    status == 429 || status == 503,
+                ) {
                     let wait = seconds * (1.0 + 0.5 * jitter.next());
                     let resume = (done + Duration::from_secs_f64(wait)).min(stop_at);
                     tokio::time::sleep_until(resume.into()).await;
