@@ -36,7 +36,7 @@ import psycopg
 
 from tmws.database import Database
 from tmws.database._pool import first_line
-from tmws.errors import DatabaseError, TmwsError
+from tmws.errors import DatabaseError, PatternConfigError, TmwsError
 from tmws.models import PatternDefinition
 from tmws.registry import PatternRegistry, PreparedSet, fingerprint_of
 
@@ -197,6 +197,9 @@ class PatternSets:
                 return await work(conn, await self._newest(conn))
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"database unavailable: {first_line(exc)}") from exc
+        except psycopg.DataError as exc:  # a value only the server checks: nothing stored
+            raise PatternConfigError(f"the database refused the pattern set: "
+                                     f"{first_line(exc)}") from exc
 
     async def _newest(self, conn: psycopg.AsyncConnection[Any]) -> StoredSet | None:
         cursor = await conn.execute(

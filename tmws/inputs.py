@@ -56,6 +56,7 @@ __all__ = [
     "check_json_depth",
     "check_metadata",
     "check_namespace",
+    "contains_nul",
     "convert",
     "explain",
     "memory_id",
@@ -222,7 +223,7 @@ def check_metadata(metadata: Mapping[str, Any], limits: InputLimits,
         encoded = _encoder.encode(metadata)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidRequestError(f"{where} is not JSON: {exc}") from None
-    if b"\\u0000" in encoded and _has_nul(metadata):  # (the bytes may be an escaped "\\")
+    if b"\\u0000" in encoded and contains_nul(metadata):  # (the bytes may be an escaped "\\")
         raise InvalidRequestError(f"{where} contains a NUL character (\\u0000), which "
                                   "PostgreSQL cannot store")
     size = len(encoded)
@@ -242,7 +243,9 @@ def check_depth(value: Any, limit: int, where: str) -> None:
             "TMWS_MAX_JSON_DEPTH")
 
 
-def _has_nul(value: Any) -> bool:
+def contains_nul(value: Any) -> bool:
+    """Whether a string anywhere in ``value`` (keys included) holds a NUL character, which
+    PostgreSQL stores in neither text nor jsonb."""
     stack = [value]
     while stack:
         item = stack.pop()

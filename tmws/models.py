@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from tmws.errors import PatternConfigError
+from tmws.inputs import contains_nul
 
 __all__ = [
     "ExampleMatch",
@@ -143,6 +144,10 @@ class PatternLimits(msgspec.Struct, frozen=True):
             raise PatternConfigError(
                 f"cost_tokens {pattern.cost_tokens} exceeds {self.max_cost_tokens} "
                 "(TMWS_PATTERN_MAX_COST_TOKENS)", source=source, pattern=pattern.name)
+        if contains_nul(msgspec.to_builtins(pattern)):  # the shared set is stored as jsonb
+            raise PatternConfigError(
+                "contains a NUL character (\\u0000), which PostgreSQL cannot store",
+                source=source, pattern=pattern.name)
 
 
 def _explain(exc: msgspec.ValidationError) -> str:

@@ -167,8 +167,11 @@ def test_out_of_range_context_numbers_are_422_naming_the_field(
     ("cost_tokens", 2**40, "TMWS_PATTERN_MAX_COST_TOKENS"),
     ("cost_tokens", 1_000_001, "TMWS_PATTERN_MAX_COST_TOKENS"),
     ("priority", 2**63, "out of range"),
+    # Found by the OpenAPI fuzzer: the shared set is jsonb, which holds no NUL (was a 500).
+    ("metadata", {"": {"B\u0000": []}}, "NUL character"),
+    ("examples", ["ok", "a\u0000b"], "NUL character"),
 ])
-def test_unbounded_pattern_fields_are_refused(armoured: Served, field: str, value: int,
+def test_unbounded_pattern_fields_are_refused(armoured: Served, field: str, value: object,
                                               named: str) -> None:
     """Finding 7: cache_ttl 2**62 made every Redis write fail (and tripped the breaker);
     cost_tokens 2**40 inflated tmws_pattern_tokens_used_total."""
