@@ -17,8 +17,8 @@ $(BIN)/python:
 
 venv: $(BIN)/python ## Create the virtualenv in .venv
 
-install: venv ## Install tmws (compiles the Rust extension)
-	$(PY) -m pip install --quiet -e .
+install: venv ## Install tmws with the embedded PostgreSQL (compiles the Rust extension)
+	$(PY) -m pip install --quiet -e ".[embedded]"
 
 install-test: venv ## Install tmws with test and bench dependencies
 	$(PY) -m pip install --quiet -e ".[test,bench]"
@@ -38,7 +38,7 @@ test-rust: ## cargo test for rust_core
 promtool: ## Install promtool (Debian package prometheus, needs root) if it is missing
 	deploy/prometheus/install-promtool.sh
 
-test-python: install-test promtool ## pytest against real PostgreSQL (pgserver) and Redis
+test-python: install-test promtool ## pytest against real PostgreSQL (embedded bundle) and Redis
 	$(BIN)/pytest -q
 
 test: lint test-rust test-python ## Install test dependencies, lint, and run every test

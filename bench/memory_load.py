@@ -1,9 +1,10 @@
 """Memory patterns at 100,000 memories: tmws vs the bare SQL, and ANN recall@10.
 
-A private embedded PostgreSQL (pgserver, pgvector) in a temporary directory is migrated with
-``upgrade()`` and loaded by binary COPY with generated text: topics with their own
-vocabularies over a shared background vocabulary, tags per topic, importance and created_at
-spread over a year, five namespaces plus shared rows, hash-embedder vectors. Then, for the
+A private embedded PostgreSQL (the tmws[embedded] bundle, pgvector) in a temporary
+directory is migrated with ``upgrade()`` and loaded by binary COPY with generated text:
+topics with their own vocabularies over a shared background vocabulary, tags per topic,
+importance and created_at spread over a year, five namespaces plus shared rows,
+hash-embedder vectors. Then, for the
 ivfflat index (lists 100, probes 10) and the HNSW index (m 16, ef_construction 64,
 ef_search 40), each memory operation runs through the real ``MemoryStore`` on a real
 ``Database`` pool and, interleaved in the same loop, as the very statement tmws sent

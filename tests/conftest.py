@@ -1,4 +1,4 @@
-"""Shared fixtures: a real PostgreSQL with pgvector (bundled by pgserver) and a real Redis.
+"""Shared fixtures: a real PostgreSQL with pgvector (the embedded bundle) and a real Redis.
 
 A missing service fails the run; nothing here skips.
 """
@@ -37,7 +37,7 @@ PLAIN_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A migrated database on a private embedded PostgreSQL 16 + pgvector."""
+    """A migrated database on a private embedded PostgreSQL 18 + pgvector 0.8."""
     embedded = EmbeddedPostgres(tmp_path_factory.mktemp("tmws-data"))
     conninfo = embedded.start()
     asyncio.run(upgrade(conninfo))

