@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install install-test build lint test test-rust test-python bench bench-http \
+.PHONY: help venv install install-test build dist lint test test-rust test-python test-install \
+	bench bench-http \
 	bench-memory bench-routing bench-cache bench-regexset bench-overload serve clean promtool
 
 help: ## List the targets
@@ -23,9 +24,18 @@ install: venv ## Install tmws with the embedded PostgreSQL (compiles the Rust ex
 install-test: venv ## Install tmws with test and bench dependencies
 	$(PY) -m pip install --quiet -e ".[test,bench]"
 
-build: venv ## Build a release wheel into dist/
+build: venv ## Build a release wheel for this machine into dist/
 	$(PY) -m pip install --quiet maturin
 	$(BIN)/maturin build --release --out dist
+
+# zig links against glibc 2.28 symbols only: a manylinux_2_28 wheel without a container.
+dist: install-test ## The release artefacts in dist/: an abi3 manylinux_2_28 wheel and the sdist, checked
+	rm -rf dist
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/maturin build --release --locked --zig \
+		--compatibility manylinux_2_28 --out dist
+	$(BIN)/maturin sdist --out dist
+	$(BIN)/auditwheel show dist/*.whl
+	$(BIN)/abi3audit --strict dist/*.whl
 
 lint: install-test ## ruff, mypy --strict, cargo clippy
 	$(BIN)/ruff check tmws tests bench migrations
@@ -41,7 +51,10 @@ promtool: ## Install promtool (Debian package prometheus, needs root) if it is m
 test-python: install-test promtool ## pytest against real PostgreSQL (embedded bundle) and Redis
 	$(BIN)/pytest -q
 
-test: lint test-rust test-python ## Install test dependencies, lint, and run every test
+test-install: dist ## The wheel in fresh venvs of CPython 3.11-3.13, no Rust on PATH
+	$(BIN)/pytest -q -p no:cacheprovider -o addopts="-ra --strict-markers" tests/install
+
+test: lint test-rust test-python test-install ## Install test dependencies, lint, and run every test
 
 bench: install-test ## Matcher benchmarks vs Python re and hyperscan (not part of `test`)
 	$(BIN)/pytest bench -q -p no:cacheprovider
