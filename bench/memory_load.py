@@ -43,7 +43,12 @@ from tmws.config import Settings
 from tmws.database import Database
 from tmws.database._embedded import EmbeddedPostgres
 from tmws.database._migrate import upgrade
-from tmws.database._vectors import INDEX_NAME, create_index_sql, search_settings_sql
+from tmws.database._vectors import (
+    INDEX_NAME,
+    create_index_sql,
+    parse_version,
+    search_settings_sql,
+)
 from tmws.embeddings import HashProvider
 from tmws.memory import MemoryStore
 
@@ -279,7 +284,10 @@ async def bare_connection(conninfo: str, settings: Settings) -> psycopg.AsyncCon
         conninfo, autocommit=True,
         options=f"-c statement_timeout={settings.db_statement_timeout}")
     await register_vector_async(conn)
-    await conn.execute(search_settings_sql(settings))
+    version = await (await conn.execute(
+        "SELECT extversion FROM pg_extension WHERE extname = 'vector'")).fetchone()
+    await conn.execute(search_settings_sql(settings, parse_version(version[0] if version
+                                                                   else None)))
     return conn
 
 
@@ -487,9 +495,12 @@ async def main_async(args: argparse.Namespace) -> None:
                     exact = exact_neighbours(conninfo, queries)
                     print(f"\nexact neighbours of {len(queries)} texts in "
                           f"{time.perf_counter() - started:.1f}s", flush=True)
+                iterative = "; SET hnsw.iterative_scan = strict_order"
                 sweep = ((f"SET ivfflat.probes = {p}", f"ivfflat probes {p}") for p in
-                         (1, 10, 20)) if kind == "ivfflat" else (
-                    (f"SET hnsw.ef_search = {e}", f"hnsw ef_search {e}") for e in (20, 40, 100))
+                         (1, 10, 20)) if kind == "ivfflat" else [
+                    (f"SET hnsw.ef_search = {e}", f"hnsw ef_search {e}") for e in (20, 40, 100)
+                ] + [(f"SET hnsw.ef_search = {e}{iterative}", f"hnsw ef {e} iterative")
+                     for e in (20, 40, 100)]
                 for knob_sql, label in sweep:
                     r = recall_at_10(conninfo, knob_sql, queries, exact)
                     recall_rows.append(

@@ -163,6 +163,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # 100, not pgvector's 40: namespace filters apply after the graph search, and at 40 a
     # third of namespaced kNN calls came back short (bench/README.md, memory patterns).
     hnsw_ef_search: int = 100
+    # With pgvector >= 0.8: HNSW scans go on until enough rows pass the namespace filter
+    # (strict order), instead of returning short pages.
+    vector_iterative_scan: bool = True
     # Vector hits less similar than this (cosine) are not recalled: kNN always finds
     # *something*, and an unrelated memory is worse than none.
     recall_min_similarity: float = 0.1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -65,3 +67,64 @@ def test_a_cluster_of_an_unbundled_version_is_refused_by_name(tmp_path: Path) ->
     (pgdata / "PG_VERSION").write_text("13\n")
     with pytest.raises(DatabaseError, match="PostgreSQL 13 cluster; the embedded bundle runs"):
         EmbeddedPostgres(tmp_path).start()
+
+
+HOLDER = """
+import os, sys
+from tmws.database import EmbeddedPostgres
+EmbeddedPostgres(sys.argv[1]).start()
+print("started", flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def _postmaster_running(data_dir: Path) -> bool:
+    pid_file = data_dir / "pgdata" / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text().split()[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_killed_holder_neither_blocks_the_next_start_nor_keeps_the_server(
+        tmp_path: Path) -> None:
+    """A tmws killed with SIGKILL cannot let go of the server: the next start joins the
+    running server, and when that one stops, the server stops too (no orphan)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "started"
+    holder.kill()
+    holder.wait()
+    assert _postmaster_running(tmp_path)  # orphaned by the kill
+
+    embedded = EmbeddedPostgres(tmp_path)
+    conninfo = embedded.start()
+    with psycopg.connect(conninfo) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    embedded.stop()
+    assert not _postmaster_running(tmp_path)
+
+
+def test_two_processes_share_one_directory(tmp_path: Path) -> None:
+    other = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert other.stdout is not None and other.stdout.readline().strip() == "started"
+    embedded = EmbeddedPostgres(tmp_path)
+    conninfo = embedded.start()
+    try:
+        with psycopg.connect(conninfo) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        embedded.stop()
+    assert _postmaster_running(tmp_path)  # the other process still holds it
+    assert other.stdin is not None
+    other.stdin.close()  # it exits normally and lets go: the last holder stops the server
+    other.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while _postmaster_running(tmp_path):
+        assert time.monotonic() < deadline, "the server outlived its last holder"
+        time.sleep(0.2)

@@ -4,6 +4,7 @@ import json
 from collections.abc import AsyncIterator
 
 import psycopg
+import psycopg.sql
 import pytest
 
 from tests.conftest import make_settings, scratch_database
@@ -73,3 +74,39 @@ def test_reembed_command_rebuilds_for_a_new_dimension(fresh_database: str) -> No
     found = run_cli("execute", "find similar rollout plans", env=env)
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)["result"]["memories"][0]["content"] == "beta rollout plan"
+
+
+async def test_filtered_hnsw_pages_are_full_with_iterative_scans(fresh_database: str) -> None:
+    """pgvector < 0.8 stopped after ef_search candidates, before the namespace filter, so a
+    namespace owning a tenth of the rows got ~1 of 10 neighbours (the reason for
+    TMWS_HNSW_EF_SEARCH=100); with pgvector 0.8's iterative scans the page is full."""
+    base = {"vector_index": "hnsw", "embedding_dim": "64", "hnsw_ef_search": "10"}
+    await upgrade(fresh_database, make_settings(fresh_database, **base))
+    async with await psycopg.AsyncConnection.connect(fresh_database, autocommit=True) as conn:
+        # A few hundred rows would be scanned whole: make the planner take the index, as it
+        # does at the sizes where this matters.
+        row = await (await conn.execute("SELECT current_database()")).fetchone()
+        assert row is not None
+        for knob in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
+            await conn.execute(psycopg.sql.SQL("ALTER DATABASE {} SET {} = off").format(
+                psycopg.sql.Identifier(row[0]), psycopg.sql.Identifier(knob)))
+    seeded = False
+    for iterative, full in (("false", False), ("true", True)):
+        settings = make_settings(fresh_database, vector_iterative_scan=iterative, **base)
+        async with await create_pattern_execution_engine(settings) as engine:
+            if not seeded:
+                for i in range(400):
+                    await engine.memory.store(f"tenant-{i % 10}",
+                                              f"incident {i} in service {i % 37} at hour {i % 24}")
+                await engine.database.fetch("ANALYZE memories")
+                seeded = True
+            shown = await engine.database.fetch("SHOW hnsw.iterative_scan")
+            assert shown[0]["hnsw.iterative_scan"] == ("strict_order" if full else "off")
+            pages = [await engine.memory.similar("tenant-3", f"incident in service {n}")
+                     for n in range(5)]
+            sizes = [len(page) for page in pages]
+            if full:
+                assert sizes == [10] * 5, sizes
+                assert all(m.namespace == "tenant-3" for page in pages for m in page)
+            else:
+                assert max(sizes) < 10, sizes

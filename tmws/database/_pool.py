@@ -20,7 +20,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tmws.config import Settings
-from tmws.database._vectors import search_settings_sql
+from tmws.database._vectors import parse_version, search_settings_sql
 from tmws.errors import (
     DatabaseError,
     HandlerCapabilityError,
@@ -79,6 +79,7 @@ class Database:
     def __init__(self, conninfo: str, settings: Settings) -> None:
         self.conninfo = conninfo
         self._settings = settings
+        self._pgvector: tuple[int, ...] | None = None
         self._echo = settings.db_echo
         self._errors = 0
         self._unreachable_since: float | None = None
@@ -121,7 +122,12 @@ class Database:
         # Every connection speaks pgvector (binary vectors) and has the kNN knobs set.
         set_json_loads(load_json, conn)
         await register_vector_async(conn)
-        await conn.execute(search_settings_sql(self._settings))
+        if self._pgvector is None:  # asked once: which knobs exist depends on it
+            cursor = await conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            row = await cursor.fetchone()
+            self._pgvector = parse_version(row["extversion"] if row else None) or ()
+        await conn.execute(search_settings_sql(self._settings, self._pgvector or None))
 
     async def open(self) -> None:
         try:

@@ -7,7 +7,7 @@ settings, formatted with ``int()``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from pgvector import Vector as PgVector
 
@@ -22,6 +22,7 @@ __all__ = [
     "INDEX_NAME",
     "check_embedding_config",
     "create_index_sql",
+    "parse_version",
     "reembed",
     "search_settings_sql",
 ]
@@ -39,11 +40,31 @@ def create_index_sql(settings: Settings) -> str:
             f" WITH (lists = {int(settings.vector_lists)})")
 
 
-def search_settings_sql(settings: Settings) -> str:
-    """Session settings for kNN queries (probes for ivfflat, ef_search for HNSW)."""
+# pgvector 0.8 keeps an HNSW scan going until enough rows pass the query's filter.
+ITERATIVE_SCAN_SINCE: Final = (0, 8)
+
+
+def search_settings_sql(settings: Settings, pgvector: tuple[int, ...] | None = None) -> str:
+    """Session settings for kNN queries: probes for ivfflat; for HNSW, ef_search and, with
+    pgvector >= 0.8 (``pgvector``, the installed version) and TMWS_VECTOR_ITERATIVE_SCAN,
+    iterative scans in strict order, so a namespace filter cannot leave a page short."""
     if settings.vector_index == "hnsw":
-        return f"SET hnsw.ef_search = {int(settings.hnsw_ef_search)}"
+        sql = f"SET hnsw.ef_search = {int(settings.hnsw_ef_search)}"
+        if settings.vector_iterative_scan and pgvector is not None \
+                and pgvector >= ITERATIVE_SCAN_SINCE:
+            sql += "; SET hnsw.iterative_scan = strict_order"
+        return sql
     return f"SET ivfflat.probes = {int(settings.vector_probes)}"
+
+
+def parse_version(text: str | None) -> tuple[int, ...] | None:
+    """"0.8.5" -> (0, 8, 5); None for no extension or an unreadable version."""
+    if not text:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(".")[:3])
+    except ValueError:
+        return None
 
 
 async def check_embedding_config(database: Database, settings: Settings) -> None:
