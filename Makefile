@@ -6,7 +6,7 @@ PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install install-test build dist lint actionlint test test-rust test-python \
-	test-install \
+	test-install test-container podman image \
 	bench bench-http \
 	bench-memory bench-routing bench-cache bench-regexset bench-overload serve clean promtool
 
@@ -63,7 +63,18 @@ test-python: install-test promtool ## pytest against real PostgreSQL (embedded b
 test-install: dist ## The wheel in fresh venvs of CPython 3.11-3.13, no Rust on PATH
 	$(BIN)/pytest -q -p no:cacheprovider -o addopts="-ra --strict-markers" tests/install
 
-test: lint test-rust test-python test-install ## Install test dependencies, lint, and run every test
+# Podman with local stand-ins for python:3.12-slim, pgvector/pgvector:pg16 and redis:7-alpine
+# (no registry is reachable here); needs root.
+podman: ## Install podman and build the local base-image stand-ins (deploy/podman/setup.sh)
+	deploy/podman/setup.sh
+
+image: dist podman ## The container image localhost/tmws:local from the wheel in dist/
+	podman build --format docker --build-arg WHEEL_SOURCE=dist -t localhost/tmws:local .
+
+test-container: dist podman ## Build the image from the wheel, run it beside PostgreSQL and Redis, compose
+	$(BIN)/pytest -q -p no:cacheprovider -o addopts="-ra --strict-markers" tests/container
+
+test: lint test-rust test-python test-install test-container ## Install test dependencies, lint, and run every test
 
 bench: install-test ## Matcher benchmarks vs Python re and hyperscan (not part of `test`)
 	$(BIN)/pytest bench -q -p no:cacheprovider

@@ -164,7 +164,7 @@ async def _server(settings: Settings) -> AsyncIterator[tuple[str, bool]]:
 
 async def _db_upgrade(settings: Settings) -> None:
     async with _server(settings) as (conninfo, _):
-        applied = await upgrade(conninfo, settings)
+        applied = await upgrade(conninfo, settings, wait=settings.startup_wait)
     if applied:
         for migration in applied:
             print(f"applied {migration.revision}: {migration.description}")

@@ -122,6 +122,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_spill_dir: str | None = None
     # Seconds SIGTERM waits for in-flight requests before workers are killed.
     shutdown_timeout: int = 30
+    # Seconds start-up (`tmws serve`, `tmws db upgrade`) waits for PostgreSQL to accept
+    # connections and, for serve, for the schema to be migrated: containers and pods start
+    # in no particular order. 0: fail at once.
+    startup_wait: float = 0.0
     # Pattern service
     pattern_default_mode: str = "balanced"
     pattern_cache_enabled: bool = True
@@ -265,6 +269,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("rate_limit_requests", self.rate_limit_requests >= 1, "must be at least 1"),
             ("rate_limit_period", self.rate_limit_period >= 1, "must be at least 1"),
             ("shutdown_timeout", self.shutdown_timeout >= 1, "must be at least 1 second"),
+            ("startup_wait", 0 <= self.startup_wait <= 3600, "must be 0 to 3600 seconds"),
             ("pattern_infra_timeout", self.pattern_infra_timeout >= 1, "must be at least 1 ms"),
             ("pattern_memory_timeout", self.pattern_memory_timeout >= 1, "must be at least 1 ms"),
             ("pattern_hybrid_timeout", self.pattern_hybrid_timeout >= 1, "must be at least 1 ms"),

@@ -877,7 +877,7 @@ async def create_pattern_execution_engine(settings: Settings | None = None, *,
         await upgrade(conninfo, settings)
     else:
         conninfo = settings.database_url
-        await require_current_schema(conninfo)
+        await require_current_schema(conninfo, wait=settings.startup_wait)
     database = Database(conninfo, settings)
     try:
         await database.open()

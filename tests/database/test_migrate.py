@@ -5,12 +5,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import PLAIN_POSTGRES_URL, scratch_database
+from tests.conftest import PLAIN_POSTGRES_URL, free_port, scratch_database
 from tmws.database import PGVECTOR_HELP, available_migrations, require_current_schema, upgrade
 from tmws.errors import DatabaseError, ExtensionMissingError
 
@@ -59,6 +60,71 @@ async def test_unmigrated_database_is_refused_with_the_fix() -> None:
 
 async def test_current_schema_passes(database_url: str) -> None:
     await require_current_schema(database_url)
+
+
+async def _forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+async def _late_proxy(target: str, delay: float) -> tuple[str, asyncio.Task[None]]:
+    """A conninfo for ``target`` through a TCP port that starts listening after ``delay``
+    seconds: a database container that is still starting."""
+    info = psycopg.conninfo.conninfo_to_dict(target)
+    port = free_port()
+
+    host, target_port = str(info.get("host") or "127.0.0.1"), int(info.get("port") or 5432)
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if host.startswith("/"):  # the embedded server listens on a Unix socket
+            up_reader, up_writer = await asyncio.open_unix_connection(
+                f"{host}/.s.PGSQL.{target_port}")
+        else:
+            up_reader, up_writer = await asyncio.open_connection(host, target_port)
+        await asyncio.gather(_forward(reader, up_writer), _forward(up_reader, writer))
+
+    async def serve_later() -> None:
+        await asyncio.sleep(delay)
+        server = await asyncio.start_server(relay, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    task = asyncio.create_task(serve_later())
+    proxied = (f"postgresql://{info.get('user') or 'postgres'}@127.0.0.1:{port}"
+               f"/{info.get('dbname') or 'postgres'}?connect_timeout=2")
+    return proxied, task
+
+
+async def test_upgrade_waits_for_a_server_that_is_still_starting(database_url: str) -> None:
+    proxied, proxy = await _late_proxy(database_url, delay=1.5)
+    try:
+        with pytest.raises(DatabaseError, match="cannot connect to PostgreSQL"):
+            await upgrade(proxied)  # no wait: the error at once
+        started = time.monotonic()
+        assert await upgrade(proxied, wait=30) == []
+        assert time.monotonic() - started < 15
+    finally:
+        proxy.cancel()
+
+
+async def test_start_up_waits_for_migrations_run_beside_it(database_url: str) -> None:
+    async with scratch_database(database_url) as fresh:
+        waiting = asyncio.create_task(require_current_schema(fresh, wait=60))
+        await asyncio.sleep(1.5)
+        assert not waiting.done(), "start-up went on against an unmigrated database"
+        await upgrade(fresh)
+        await asyncio.wait_for(waiting, timeout=15)
+
+
+async def test_start_up_wait_runs_out_with_the_fix() -> None:
+    started = time.monotonic()
+    with pytest.raises(DatabaseError, match=r"pending: 0001.*tmws db upgrade"):
+        await require_current_schema(PLAIN_POSTGRES_URL, wait=1.5)
+    assert time.monotonic() - started >= 1.5
 
 
 def _alembic(*args: str, database_url: str, cwd: Path = REPO_ROOT

@@ -60,6 +60,12 @@ class EmbeddedPostgres:
                 f"{self.pgdata} holds a PostgreSQL {version} cluster; the embedded bundle runs "
                 f"PostgreSQL {supported}. Dump it with that version's pg_dump and restore it "
                 "into a new TMWS_DATA_DIR, or set TMWS_DATABASE_URL to a server that runs it")
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            logger.warning(
+                "running as root: the embedded PostgreSQL runs as the system user 'pgserver' "
+                "(created if missing), which owns %s, and every directory above it is made "
+                "readable and traversable by all users. Run tmws as an ordinary user, or set "
+                "TMWS_DATABASE_URL", self.pgdata)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -108,13 +109,15 @@ async def current_revision(conn: psycopg.AsyncConnection[TupleRow]) -> str | Non
     return None if row is None else str(row[0])
 
 
-async def upgrade(conninfo: str, settings: Settings | None = None) -> list[Migration]:
+async def upgrade(conninfo: str, settings: Settings | None = None, *,
+                  wait: float = 0.0) -> list[Migration]:
     """Apply every pending migration; returns those applied by this call.
 
     ``settings`` (default: from the environment) fix the embedding dimension and the vector
-    index kind of a new table.
+    index kind of a new table. ``wait``: seconds to wait for PostgreSQL to accept
+    connections (TMWS_STARTUP_WAIT: containers start in no particular order).
     """
-    before = await _revision_of(conninfo)
+    before = await _revision_of(conninfo, wait)
     try:
         await asyncio.to_thread(_upgrade_head, conninfo, settings)
     except DatabaseError:
@@ -133,9 +136,21 @@ def _upgrade_head(conninfo: str, settings: Settings | None) -> None:
         command.upgrade(alembic_config(conninfo, settings), "head")
 
 
-async def require_current_schema(conninfo: str) -> None:
-    """Raise DatabaseError unless every migration has been applied to this database."""
-    current = await _revision_of(conninfo)
+async def require_current_schema(conninfo: str, *, wait: float = 0.0) -> None:
+    """Raise DatabaseError unless every migration has been applied to this database.
+
+    ``wait``: seconds to wait for PostgreSQL to accept connections and for the migrations
+    (``tmws db upgrade``, run beside this process) to be applied.
+    """
+    deadline = time.monotonic() + wait
+    current = await _revision_of(conninfo, wait)
+    announced = False
+    while current != _head() and time.monotonic() < deadline:
+        if not announced:
+            logger.info("waiting up to %.0f s for the schema to be migrated", wait)
+            announced = True
+        await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        current = await _revision_of(conninfo, max(0.0, deadline - time.monotonic()))
     if current != _head():
         revisions = [m.revision for m in available_migrations()]
         start = 0 if current is None else revisions.index(current) + 1
@@ -144,12 +159,23 @@ async def require_current_schema(conninfo: str) -> None:
                             "run `tmws db upgrade` first")
 
 
-async def _revision_of(conninfo: str) -> str | None:
-    try:
-        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-            return await current_revision(conn)
-    except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to PostgreSQL: {first_line(exc)}") from None
+async def _revision_of(conninfo: str, wait: float = 0.0) -> str | None:
+    """The applied revision; waits up to ``wait`` seconds for the server to take connections."""
+    deadline = time.monotonic() + wait
+    announced = False
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                return await current_revision(conn)
+        except psycopg.OperationalError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DatabaseError(
+                    f"cannot connect to PostgreSQL: {first_line(exc)}") from None
+            if not announced:
+                logger.info("waiting up to %.0f s for PostgreSQL: %s", wait, first_line(exc))
+                announced = True
+            await asyncio.sleep(min(1.0, left))
 
 
 def _sqlalchemy_url(conninfo: str) -> str:
