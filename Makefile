@@ -6,7 +6,7 @@ PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install install-test build dist lint actionlint test test-rust test-python \
-	test-install test-container podman image \
+	test-install test-container podman image sla \
 	bench bench-http \
 	bench-memory bench-routing bench-cache bench-regexset bench-overload serve clean promtool
 
@@ -74,7 +74,14 @@ image: dist podman ## The container image localhost/tmws:local from the wheel in
 test-container: dist podman ## Build the image from the wheel, run it beside PostgreSQL and Redis, compose
 	$(BIN)/pytest -q -p no:cacheprovider -o addopts="-ra --strict-markers" tests/container
 
-test: lint test-rust test-python test-install test-container ## Install test dependencies, lint, and run every test
+# Open-loop p50/p95/p99 of every pattern type and mode, in process and over HTTP (1 and 2
+# Granian workers, Redis), against the pattern file's performance_targets. JSON in .benchmarks/.
+sla: install-test ## SLA gates (pytest -m sla): fails when a percentile exceeds its target
+	mkdir -p .benchmarks
+	$(BIN)/pytest bench -m sla -q -p no:cacheprovider --benchmark-autosave \
+		--benchmark-json=.benchmarks/sla-latest.json --benchmark-columns=median,min,max,rounds
+
+test: lint test-rust test-python test-install test-container sla ## Install test dependencies, lint, and run every test
 
 bench: install-test ## Matcher benchmarks vs Python re and hyperscan (not part of `test`)
 	$(BIN)/pytest bench -q -p no:cacheprovider

@@ -16,6 +16,12 @@ def _fmt(seconds: float) -> str:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from bench import _sla
+
+    if _sla.SUMMARY or _sla.RELATIVE:
+        terminalreporter.section("SLA gates: ms, open loop, against performance_targets")
+        for line in _sla.summary_lines():
+            terminalreporter.write_line(line)
     if not RESULTS and not NOTES:
         return
     tr = terminalreporter

@@ -9,7 +9,15 @@
 //! tmws-loadgen --url http://127.0.0.1:8000/api/v1/execute --body '{"query": "check health"}'
 //!     [--method POST] [--header 'authorization: Bearer T']... [--connections 64]
 //!     [--duration 10] [--warmup 1] [--rate 0] [--threads 1] [--honor-retry-after]
+//!     [--bodies FILE] [--raw] [--requests N]
 //! ```
+//!
+//! `--requests N` (open loop only) sends exactly N requests at `--rate` and waits for every
+//! answer: `--duration` is then N / rate.
+//!
+//! `--bodies FILE` sends the bodies of FILE (one per line) in turn instead of `--body`, so
+//! that a run of cache misses never repeats a query. `--raw` adds every 2xx latency (in
+//! microseconds, in completion order) as `ok_latencies_us`.
 //!
 //! `--rate 0` (default) is closed loop: each connection sends its next request when the last
 //! is answered. `--rate R` is open loop: R requests per second are scheduled and handed to
@@ -43,6 +51,9 @@ struct Options {
     rate: f64,
     threads: usize,
     honor_retry_after: bool,
+    bodies: Vec<String>,
+    raw: bool,
+    requests: usize,
 }
 
 fn usage(problem: &str) -> ! {
@@ -71,10 +82,17 @@ fn parse_options() -> Options {
         rate: 0.0,
         threads: 1,
         honor_retry_after: false,
+        bodies: Vec::new(),
+        raw: false,
+        requests: 0,
     };
     while let Some(flag) = args.next() {
         if flag == "--honor-retry-after" {
             options.honor_retry_after = true;
+            continue;
+        }
+        if flag == "--raw" {
+            options.raw = true;
             continue;
         }
         let mut value = || {
@@ -88,6 +106,19 @@ fn parse_options() -> Options {
         match flag.as_str() {
             "--url" => url = Some(value()),
             "--body" => options.body = value(),
+            "--bodies" => {
+                let path = value();
+                let text = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| usage(&format!("--bodies {path}: {e}")));
+                options.bodies = text
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect();
+                if options.bodies.is_empty() {
+                    usage(&format!("--bodies {path}: no lines"));
+                }
+            }
             "--method" => options.method = value(),
             "--header" => options.headers.push(value()),
             "--connections" => options.connections = number(value()) as usize,
@@ -95,6 +126,7 @@ fn parse_options() -> Options {
             "--warmup" => options.warmup = number(value()),
             "--rate" => options.rate = number(value()),
             "--threads" => options.threads = number(value()) as usize,
+            "--requests" => options.requests = number(value()) as usize,
             other => usage(&format!("unknown option {other}")),
         }
     }
@@ -113,28 +145,34 @@ fn parse_options() -> Options {
     options.host = host.to_string();
     options.port = port;
     options.path = path.to_string();
+    if options.requests > 0 {
+        if options.rate <= 0.0 {
+            usage("--requests needs --rate");
+        }
+        options.duration = options.requests as f64 / options.rate;
+    }
     if options.connections == 0 || options.threads == 0 || options.duration <= 0.0 {
         usage("--connections, --threads and --duration must be positive");
     }
     options
 }
 
-fn request_bytes(options: &Options) -> Vec<u8> {
+fn request_bytes(options: &Options, body: &str) -> Vec<u8> {
     let mut head = format!(
         "{} {} HTTP/1.1\r\nhost: {}:{}\r\n",
         options.method, options.path, options.host, options.port
     );
-    if !options.body.is_empty() {
+    if !body.is_empty() {
         head.push_str("content-type: application/json\r\n");
     }
-    head.push_str(&format!("content-length: {}\r\n", options.body.len()));
+    head.push_str(&format!("content-length: {}\r\n", body.len()));
     for header in &options.headers {
         head.push_str(header);
         head.push_str("\r\n");
     }
     head.push_str("\r\n");
     let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(options.body.as_bytes());
+    bytes.extend_from_slice(body.as_bytes());
     bytes
 }
 
@@ -268,7 +306,8 @@ fn summary(values: &mut [u32], seconds: f64) -> Value {
     json!({
         "count": values.len(),
         "rps": values.len() as f64 / seconds,
-        "p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99), "p999_ms": at(0.999),
+        "p50_ms": at(0.50), "p90_ms": at(0.90), "p95_ms": at(0.95), "p99_ms": at(0.99),
+        "p999_ms": at(0.999),
         "max_ms": values.last().map_or(0.0, |v| *v as f64 / 1000.0),
     })
 }
@@ -293,11 +332,13 @@ impl Jitter {
     }
 }
 
-type Tickets = Arc<Mutex<tokio::sync::mpsc::UnboundedReceiver<Instant>>>;
+/// (intended send time, request number)
+type Tickets = Arc<Mutex<tokio::sync::mpsc::UnboundedReceiver<(Instant, usize)>>>;
 
 async fn worker(
     address: Arc<String>,
-    request: Arc<Vec<u8>>,
+    requests: Arc<Vec<Vec<u8>>>,
+    first: usize,
     measure_from: Instant,
     stop_at: Instant,
     tickets: Option<Tickets>,
@@ -306,19 +347,21 @@ async fn worker(
     let mut tally = Tally::default();
     let mut connection: Option<Connection> = None;
     let mut jitter = Jitter::new();
+    let mut sent = first;
     loop {
-        let intended = match &tickets {
+        let (intended, number) = match &tickets {
             None => {
                 let now = Instant::now();
                 if now >= stop_at {
                     break;
                 }
-                now
+                sent += 1;
+                (now, sent - 1)
             }
             Some(tickets) => {
                 let next = tickets.lock().await.recv().await;
                 match next {
-                    Some(at) if Instant::now() < stop_at => at,
+                    Some(ticket) if Instant::now() < stop_at => ticket,
                     Some(_) => {
                         tally.unsent += 1;
                         continue;
@@ -338,7 +381,8 @@ async fn worker(
             }
         }
         let open = connection.as_mut().expect("opened above");
-        match open.exchange(&request).await {
+        let request = &requests[number % requests.len()];
+        match open.exchange(request).await {
             Ok((status, close, retry_after)) => {
                 let done = Instant::now();
                 if intended >= measure_from {
@@ -389,22 +433,47 @@ fn main() {
 
 async fn run(options: &Options) -> Value {
     let address = Arc::new(format!("{}:{}", options.host, options.port));
-    let request = Arc::new(request_bytes(options));
+    let requests: Vec<Vec<u8>> = if options.bodies.is_empty() {
+        vec![request_bytes(options, &options.body)]
+    } else {
+        options
+            .bodies
+            .iter()
+            .map(|body| request_bytes(options, body))
+            .collect()
+    };
+    let requests = Arc::new(requests);
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(options.warmup);
     let stop_at = measure_from + Duration::from_secs_f64(options.duration);
+    let limit = options.requests;
+    // With a request count every ticket is sent, however late: the channel ends the run.
+    let receive_until = if limit > 0 {
+        stop_at + Duration::from_secs(3600)
+    } else {
+        stop_at
+    };
     let tickets = if options.rate > 0.0 {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         let interval = Duration::from_secs_f64(1.0 / options.rate);
         tokio::spawn(async move {
             let mut next = start;
-            while next < stop_at {
+            let mut number = 0usize;
+            let more = |next: Instant, number: usize| {
+                if limit > 0 {
+                    number < limit
+                } else {
+                    next < stop_at
+                }
+            };
+            while more(next, number) {
                 tokio::time::sleep_until(next.into()).await;
                 // Catch up in a burst after a stall: the schedule, not the loop, sets the pace.
-                while next <= Instant::now() && next < stop_at {
-                    if sender.send(next).is_err() {
+                while next <= Instant::now() && more(next, number) {
+                    if sender.send((next, number)).is_err() {
                         return;
                     }
+                    number += 1;
                     next += interval;
                 }
             }
@@ -413,13 +482,16 @@ async fn run(options: &Options) -> Value {
     } else {
         None
     };
+    // Closed loop: each connection starts at its own offset in the bodies.
+    let stride = requests.len() / options.connections + 1;
     let workers: Vec<_> = (0..options.connections)
-        .map(|_| {
+        .map(|index| {
             tokio::spawn(worker(
                 address.clone(),
-                request.clone(),
+                requests.clone(),
+                index * stride,
                 measure_from,
-                stop_at,
+                receive_until,
                 tickets.clone(),
                 options.honor_retry_after,
             ))
@@ -442,7 +514,8 @@ async fn run(options: &Options) -> Value {
         }
         statuses.insert(status.to_string(), summary(values, seconds));
     }
-    json!({
+    let raw = options.raw.then(|| json!(ok.clone()));
+    let mut report = json!({
         "connections": options.connections,
         "duration_s": seconds,
         "rate": if options.rate > 0.0 { json!(options.rate) } else { Value::Null },
@@ -452,5 +525,9 @@ async fn run(options: &Options) -> Value {
         "unsent": tally.unsent,
         "ok": summary(&mut ok, seconds),
         "status": statuses,
-    })
+    });
+    if let Some(raw) = raw {
+        report["ok_latencies_us"] = raw;
+    }
+    report
 }
