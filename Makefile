@@ -6,7 +6,7 @@ PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install install-test build dist lint actionlint test test-rust test-python \
-	test-install test-container podman image sla \
+	test-install test-container podman image sla profile \
 	bench bench-http \
 	bench-memory bench-routing bench-cache bench-regexset bench-overload serve clean promtool
 
@@ -78,8 +78,11 @@ test-container: dist podman ## Build the image from the wheel, run it beside Pos
 # Granian workers, Redis), against the pattern file's performance_targets. JSON in .benchmarks/.
 sla: install-test ## SLA gates (pytest -m sla): fails when a percentile exceeds its target
 	mkdir -p .benchmarks
-	$(BIN)/pytest bench -m sla -q -p no:cacheprovider --benchmark-autosave \
+	$(BIN)/pytest bench -m "sla and not memory_overhead" -q -p no:cacheprovider --benchmark-autosave \
 		--benchmark-json=.benchmarks/sla-latest.json --benchmark-columns=median,min,max,rounds
+
+profile: install-test ## py-spy on every worker of a served tmws under load: .profiles/*.svg, *.speedscope.json
+	$(PY) bench/profile.py
 
 test: lint test-rust test-python test-install test-container sla ## Install test dependencies, lint, and run every test
 

@@ -1,0 +1,183 @@
+"""Profile a served tmws under load with py-spy: every Granian worker, native frames included.
+
+    make profile            # or: .venv/bin/python bench/profile.py [--seconds 15] [--workers 2]
+
+Starts ``tmws serve`` (embedded PostgreSQL in a temporary directory, Redis when reachable at
+TMWS_REDIS_URL), stores memories, and for each scenario — an L1 hit, a miss of an
+infrastructure pattern, a memory recall (a miss every time) — drives ``tmws-loadgen``
+(closed loop) while ``py-spy record --subprocesses`` samples the supervisor and every worker it
+spawned (profiling only the supervisor would show it waiting). Writes into ``--out``
+(default ``.profiles/``) per scenario a flame graph (``.svg``) and a speedscope file
+(``.speedscope.json``, open it at https://www.speedscope.app), and prints the frames with the
+most samples: self time (where the CPU is) and total time (what it is for).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._sla import LOADGEN, build_loadgen  # noqa: E402
+
+SCENARIOS = {
+    "l1-hit": ("one query, answered from the in-process cache", False),
+    "miss": ("an infrastructure query that is never cached twice", True),
+    "recall": ("memory recall of distinct topics: full text + vector + RRF", True),
+}
+TOPICS = ("deploy", "rollback", "database", "latency", "auth", "cache", "billing", "alerts")
+
+
+def bodies(scenario: str, count: int) -> list[dict[str, Any]]:
+    rng = random.Random(3)
+    if scenario == "l1-hit":
+        return [{"query": "check redis health"}]
+    if scenario == "miss":
+        return [{"query": f"check redis health on node {i}"} for i in range(count)]
+    return [{"query": f"recall memories about {rng.choice(TOPICS)} {rng.choice(TOPICS)} {i}"}
+            for i in range(count)]
+
+
+def wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"tmws serve exited with {process.returncode}")
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("tmws serve was not ready within 120 s")
+
+
+def seed(base: str, count: int) -> None:
+    rng = random.Random(5)
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for i in range(count):
+            words = " ".join(rng.choice(TOPICS) for _ in range(6))
+            response = client.post("/api/v1/memories", json={
+                "content": f"note {i}: {words}", "tags": [rng.choice(TOPICS)]})
+            if response.status_code != 201:
+                raise SystemExit(f"storing memory {i}: {response.status_code} {response.text}")
+
+
+def top_frames(speedscope: Path, limit: int) -> list[str]:
+    """Self and total sample counts per frame, from a speedscope file of sampled profiles."""
+    data = json.loads(speedscope.read_text())
+    frames = data["shared"]["frames"]
+    own: collections.Counter[int] = collections.Counter()
+    total: collections.Counter[int] = collections.Counter()
+    samples = 0
+    for profile in data["profiles"]:
+        for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
+            samples += weight
+            if stack:
+                own[stack[-1]] += weight
+            for index in set(stack):
+                total[index] += weight
+
+    def name(index: int) -> str:
+        frame = frames[index]
+        where = Path(frame.get("file") or "?").name
+        line = frame.get("line")
+        return f"{frame['name']} ({where}{f':{line}' if line else ''})"
+
+    unit = data["profiles"][0].get("unit", "samples") if data["profiles"] else "samples"
+    lines = [f"{samples:.1f} {unit} sampled over every thread of every process; self = in that "
+             "frame, total = with its callees",
+             f"{'self':>6} {'total':>6}  frame"]
+    for index, count in own.most_common(limit):
+        lines.append(f"{100 * count / samples:>5.1f}% {100 * total[index] / samples:>5.1f}%  "
+                     f"{name(index)}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=15, help="per recording")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--memories", type=int, default=2000)
+    parser.add_argument("--out", type=Path, default=ROOT / ".profiles")
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        raise SystemExit("py-spy is not installed: pip install py-spy (make install-test)")
+    build_loadgen()
+    args.out.mkdir(parents=True, exist_ok=True)
+    from tests.conftest import free_port
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="tmws-profile-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TMWS_")}
+        env.update({"TMWS_API_HOST": "127.0.0.1", "TMWS_API_PORT": str(port),
+                    "TMWS_WORKERS": str(args.workers), "TMWS_DATA_DIR": tmp,
+                    "TMWS_LOG_LEVEL": "WARNING", "TMWS_RATE_LIMIT_ENABLED": "false"})
+        if os.environ.get("TMWS_REDIS_URL"):
+            env["TMWS_REDIS_URL"] = os.environ["TMWS_REDIS_URL"]
+        server = subprocess.Popen([sys.executable, "-m", "tmws", "serve"], env=env,
+                                  stdout=subprocess.DEVNULL)
+        try:
+            wait_ready(base, server)
+            seed(base, args.memories)
+            print(f"tmws serve pid {server.pid}, {args.workers} worker(s), "
+                  f"{args.memories} memories; py-spy {py_spy}", flush=True)
+            for scenario, (what, _) in SCENARIOS.items():
+                count = 200_000
+                body_file = Path(tmp) / f"{scenario}.jsonl"
+                body_file.write_text("".join(json.dumps(b) + "\n"
+                                             for b in bodies(scenario, count)))
+                load = subprocess.Popen(
+                    [str(LOADGEN), "--url", f"{base}/api/v1/execute", "--bodies",
+                     str(body_file), "--connections", str(args.connections), "--warmup", "1",
+                     "--duration", str(2 * args.seconds + 6)], stdout=subprocess.PIPE, text=True)
+                time.sleep(2)
+                outputs = {}
+                for kind, suffix in (("flamegraph", ".svg"), ("speedscope", ".speedscope.json")):
+                    target = args.out / f"{scenario}{suffix}"
+                    spied = subprocess.run(
+                        [py_spy, "record", "--pid", str(server.pid), "--subprocesses",
+                         "--native", "--rate", "100", "--duration", str(int(args.seconds)),
+                         "--format", kind, "--output", str(target)],
+                        capture_output=True, text=True)
+                    if spied.returncode != 0:
+                        load.kill()
+                        raise SystemExit(f"py-spy failed: {spied.stderr[-2000:]}")
+                    outputs[kind] = target
+                report = json.loads(load.communicate(timeout=120)[0])
+                top = top_frames(outputs["speedscope"], args.top)
+                (args.out / f"{scenario}-top.txt").write_text("\n".join(top) + "\n")
+                print(f"\n== {scenario}: {what}; {report['ok']['rps']:.0f} req/s, "
+                      f"p50 {report['ok']['p50_ms']:.2f} ms under closed-loop load "
+                      f"({args.connections} connections)")
+                print(f"   {outputs['flamegraph']}\n   {outputs['speedscope']}")
+                for line in top:
+                    print("   " + line)
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+if __name__ == "__main__":
+    main()
