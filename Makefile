@@ -6,7 +6,7 @@ PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install install-test build dist lint actionlint test test-rust test-python \
-	test-install test-container podman image sla profile \
+	test-install test-container podman image sla soak soak-ci profile \
 	bench bench-http \
 	bench-memory bench-routing bench-cache bench-regexset bench-overload serve clean promtool
 
@@ -81,10 +81,18 @@ sla: install-test ## SLA gates (pytest -m sla): fails when a percentile exceeds 
 	$(BIN)/pytest bench -m "sla and not memory_overhead" -q -p no:cacheprovider --benchmark-autosave \
 		--benchmark-json=.benchmarks/sla-latest.json --benchmark-columns=median,min,max,rounds
 
+# Steady mixed traffic at half the measured capacity with a pattern change a minute and a
+# Redis and a PostgreSQL restart; a table and a plot in .soak/ (bench/soak.py).
+soak: install-test ## 10-minute soak: RSS, fds, connections, caches, audit backlog, p50/p99 per minute
+	$(PY) bench/soak.py --minutes 10 --interval 60
+
+soak-ci: install-test ## The 2-minute soak make test runs: fails on growth or on a 5xx outside the faults
+	$(PY) bench/soak.py --minutes 2 --interval 10 --memories 5000 --check
+
 profile: install-test ## py-spy on every worker of a served tmws under load: .profiles/*.svg, *.speedscope.json
 	$(PY) bench/profile.py
 
-test: lint test-rust test-python test-install test-container sla ## Install test dependencies, lint, and run every test
+test: lint test-rust test-python test-install test-container sla soak-ci ## Install test dependencies, lint, and run every test
 
 bench: install-test ## Matcher benchmarks vs Python re and hyperscan (not part of `test`)
 	$(BIN)/pytest bench -q -p no:cacheprovider

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -49,6 +50,7 @@ async def test_guide_snippet_shapes(engine: PatternExecutionEngine) -> None:
                 "avg_execution_time_ms", "total_tokens_used", "success_rate", "cache_hit_rate",
                 "registry_stats", "router_stats"):
         assert key in stats
+    assert stats["worker_pid"] == os.getpid()  # which worker answered /api/v1/stats
     print(f"Cache hit rate: {stats['cache_hit_rate']:.1f}%")
 
 
@@ -386,3 +388,19 @@ def test_nearest_rank_percentiles() -> None:
     assert [_nearest_rank(ordered, q) for q in ("p50", "p95", "p99")] == [50.0, 95.0, 99.0]
     assert _nearest_rank([7.0], "p99") == 7.0
     assert _nearest_rank([], "p50") is None
+
+
+async def test_every_documented_example_query_answers(engine: PatternExecutionEngine,
+                                                      namespace: str) -> None:
+    """The library's example_queries are what its users copy first: each one executes
+    successfully, and its arguments (tags, comparison subjects) come from the query even
+    where the trigger's named groups do not match it."""
+    from tmws.patterns import default_library_path, load_pattern_file
+
+    failed = []
+    for pattern in load_pattern_file(default_library_path()).patterns:
+        for query in pattern.example_queries:
+            result = await engine.execute(query, "comprehensive", {"namespace": namespace})
+            if not result.success:
+                failed.append(f"{pattern.name}: {query!r}: {result.error}")
+    assert not failed, "\n".join(failed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+import msgspec
 import pytest
 
 from tests.conftest import PrivateRedis, make_settings
@@ -143,7 +144,8 @@ async def test_pattern_changes_reach_every_instance(database_url: str) -> None:
         assert second.registry.fingerprint == first.registry.fingerprint
         routed = await second.execute("what is the deploy status")
         assert routed.pattern_name == "deploy_status"
-        assert not (await second.execute("run tool vector_search")).cache_hit  # L1 dropped
+        # execute_mcp_tool did not change: its cached result is still good everywhere.
+        assert (await second.execute("run tool vector_search")).cache_hit
         removed = await second.unregister_pattern("deploy_status")
         assert removed.propagation.visible_everywhere
         assert "deploy_status" not in first.registry
@@ -154,3 +156,36 @@ async def test_pattern_changes_reach_every_instance(database_url: str) -> None:
         assert reload.propagation.visible_everywhere and reload.propagation.version == 4
         assert first.registry.fingerprint == second.registry.fingerprint
         assert len(first.registry) == reload.patterns
+
+
+async def test_a_pattern_change_drops_only_the_results_it_affects(database_url: str,
+                                                                  namespace: str) -> None:
+    """Routing runs before the cache lookup and keys carry the routed pattern's definition:
+    a query a new pattern takes is answered by it, a changed pattern's results are
+    recomputed, every other cached result survives (no miss storm after each change)."""
+    ctx = {"namespace": namespace}
+    async with await create_pattern_execution_engine(make_settings(database_url)) as engine:
+        first_tool = await engine.execute("run tool vector_search", context=ctx)
+        await engine.execute("check redis health", context=ctx)
+        await engine.execute("recall memories about rollbacks", context=ctx)
+
+        await engine.register_pattern(PatternDefinition(
+            name="vector_tools", pattern_type=PatternType.INFRASTRUCTURE,
+            trigger_pattern=r"\brun\s+tool\s+vector", priority=99, cost_tokens=7))
+        taken = await engine.execute("run tool vector_search", context=ctx)
+        assert (taken.pattern_name, taken.cache_hit) == ("vector_tools", False)
+        assert first_tool.pattern_name == "execute_mcp_tool"
+        assert (await engine.execute("check redis health", context=ctx)).cache_hit
+        assert (await engine.execute("recall memories about rollbacks", context=ctx)).cache_hit
+
+        health = engine.registry.get("health_check")
+        assert health is not None
+        await engine.register_pattern(
+            msgspec.structs.replace(health, cost_tokens=health.cost_tokens + 1), replace=True)
+        changed = await engine.execute("check redis health", context=ctx)
+        assert not changed.cache_hit and changed.tokens_used == health.cost_tokens + 1
+
+        await engine.unregister_pattern("vector_tools")
+        back = await engine.execute("run tool vector_search", context=ctx)
+        assert back.pattern_name == "execute_mcp_tool" and back.cache_hit  # as it was
+        assert (await engine.execute("recall memories about rollbacks", context=ctx)).cache_hit

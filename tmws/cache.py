@@ -155,7 +155,7 @@ class CacheManager:
                  redis_ttl: float | None = None, max_local_size: int = 1000,
                  type_sizes: Mapping[str, int] | None = None, redis_timeout: float = 5.0,
                  redis_max_connections: int = 50, max_value_bytes: int = 1 << 20,
-                 breaker_failures: int = 5, breaker_reset: float = 30.0) -> None:
+                 breaker_failures: int = 5, breaker_reset: float = 5.0) -> None:
         sizes = dict(type_sizes or {"infrastructure": max_local_size, "memory": max_local_size,
                                     "hybrid": max_local_size})
         self.local: TieredLocalCache[tuple[float, Generation | None, bytes]] = TieredLocalCache(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -156,7 +157,6 @@ class PatternExecutionEngine:
         self._embedded = embedded
         self._sync: PatternSets | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self.registry.add_listener(self._patterns_changed)
         self._inflight: dict[str, asyncio.Future[ExecutionResult]] = {}
         self._singleflight_joins = 0
         self._unencodable = 0  # results answered but not cacheable (no msgpack form)
@@ -329,9 +329,6 @@ class PatternExecutionEngine:
         return PatternChange(action=action, target=target, patterns=len(prepared.patterns),
                              propagation=propagation)
 
-    def _patterns_changed(self) -> None:
-        self.cache.clear_local()  # keys carry the fingerprint; this just frees the memory
-
     def bind_handler(self, name: str, handler: Handler, *, reads_memory: bool = False,
                      writes_memory: bool = False, reads_stats: bool = False,
                      database: bool = False, writes: bool = False) -> None:
@@ -416,6 +413,7 @@ class PatternExecutionEngine:
             handler_name, slot = await self._lookup(caching, pattern, decision.pattern_type,
                                                     query, mode, namespace, ctx, authorize)
             if slot is not None and slot.hit is not None:
+                slot.hit.metadata["routing"] = meta["routing"]  # explained just now
                 return self._finish(started, decision.pattern_type, slot.hit, namespace, mode)
         if handler_name not in self.handlers:
             return self._finish(started, decision.pattern_type, ExecutionResult(
@@ -511,7 +509,7 @@ class PatternExecutionEngine:
         relevant = {k: v for k, v in ctx.items() if k not in _IDENTITY_KEYS} if ctx else None
         key = cache_key([namespace, normalize_query(query), mode.value,
                          msgspec.json.encode(relevant, order="sorted") if relevant else "",
-                         self.registry.fingerprint])
+                         self.registry.cache_identity(pattern)])
         found = await self.cache.get(pattern_type, key,
                                      namespace=namespace if reads_memory else None)
         if not found.cacheable:
@@ -700,6 +698,8 @@ class PatternExecutionEngine:
     def get_stats(self) -> dict[str, Any]:
         c = self._counters
         return {
+            # Each worker answers with its own figures: the pid says which one did.
+            "worker_pid": os.getpid(),
             "total_executions": c.total,
             "successful_executions": c.successful,
             "failed_executions": c.failed,

@@ -40,6 +40,8 @@ __all__ = [
     "HealthCheckFailed",
     "check_pattern_handler",
     "resolve_handler",
+    "subjects_in",
+    "tag_in",
 ]
 
 
@@ -252,8 +254,52 @@ async def similar_memories(ctx: HandlerContext) -> dict[str, Any]:
             "embedding": store.provider.model}
 
 
+# Arguments when the trigger's named groups give none: the query was routed by its examples
+# (stage 2) or phrased so the trigger took another form ("memories tagged critical",
+# "compare the old flow with the new one", "redis vs memcached").
+_TAG_PHRASES: Final = (
+    re.compile(r"#(?P<tag>[\w-]+)"),
+    re.compile(r"\btag(?:ged)?\s+(?:with\s+|as\s+)?(?:the\s+)?(?P<tag>[\w-]+)", re.IGNORECASE),
+    re.compile(r"\b(?P<tag>[\w-]+)\s+tag\b", re.IGNORECASE),
+)
+_NOT_A_TAG: Final = frozenset({"a", "an", "the", "with", "as", "by", "of", "for", "my", "our",
+                               "this", "that", "same", "any", "each", "every", "no", "one"})
+_COMPARISONS: Final = (
+    re.compile(r"\bdifference\s+between\s+(?P<left>.+?)\s+and\s+(?P<right>.+)", re.IGNORECASE),
+    re.compile(r"\bcompare\s+(?P<left>.+?)\s+(?:with|to|against|and|versus|vs\.?)\s+"
+               r"(?P<right>.+)", re.IGNORECASE),
+    re.compile(r"^(?:how\s+(?:does|do|did)\s+)?(?P<left>.+?)\s+compare[sd]?\s+"
+               r"(?:to|with|against)\s+(?P<right>.+)", re.IGNORECASE),
+    re.compile(r"(?P<left>[^:;?!,]+?)\s+(?:vs\.?|versus)\s+(?P<right>.+)", re.IGNORECASE),
+)
+_CLAUSE_END: Final = re.compile(r"[:;?!,]")
+
+
+def tag_in(query: str) -> str | None:
+    """The tag a query names ('tagged critical', 'tag performance', 'the security tag',
+    '#deploy'), or None."""
+    for phrase in _TAG_PHRASES:
+        for match in phrase.finditer(query):
+            tag = match["tag"]
+            if tag.lower() not in _NOT_A_TAG:
+                return tag
+    return None
+
+
+def subjects_in(query: str) -> tuple[str, str] | None:
+    """The two subjects of a comparison ('compare A with B', 'difference between A and B',
+    'how does A compare to B', 'A vs B'), each up to the end of its clause, or None."""
+    for phrase in _COMPARISONS:
+        if match := phrase.search(query):
+            left = _CLAUSE_END.split(match["left"], maxsplit=1)[-1].strip()
+            right = _CLAUSE_END.split(match["right"], maxsplit=1)[0].strip()
+            if left and right:
+                return left, right
+    return None
+
+
 async def search_by_tag(ctx: HandlerContext) -> dict[str, Any]:
-    tag = ctx.params.tag or ctx.captures.get("tag")
+    tag = ctx.params.tag or ctx.captures.get("tag") or tag_in(ctx.query)
     if not tag or not tag.strip():
         raise InvalidRequestError("no tag given: use 'tagged with <tag>' or context.tag")
     records = await ctx.memory.by_tag(ctx.namespace, [tag], limit=ctx.limit())
@@ -300,6 +346,8 @@ async def aggregate_insights(ctx: HandlerContext) -> dict[str, Any]:
 async def compare_patterns(ctx: HandlerContext) -> dict[str, Any]:
     left = ctx.params.left or ctx.captures.get("left")
     right = ctx.params.right or ctx.captures.get("right")
+    if not (left and right) and (parsed := subjects_in(ctx.query)):
+        left, right = left or parsed[0], right or parsed[1]
     if not (left and right):
         raise InvalidRequestError("compare needs two subjects: 'compare A with B' or "
                                   "context.left and context.right")

@@ -38,6 +38,7 @@ class PreparedSet(NamedTuple):
     texts: list[str]
     positions: dict[str, int]
     fingerprint: str
+    digests: dict[str, str]  # per pattern: the content hash of its definition
 
 
 class PatternRegistry:
@@ -48,6 +49,7 @@ class PatternRegistry:
         self.limits = limits or PatternLimits()
         self._patterns: dict[str, PatternDefinition] = {}
         self.fingerprint = cache_key([])
+        self._digests: dict[str, str] = {}
         self._listeners: list[Callable[[], None]] = []
         self._matcher = Matcher([], cache_capacity=match_cache_size)
         self._examples: tuple[ExampleIndex, list[str]] = (ExampleIndex([]), [])
@@ -115,6 +117,8 @@ class PatternRegistry:
         try:
             # Content, not a version counter, so instances with equal sets share L2.
             fingerprint = fingerprint_of(staged.values())
+            digests = {name: cache_key([msgspec.msgpack.encode(p)])
+                       for name, p in staged.items()}
             index = ExampleIndex(examples)
             matcher = Matcher(specs, cache_capacity=self._match_cache_size, warmup=warmup)
         except OverflowError as exc:  # an integer (priority, metadata) beyond 64 bits
@@ -123,7 +127,7 @@ class PatternRegistry:
         for position, (_, _, text) in enumerate(examples):
             positions.setdefault(text, position)
         return PreparedSet(staged, matcher, index, [text for _, _, text in examples],
-                           positions, fingerprint)
+                           positions, fingerprint, digests)
 
     def install(self, prepared: PreparedSet, *, shared_version: int | None = None) -> None:
         """Swap a prepared set in (one reference at a time, each atomic under the GIL) and
@@ -135,6 +139,7 @@ class PatternRegistry:
         self._examples = (prepared.examples, prepared.texts)
         self._example_positions = prepared.positions
         self.fingerprint = prepared.fingerprint
+        self._digests = prepared.digests
         if shared_version is not None:
             self.shared_version = shared_version
         self._version += 1
@@ -150,6 +155,16 @@ class PatternRegistry:
 
     def get(self, name: str) -> PatternDefinition | None:
         return self._patterns.get(name)
+
+    def cache_identity(self, pattern: PatternDefinition | None) -> str:
+        """What a cached result routed to ``pattern`` depends on in this set: the pattern's
+        own definition. Routing runs before every cache lookup, so a query that another
+        pattern takes after a change gets another key; results of patterns the change did
+        not touch stay valid. A decision without a pattern (a type's default handler)
+        depends on the whole set."""
+        if pattern is not None and self._patterns.get(pattern.name) is pattern:
+            return self._digests[pattern.name]
+        return self.fingerprint
 
     def __contains__(self, name: object) -> bool:
         return name in self._patterns
