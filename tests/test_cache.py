@@ -202,7 +202,9 @@ async def test_clear_drops_every_result_and_keeps_generations(
         assert (await second.get("infrastructure", "k1")).value is None
         assert (await second.get("memory", "m", namespace="ns")).value is None
         assert raw.get("unrelated") == b"stays"
-        assert await second.generation("other") == (1, 0)  # generations only grow
+        kept = await second.generation("other")  # generations only grow
+        assert kept is not None and generation.generation is not None
+        assert kept == (1, generation.generation[1])
         assert await first.clear() == 0
         assert (await first.get("infrastructure", "k1")).value is None
     finally:
@@ -225,3 +227,34 @@ async def test_clear_without_redis_or_with_redis_down(private_redis: PrivateRedi
         assert (await down.get("infrastructure", "k")).value is None  # L1 cleared anyway
     finally:
         await down.close()
+
+
+async def test_redis_losing_its_data_never_revives_a_pre_write_result(
+        private_redis: PrivateRedis) -> None:
+    """Redis restarted empty counts generations again: without a random start, a namespace
+    written since would be back at the generation an L1 entry was computed at, and that
+    stale entry would be served for up to TMWS_CACHE_LOCAL_TTL."""
+    cache = CacheManager(redis_url=private_redis.url, breaker_reset=0.2)
+    try:
+        before = await cache.get("memory", "recall-k", namespace="ns")
+        assert before.value is None and before.generation is not None
+        assert before.generation[1] > 0  # the shared counter starts at a random value
+        assert await cache.put("memory", "recall-k", b"before the write", ttl=60,
+                               generation=before.generation)
+        assert (await cache.get("memory", "recall-k", namespace="ns")).tier == "local"
+        await cache.bump("ns", shared=False)  # a write: the entry is stale now
+        assert (await cache.get("memory", "recall-k", namespace="ns")).value is None
+
+        private_redis.stop()  # no persistence: it comes back empty
+        private_redis.start()
+        after = None
+        for _ in range(50):  # the client reconnects on its own
+            after = await cache.get("memory", "recall-k", namespace="ns")
+            if after.cacheable:
+                break
+            await asyncio.sleep(0.1)
+        assert after is not None and after.cacheable
+        assert after.value is None, "a result from before the write was served"
+        assert after.generation != before.generation
+    finally:
+        await cache.close()

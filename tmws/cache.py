@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import struct
 import time
 from collections import OrderedDict
@@ -137,6 +138,11 @@ class CircuitBreaker:
 # Namespaces are arbitrary strings, so the shared counter lives outside their key prefix.
 _GEN_PREFIX = "tmws:gen:"
 _SHARED_KEY = "tmws:gen-shared"
+# The shared counter starts at a random value, not 0: Redis restarted without its data
+# (or flushed) would otherwise count every namespace from 0 again, and an L1 entry from
+# before the loss would match a generation that has since seen writes. A fresh random
+# start makes every earlier generation pair unreachable instead.
+_SEED_BITS = 40
 _RESULT_PREFIX = "tmws:r:"
 _CLEAR_BUDGET = 300.0  # seconds for clear() to sweep every result key
 
@@ -224,9 +230,24 @@ class CacheManager:
         try:
             own, shared = await self._call(
                 lambda r: r.mget(_GEN_PREFIX + namespace, _SHARED_KEY))
+            if shared is None:
+                shared = await self._seed_shared()
         except _Unavailable:
             return None
-        return int(own or 0), int(shared or 0)
+        return int(own or 0), int(shared)
+
+    async def _seed_shared(self) -> int:
+        """The shared counter after a (re)start of Redis's data: a random start, set once
+        whoever comes first (SET NX), read back."""
+        start = secrets.randbits(_SEED_BITS) + 1
+
+        async def seed(r: Any) -> Any:
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.set(_SHARED_KEY, start, nx=True)
+                pipe.get(_SHARED_KEY)
+                return (await pipe.execute())[1]
+
+        return int(await self._call(seed))
 
     async def bump(self, namespace: str, *, shared: bool) -> None:
         """A memory write: every cached result that could include it becomes unreachable."""
@@ -238,6 +259,8 @@ class CacheManager:
 
         async def incr(r: Any) -> None:
             async with r.pipeline(transaction=False) as pipe:
+                # Seeded before any increment, so a lost counter never restarts at 1.
+                pipe.set(_SHARED_KEY, secrets.randbits(_SEED_BITS) + 1, nx=True)
                 pipe.incr(_GEN_PREFIX + namespace)
                 if shared:
                     pipe.incr(_SHARED_KEY)
@@ -281,9 +304,11 @@ class CacheManager:
 
             try:
                 (own, shared), raw = await self._call(both)
+                if shared is None:
+                    shared = await self._seed_shared()
             except _Unavailable:
                 return Lookup(None, None, None, cacheable=False)
-            generation = (int(own or 0), int(shared or 0))
+            generation = (int(own or 0), int(shared))
         if namespace is not None:
             # Generations only grow: an entry from an older one is dead for good.
             local = self.local.get(kind, key, lambda entry: entry[1] == generation)
