@@ -66,7 +66,9 @@ EXPOSE 8000
 # tini as PID 1 forwards SIGTERM to tmws, which drains in-flight requests for
 # TMWS_SHUTDOWN_TIMEOUT (30 s): give `docker stop` a longer timeout (compose: stop_grace_period).
 STOPSIGNAL SIGTERM
+# Readiness, not liveness: healthy only while the engine, PostgreSQL and Redis are. Public
+# (no token, even with TMWS_AUTH_ENABLED=true); a 503 raises HTTPError, i.e. exit 1.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=40s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=5).status == 200 else 1)"
+    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=5).status == 200 else 1)"
 ENTRYPOINT ["tini", "--"]
 CMD ["tmws", "serve"]

@@ -6,6 +6,7 @@ A missing service fails the run; nothing here skips.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import tempfile
@@ -30,7 +31,8 @@ from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
 # Fixture plugins (psycopg's tests/fix_*.py): served instances.
 pytest_plugins = ["tests.fix_server"]
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
+# Database 15 by default; parallel sessions (one per developer) each set their own.
+REDIS_URL = os.environ.get("TESTS_REDIS_URL", "redis://127.0.0.1:6379/15")
 # The machine's PostgreSQL 15 has no pgvector: used to test the missing-extension error.
 PLAIN_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -194,7 +194,7 @@ def test_readiness_reports_each_dependency(server: str) -> None:
     response = httpx.get(server + "/health/ready", timeout=10)
     assert response.status_code == 200
     assert response.json() == {"pattern_engine": True, "database": True, "redis": True,
-                               "healthy": True}
+                               "healthy": True, "ready": True}
 
 
 def test_metrics_use_the_guides_names_and_labels(server: str) -> None:

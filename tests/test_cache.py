@@ -258,3 +258,51 @@ async def test_redis_losing_its_data_never_revives_a_pre_write_result(
         assert after.generation != before.generation
     finally:
         await cache.close()
+
+
+def test_tuning_scales_what_the_pattern_file_declares() -> None:
+    # The guide's defaults (300 s, 1000 entries) leave the file's figures as they are.
+    plain = CacheManager(type_sizes={"infrastructure": 500, "memory": 1000, "hybrid": 200})
+    assert plain.lifetime(60) == 60 and plain.lifetime(None) == 300
+    assert plain.local.stats()["size"] == {"infrastructure": 0, "memory": 0, "hybrid": 0}
+    assert [plain.local._caches[k].max_size for k in ("infrastructure", "memory", "hybrid")] == [
+        500, 1000, 200]
+    # The guide's "aggressive caching": every declared TTL and size doubles, 0 stays 0.
+    tuned = CacheManager(local_ttl=120, redis_ttl=600, max_local_size=2000,
+                         type_sizes={"infrastructure": 500, "memory": 1000, "hybrid": 200})
+    assert (tuned.lifetime(60), tuned.lifetime(300), tuned.lifetime(None), tuned.lifetime(0)) == (
+        120, 600, 600, 0)
+    assert [tuned.local._caches[k].max_size for k in ("infrastructure", "memory", "hybrid")] == [
+        1000, 2000, 400]
+    assert tuned.stats()["tuning"] == {"redis_ttl": 600.0, "ttl_scale": 2.0, "local_ttl": 120,
+                                       "max_local_size": 2000, "size_scale": 2.0}
+    # Without type sizes every type gets max_local_size, until an engine gives the file's.
+    guide = CacheManager(max_local_size=2000)
+    assert guide.local._caches["memory"].max_size == 2000 and not guide.type_sizes_given
+    guide.size_types({"infrastructure": 500, "memory": 1000, "hybrid": 200})
+    assert guide.local._caches["hybrid"].max_size == 400
+    tuned.size_types({"hybrid": 1})  # sizes chosen by the caller stay
+    assert tuned.local._caches["hybrid"].max_size == 400
+    assert CacheManager(max_local_size=0).local._caches["memory"].max_size == 0
+    with pytest.raises(ValueError, match="redis_ttl must be 0 or more"):
+        CacheManager(redis_ttl=-1)
+
+
+async def test_redis_keeps_a_result_for_its_scaled_life(redis_url: str) -> None:
+    cache = CacheManager(redis_url=redis_url, local_ttl=120, redis_ttl=600, max_local_size=2000)
+    await cache.initialize()  # the original service's call: nothing to do
+    key = f"scaled-{uuid.uuid4().hex}"
+    assert await cache.put("infrastructure", key, b"v", cache.lifetime(60))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        pttl = client.pttl(f"tmws:r:{key}")
+    finally:
+        client.close()
+    assert 60_000 < pttl <= 120_000  # 60 s declared, x 600/300: no longer capped
+    other = CacheManager(redis_url=redis_url)
+    found = await other.get("infrastructure", key)
+    assert (found.value, found.tier, found.redis_lookup) == (b"v", "redis", True)
+    local = await cache.get("infrastructure", key)
+    assert (local.tier, local.redis_lookup) == ("local", False)
+    await other.close()
+    await cache.close()

@@ -120,3 +120,19 @@ def test_metrics_networks_are_parsed() -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"TMWS_METRICS_ALLOWED_NETWORKS": "10.0.0.0/33"})
     assert caught.value.variable == "TMWS_METRICS_ALLOWED_NETWORKS"
+
+
+@pytest.mark.parametrize("given", ["info", "Info", "INFO", " warning "])
+def test_log_level_is_accepted_in_any_case(given: str) -> None:
+    assert Settings.from_env({"TMWS_LOG_LEVEL": given}).log_level == given.strip().upper()
+
+
+def test_an_unknown_log_level_is_refused_naming_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"TMWS_LOG_LEVEL: must be one of .*any case"):
+        Settings.from_env({"TMWS_LOG_LEVEL": "verbose"})
+
+
+def test_the_original_services_pool_setting_names_read_tmws_settings() -> None:
+    settings = Settings.from_env({"TMWS_DB_MAX_CONNECTIONS": "12", "TMWS_DB_POOL_RECYCLE": "60"})
+    assert (settings.database_pool_size, settings.database_max_overflow,
+            settings.database_pool_pre_ping, settings.database_pool_recycle) == (12, 6, True, 60)

@@ -178,3 +178,14 @@ def test_rules_and_dashboard_use_only_metrics_tmws_exports() -> None:
         names = _metric_names(expr)
         assert names, f"{where}: no metric in {expr!r}"
         assert names <= exported, f"{where}: {sorted(names - exported)} not exported by tmws"
+
+
+def test_cache_hit_rate_is_counted_across_workers_and_instances() -> None:
+    """The gauge is a since-start ratio; the alert and the panel take rate(hits) /
+    rate(lookups), summed over every worker (per scrape) and instance."""
+    expected = {"tmws_pattern_cache_hits_total", "tmws_pattern_cache_lookups_total"}
+    rule = {rule["alert"]: rule for rule in _rules()}["LowCacheHitRate"]
+    assert _metric_names(rule["expr"]) == expected
+    assert "instance" not in rule["expr"] and rule["expr"].count("sum by (job)") == 3
+    panel = _dashboard_queries()["Cache Hit Rate/A"]
+    assert _metric_names(panel) == expected and panel.count("sum by (cache_type)") == 2

@@ -30,7 +30,8 @@ from tmws.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 UNITS = DEPLOY / "systemd"
-UNIT_FILES = ("tmws.service", "tmws-audit-prune.service", "tmws-audit-prune.timer")
+UNIT_FILES = ("tmws.service", "tmws-audit-prune.service", "tmws-audit-prune.timer",
+              "tmws-backup.service", "tmws-backup.timer")
 ENV_EXAMPLE = DEPLOY / "env.example"
 COMPOSE = DEPLOY / "docker-compose.yml"
 INSTALLED_TMWS = "/opt/tmws/venv/bin/tmws"
@@ -282,7 +283,7 @@ def test_stop_timeout_outlasts_the_drain() -> None:
 
 def test_log_file_is_in_the_units_logs_directory() -> None:
     log_file = PurePosixPath(parse_env_file(ENV_EXAMPLE)["TMWS_LOG_FILE"])
-    for name in ("tmws.service", "tmws-audit-prune.service"):
+    for name in ("tmws.service", "tmws-audit-prune.service", "tmws-backup.service"):
         unit = parse_unit(UNITS / name)
         logs = PurePosixPath("/var/log") / unit_value(unit, "Service", "LogsDirectory")
         assert log_file.parent == logs, name
@@ -306,8 +307,36 @@ def test_audit_prune_service_and_timer() -> None:
     assert unit_value(timer, "Install", "WantedBy") == "timers.target"
 
 
+def test_backup_service_and_timer() -> None:
+    service = parse_unit(UNITS / "tmws-backup.service")
+    command = shlex.split(unit_value(service, "Service", "ExecStart"))
+    assert command[0] == INSTALLED_TMWS
+    args = _parser().parse_args(command[1:])
+    assert (args.command, args.keep, args.redis) == ("backup", 14, False)
+    # The backups land where the hardened unit may write, under its state directory.
+    backups = PurePosixPath(args.dir)
+    writable = [PurePosixPath(p) for p in unit_value(service, "Service",
+                                                     "ReadWritePaths").split()]
+    assert any(p == backups or p in backups.parents for p in writable)
+    assert PurePosixPath("/var/lib") / unit_value(service, "Service",
+                                                  "StateDirectory") in backups.parents
+    expected = {"Type": "oneshot", "User": "tmws", "Group": "tmws",
+                "EnvironmentFile": "/opt/tmws/.env", "ProtectSystem": "strict",
+                "NoNewPrivileges": "true", "PrivateTmp": "true", "UMask": "0077"}
+    for key, value in expected.items():
+        assert unit_value(service, "Service", key) == value, key
+    assert "Install" not in service  # started by the timer only
+
+    timer = parse_unit(UNITS / "tmws-backup.timer")
+    assert unit_value(timer, "Timer", "OnCalendar") == "*-*-* 02:00:00"
+    assert unit_value(timer, "Timer", "Persistent") == "true"
+    assert seconds(unit_value(timer, "Timer", "RandomizedDelaySec")) > 0
+    assert unit_value(timer, "Timer", "Unit") == "tmws-backup.service"
+    assert unit_value(timer, "Install", "WantedBy") == "timers.target"
+
+
 def test_unit_environment_lines_are_settings() -> None:
-    for name in ("tmws.service", "tmws-audit-prune.service"):
+    for name in ("tmws.service", "tmws-audit-prune.service", "tmws-backup.service"):
         unit = parse_unit(UNITS / name)
         for line in unit_values(unit, "Service", "Environment"):
             key = line.strip('"').partition("=")[0]
@@ -494,3 +523,31 @@ def test_dockerignore_keeps_what_the_dockerfile_copies_and_nothing_heavy() -> No
                 ".mypy_cache/3.11/x.json", "deploy/.env", "rust_core/target/debug/x"]
     for path in left_out:
         assert dockerignored(path, patterns), path
+
+
+def _dockerfile_healthcheck() -> str:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    [line] = [line for line in text.splitlines() if line.startswith("HEALTHCHECK")]
+    return line.split(" CMD ", 1)[1].strip()
+
+
+def test_container_healthchecks_probe_readiness_without_a_token(
+        database_url: str, tmp_path: Path) -> None:
+    from tests.conftest import SECRET as TEST_SECRET
+    from tests.fix_server import start_server, stop_server
+
+    image = shlex.split(_dockerfile_healthcheck())
+    compose = load_compose()["services"]["tmws"]["healthcheck"]["test"]
+    assert compose[0] == "CMD" and compose[1:] == image  # one check, two places
+    assert "/health/ready" in image[-1] and "/health'" not in image[-1]
+    process, base = start_server({"TMWS_DATABASE_URL": database_url,
+                                  "TMWS_AUTH_ENABLED": "true",
+                                  "TMWS_SECRET_KEY": TEST_SECRET}, tmp_path)
+    try:
+        port = base.rsplit(":", 1)[1]
+        command = [sys.executable, *image[1:]]
+        command[-1] = command[-1].replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+    finally:
+        stop_server(process)

@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator, Callable
 
 import msgspec
 import pytest
+import redis
 
 from tests.conftest import PrivateRedis, make_settings
 from tmws import PatternDefinition, PatternExecutionEngine, PatternType
+from tmws.cache import CacheManager
 from tmws.engine import create_pattern_execution_engine
 from tmws.handlers import HandlerContext
 
@@ -189,3 +191,51 @@ async def test_a_pattern_change_drops_only_the_results_it_affects(database_url: 
         back = await engine.execute("run tool vector_search", context=ctx)
         assert back.pattern_name == "execute_mcp_tool" and back.cache_hit  # as it was
         assert (await engine.execute("recall memories about rollbacks", context=ctx)).cache_hit
+
+
+
+def _result_ttls(url: str) -> list[int]:
+    """Milliseconds left of every cached result in this Redis."""
+    client = redis.Redis.from_url(url)
+    try:
+        return [int(client.pttl(key)) for key in client.scan_iter("tmws:r:*")]
+    finally:
+        client.close()
+
+
+async def test_tmws_cache_ttl_and_max_size_scale_the_pattern_files_figures(
+        database_url: str, private_redis: PrivateRedis, namespace: str) -> None:
+    # health_check declares cache_ttl 60; infrastructure's cache_config max_size is 500.
+    settings = make_settings(database_url, redis_url=private_redis.url, cache_ttl="900",
+                             cache_max_size="3000")
+    async with await create_pattern_execution_engine(settings) as engine:
+        assert (await engine.execute("check health", context={"namespace": namespace})).success
+        [left] = _result_ttls(private_redis.url)
+        assert 60_000 < left <= 180_000  # 60 s x 900/300
+        assert engine.cache.local._caches["infrastructure"].max_size == 1500
+        assert engine.cache.local._caches["memory"].max_size == 3000
+
+
+async def test_the_guides_cache_manager_drives_the_engine(
+        database_url: str, private_redis: PrivateRedis, namespace: str) -> None:
+    cache = CacheManager(redis_url=private_redis.url, local_ttl=120, redis_ttl=600,
+                         max_local_size=2000)
+    # TMWS_CACHE_TTL says otherwise: the cache given wins for this engine.
+    settings = make_settings(database_url, cache_ttl="30", cache_max_size="10")
+    async with await create_pattern_execution_engine(settings, cache=cache) as engine:
+        assert engine.cache is cache and engine.cache_manager is cache
+        # The pattern file's per-type sizes, scaled by max_local_size / 1000.
+        assert [cache.local._caches[t].max_size for t in ("infrastructure", "memory",
+                                                           "hybrid")] == [1000, 2000, 400]
+        query = "run tool lint"  # execute_mcp_tool: cache_ttl 300
+        assert not (await engine.execute(query, context={"namespace": namespace})).cache_hit
+        [left] = _result_ttls(private_redis.url)
+        assert 300_000 < left <= 600_000
+        again = await engine.execute(query, context={"namespace": namespace})
+        assert again.cache_hit and again.metadata["cache_tier"] == "local"
+    # The engine did not close a cache it was given: it still answers.
+    assert await cache.ping() == "ok"
+    async with await create_pattern_execution_engine(settings, cache_manager=cache) as engine:
+        hit = await engine.execute(query, context={"namespace": namespace})
+        assert hit.cache_hit and hit.metadata["cache_tier"] == "redis"
+    await cache.close()

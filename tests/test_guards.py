@@ -68,10 +68,12 @@ async def test_scopes(make_api: ApiFactory) -> None:
         assert (await api.get("/api/v1/stats", headers=reader)).status_code == 403
         assert (await api.get("/api/v1/stats",
                               headers=bearer("ops", "metrics:read"))).status_code == 200
-        # Liveness and metrics stay open; readiness and the API description need a token.
+        # Probes and metrics stay open; the detailed health and the API description need a
+        # token.
         assert (await api.get("/health")).status_code == 200
         assert (await api.get("/metrics")).status_code == 200
-        assert (await api.get("/health/ready")).status_code == 401
+        assert (await api.get("/health/ready")).status_code == 200
+        assert (await api.get("/api/v1/health")).status_code == 401
         assert (await api.get("/openapi.json", headers=reader)).status_code == 200
 
 

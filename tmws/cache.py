@@ -4,6 +4,20 @@ Keys are built by the engine and carry everything that changes an answer (namesp
 normalised query, mode, relevant context, the pattern set's fingerprint and, for results
 read from memory, the memory generations), so entries never need invalidating: a change
 simply makes new keys. Expiry is absolute: a hit never extends an entry's life.
+
+Tuning (the operations guide's ``TMWS_CACHE_TTL``, ``TMWS_CACHE_MAX_SIZE`` and
+``CacheManager(local_ttl=, redis_ttl=, max_local_size=)``) *scales* what the pattern file
+declares instead of capping it: every pattern of the shipped library sets ``cache_ttl``, so a
+default that only applied where a pattern says nothing, or a cap, would make the guide's
+"increase cache TTL / size" advice do nothing. Scaling keeps the file's relative freshness
+(a 60 s health check stays 5x fresher than a 300 s recall) and makes the guide's own
+``TMWS_CACHE_TTL=300`` / ``TMWS_CACHE_MAX_SIZE=1000`` (the defaults) change nothing:
+
+- a result lives ``declared x redis_ttl / 300`` seconds, ``declared`` being the pattern's
+  ``cache_ttl``, else its type's ``cache_config`` ttl, else 300 (0 never caches);
+- L1 holds ``declared max_size x max_local_size / 1000`` entries per pattern type
+  (``max_size`` from ``cache_config``, else 1000);
+- L1 trusts an entry for at most ``local_ttl`` seconds of that life.
 """
 
 from __future__ import annotations
@@ -15,10 +29,15 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
-__all__ = ["CacheManager", "CircuitBreaker", "Generation", "LocalCache", "Lookup",
-           "RedisUnavailable", "TieredLocalCache"]
+__all__ = ["BASE_LOCAL_SIZE", "BASE_TTL", "CacheManager", "CircuitBreaker", "Generation",
+           "LocalCache", "Lookup", "RedisUnavailable", "TieredLocalCache"]
+
+# The reference points of the scaling above: the guide's defaults (TMWS_CACHE_TTL=300,
+# TMWS_CACHE_MAX_SIZE=1000), at which the pattern file's figures apply unchanged.
+BASE_TTL: Final = 300
+BASE_LOCAL_SIZE: Final = 1000
 
 V = TypeVar("V")
 # (namespace generation, shared generation): changes on every write a namespace can read.
@@ -157,17 +176,28 @@ class CacheManager:
     from nor written to any cache, since another instance's writes cannot be seen.
     """
 
-    def __init__(self, *, redis_url: str | None = None, local_ttl: float = 60.0,
-                 redis_ttl: float | None = None, max_local_size: int = 1000,
+    def __init__(self, redis_url: str | None = None, *, local_ttl: float = 60.0,
+                 redis_ttl: float | None = None, max_local_size: int = BASE_LOCAL_SIZE,
                  type_sizes: Mapping[str, int] | None = None, redis_timeout: float = 5.0,
                  redis_max_connections: int = 50, max_value_bytes: int = 1 << 20,
                  breaker_failures: int = 5, breaker_reset: float = 5.0) -> None:
-        sizes = dict(type_sizes or {"infrastructure": max_local_size, "memory": max_local_size,
-                                    "hybrid": max_local_size})
-        self.local: TieredLocalCache[tuple[float, Generation | None, bytes]] = TieredLocalCache(
-            {kind: min(size, max_local_size) for kind, size in sizes.items()})
+        """``redis_ttl``: the life of a result whose pattern declares no TTL (default 300 s;
+        declared TTLs are scaled by ``redis_ttl / 300``). ``max_local_size``: L1 entries per
+        pattern type for a type without a size of its own (``type_sizes``, the pattern file's
+        ``cache_config``; those are scaled by ``max_local_size / 1000``). ``local_ttl``: the
+        longest L1 trusts an entry. See the module docstring for why scaling."""
+        for name, value in (("local_ttl", local_ttl), ("max_local_size", max_local_size),
+                            ("redis_ttl", 0 if redis_ttl is None else redis_ttl)):
+            if value < 0:
+                raise ValueError(f"{name} must be 0 or more (got {value!r})")
         self.local_ttl = local_ttl
-        self.redis_ttl = redis_ttl
+        self.redis_ttl = float(BASE_TTL if redis_ttl is None else redis_ttl)
+        self.max_local_size = max_local_size
+        # Sizes the caller did not choose follow the pattern file's once an engine adopts
+        # this cache (size_types).
+        self.type_sizes_given = type_sizes is not None
+        self.local: TieredLocalCache[tuple[float, Generation | None, bytes]] = TieredLocalCache(
+            self._scaled_sizes(type_sizes))
         self.max_value_bytes = max_value_bytes
         self.breaker = CircuitBreaker(breaker_failures, breaker_reset)
         self._timeout = redis_timeout
@@ -185,6 +215,29 @@ class CacheManager:
         self._local_generations: dict[str, int] = {}
         self._local_shared = 0
         self.redis_hits = self.redis_misses = self.redis_errors = self.oversize = 0
+
+    def _scaled_sizes(self, declared: Mapping[str, int] | None) -> dict[str, int]:
+        base = dict(declared or dict.fromkeys(("infrastructure", "memory", "hybrid"),
+                                              BASE_LOCAL_SIZE))
+        return {kind: _scale(size, self.max_local_size, BASE_LOCAL_SIZE)
+                for kind, size in base.items()}
+
+    def size_types(self, declared: Mapping[str, int]) -> None:
+        """Size L1 per pattern type from the pattern file's ``cache_config`` (scaled by
+        ``max_local_size / 1000``), unless this cache was built with ``type_sizes``. For an
+        engine adopting a cache built elsewhere, before its first lookup: entries go."""
+        if not self.type_sizes_given:
+            self.local = TieredLocalCache(self._scaled_sizes(declared))
+
+    def lifetime(self, declared: float | None) -> float:
+        """Seconds a result lives: the TTL its pattern declares (None: 300 s), scaled by
+        ``redis_ttl / 300`` (TMWS_CACHE_TTL). 0 stays 0: never cached."""
+        seconds = float(BASE_TTL if declared is None else declared)
+        return seconds * self.redis_ttl / BASE_TTL
+
+    async def initialize(self) -> None:
+        """Nothing to do (the original service's CacheManager connected here; this one
+        connects on first use): kept so that code written for it runs unchanged."""
 
     @property
     def redis_configured(self) -> bool:
@@ -315,21 +368,23 @@ class CacheManager:
             if local is not None:
                 return Lookup(local[2], "local", generation)
         if raw is None:
-            if self._redis is not None:
-                self.redis_misses += 1
-            return Lookup(None, None, generation)
+            if self._redis is None:
+                return Lookup(None, None, generation)
+            self.redis_misses += 1
+            return Lookup(None, None, generation, redis_lookup=True)
         expires_at, stored_generation, value = _unwrap(raw)
         remaining = expires_at - time.time()
         if remaining <= 0 or stored_generation != generation:
             self.redis_misses += 1
-            return Lookup(None, None, generation)
+            return Lookup(None, None, generation, redis_lookup=True)
         self.redis_hits += 1
         self.local.put(kind, key, (expires_at, generation, value), min(self.local_ttl, remaining))
-        return Lookup(value, "redis", generation)
+        return Lookup(value, "redis", generation, redis_lookup=True)
 
     async def put(self, kind: str, key: str, value: bytes, ttl: float, *,
                   generation: Generation | None = None) -> bool:
-        """Store in both tiers with an absolute expiry; False if too large to cache.
+        """Store in both tiers with an absolute expiry ``ttl`` seconds from now (see
+        :meth:`lifetime`; L1 keeps it at most ``local_ttl``); False if not cached.
 
         ``generation`` is the one :meth:`get` returned before the result was computed, so a
         write that raced the computation leaves the entry already stale.
@@ -342,11 +397,10 @@ class CacheManager:
         expires_at = time.time() + ttl
         self.local.put(kind, key, (expires_at, generation, value), min(self.local_ttl, ttl))
         if self._redis is not None:
-            redis_ttl = ttl if self.redis_ttl is None else min(ttl, self.redis_ttl)
-            wrapped = _wrap(time.time() + redis_ttl, generation, value)
+            wrapped = _wrap(expires_at, generation, value)
             with contextlib.suppress(_Unavailable):
                 await self._call(lambda r: r.set(_RESULT_PREFIX + key, wrapped,
-                                                 px=max(1, int(redis_ttl * 1000))))
+                                                 px=max(1, int(ttl * 1000))))
         return True
 
     def _local_generation(self, namespace: str) -> Generation:
@@ -410,6 +464,11 @@ class CacheManager:
                 "circuit_trips": self.breaker.trips,
             },
             "oversize_skipped": self.oversize,
+            # What the tuning resolved to (TMWS_CACHE_TTL, TMWS_CACHE_MAX_SIZE,
+            # TMWS_CACHE_LOCAL_TTL or the CacheManager's arguments).
+            "tuning": {"redis_ttl": self.redis_ttl, "ttl_scale": self.redis_ttl / BASE_TTL,
+                       "local_ttl": self.local_ttl, "max_local_size": self.max_local_size,
+                       "size_scale": self.max_local_size / BASE_LOCAL_SIZE},
         }
 
 
@@ -443,3 +502,11 @@ class Lookup(NamedTuple):
     tier: str | None  # "local" or "redis", on a hit
     generation: Generation | None  # pass to put() for memory-dependent results
     cacheable: bool = True  # False: the generations cannot be known (Redis unreachable)
+    redis_lookup: bool = False  # L1 missed and Redis answered the lookup (hit or miss)
+
+
+def _scale(declared: int, setting: int, base: int) -> int:
+    """``declared x setting / base``, at least 1 unless either is 0 (0 turns L1 off)."""
+    if declared <= 0 or setting <= 0:
+        return 0
+    return max(1, round(declared * setting / base))

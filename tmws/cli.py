@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from tmws import __version__
 from tmws._logging import configure_logging
 from tmws.config import Settings
 from tmws.database import (
@@ -21,8 +22,11 @@ from tmws.database import (
     ImportReport,
     check_embedding_config,
     export_memories,
+    format_reindex_report,
     import_memories,
+    maybe_reindex,
     reembed,
+    reindex,
     require_current_schema,
     upgrade,
 )
@@ -35,6 +39,7 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tmws", description="tmws pattern execution service")
+    parser.add_argument("--version", action="version", version=f"tmws {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP service (TMWS_API_HOST, TMWS_API_PORT, "
                         "TMWS_WORKERS)")
@@ -42,6 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("upgrade", help="apply pending migrations (embedded server without "
                            "TMWS_DATABASE_URL)")
+    reindex_ = db_commands.add_parser(
+        "reindex", help="rebuild the ivfflat vector index for the stored rows, concurrently, "
+        "and report recall@10 before/after")
+    reindex_.add_argument("--lists", type=_positive_int, default=None,
+                          help="ivfflat lists (default: rows/1000, sqrt(rows) above 1M rows, "
+                          "at least 10)")
+    reindex_.add_argument("--sample", type=_non_negative_int, default=100,
+                          help="stored embeddings to measure recall@10 with (default: 100)")
+    reindex_.add_argument("--json", action="store_true", help="print the report as JSON")
     execute = commands.add_parser("execute", help="execute one query and print the result")
     execute.add_argument("query")
     execute.add_argument("--mode", default=None, help="fast, balanced or comprehensive")
@@ -57,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="for lines without a namespace (default: default)")
     import_.add_argument("--batch-size", type=_positive_int, default=1000,
                          help="memories embedded and written per transaction (default: 1000)")
+    import_.add_argument("--no-reindex", action="store_true",
+                         help="skip rebuilding the vector index when the import changed the "
+                         "row count enough to matter (`tmws db reindex` later)")
     export = memory_commands.add_parser(
         "export", help="write memories as JSON Lines ordered by id (embeddings excluded)")
     export.add_argument("--namespace", default=None, help="only this namespace's memories")
@@ -97,6 +114,51 @@ def _parser() -> argparse.ArgumentParser:
     examples = pattern_commands.add_parser(
         "examples", help="print a labelled file of a pattern file's example queries")
     examples.add_argument("file", nargs="?", default=None)
+    stats = commands.add_parser(
+        "stats", help="the running service's /api/v1/stats, its database connections "
+        "(pg_stat_activity) and slowest statements (pg_stat_statements), as JSON")
+    stats.add_argument("--url", default=None,
+                       help="the service (default: http://TMWS_API_HOST:TMWS_API_PORT)")
+    stats.add_argument("--token", default=None,
+                       help="bearer token with metrics:read when auth is on ('-': read stdin)")
+    backup = commands.add_parser(
+        "backup", help="pg_dump -Fc of the database, the pattern file and optionally a Redis "
+        "snapshot into DIR/tmws-<UTC timestamp>/, with a checksummed manifest")
+    backup.add_argument("--dir", default=None,
+                        help="where backups go (default: TMWS_DATA_DIR/backups)")
+    backup.add_argument("--keep", type=_positive_int, default=None, metavar="N",
+                        help="then delete all but the N newest complete backups in --dir")
+    backup.add_argument("--redis", action="store_true",
+                        help="also BGSAVE Redis (TMWS_REDIS_URL, on this host) and copy its "
+                        "RDB file; optional: Redis holds only cache and rate limits")
+    backup.add_argument("--redis-timeout", type=_positive_float, default=120.0, metavar="S",
+                        help="seconds to wait for BGSAVE to finish (default: 120)")
+    restore = commands.add_parser(
+        "restore", help="restore a backup into a fresh database, migrate it, clear the result "
+        "cache and verify (exit status of the verification)")
+    restore.add_argument("backup_dir", metavar="BACKUP_DIR")
+    restore_target = restore.add_mutually_exclusive_group()
+    restore_target.add_argument("--database-url", default=None, metavar="URL",
+                                help="the database to restore into (default: the configured "
+                                "one)")
+    restore_target.add_argument("--database", default=None, metavar="NAME",
+                                help="a database of that name on the configured server")
+    restore.add_argument("--force", action="store_true",
+                         help="replace a database that has tables: restore beside it, then "
+                         "swap names (the old one is kept as NAME_pre_restore_<timestamp>); "
+                         "tmws must be stopped")
+    verify = commands.add_parser(
+        "verify", help="check the installation: settings, database, pgvector, migrations, "
+        "indexes, Redis, patterns, one execution per pattern type, token, metrics "
+        "(exit 0 ok, 1 warnings, 2 failures)")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--no-execute", action="store_true",
+                        help="skip the executions of one pattern per type")
+    initialize = commands.add_parser(
+        "initialize", help="load and validate the pattern file, warm the router with its "
+        "example queries and print the active patterns")
+    initialize.add_argument("--patterns", default=None,
+                            help="pattern file (default: TMWS_PATTERN_CONFIG or the shipped one)")
     token = commands.add_parser("token", help="API tokens (TMWS_SECRET_KEY)")
     token_commands = token.add_subparsers(dest="token_command", required=True)
     create = token_commands.add_parser(
@@ -112,6 +174,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "verify":  # reports refused settings as a check, with the rest
+        from tmws.verify import verify_command
+
+        return verify_command(as_json=args.json, execute=not args.no_execute)
     try:
         settings = Settings.from_env()
         # serve logs on stdout (the guide's console handler); other commands keep stdout for
@@ -121,13 +187,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tmws.server import serve
 
             serve(settings)
+        elif args.command == "db" and args.db_command == "reindex":
+            asyncio.run(_db_reindex(settings, args.lists, args.sample, args.json))
         elif args.command == "db":
             asyncio.run(_db_upgrade(settings))
+        elif args.command == "stats":
+            from tmws._service_stats import gather_stats
+
+            token = sys.stdin.readline().strip() if args.token == "-" else args.token
+            report = gather_stats(settings, args.url, token)
+            print(msgspec.json.format(msgspec.json.encode(report)).decode())
         elif args.command == "execute":
             asyncio.run(_execute(settings, args.query, args.mode, args.namespace))
         elif args.command == "memories":
             if args.memories_command == "import":
-                return asyncio.run(_import(settings, args.file, args.namespace, args.batch_size))
+                return asyncio.run(_import(settings, args.file, args.namespace, args.batch_size,
+                                           reindex_after=not args.no_reindex))
             if args.memories_command == "export":
                 asyncio.run(_export(settings, args.namespace, args.output))
             else:
@@ -138,8 +213,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_cache_clear(settings))
         elif args.command == "audit":
             asyncio.run(_audit_prune(settings, args.older_than))
+        elif args.command == "initialize":
+            from tmws.initialize import format_initialize, initialize_patterns
+
+            print(format_initialize(asyncio.run(initialize_patterns(settings, args.patterns))))
         elif args.command == "token":
             _token_create(settings, args.namespace, args.scopes, args.expires)
+        elif args.command == "backup":
+            from tmws.backup import backup_command
+
+            return asyncio.run(backup_command(settings, args.dir, args.keep, args.redis,
+                                              args.redis_timeout))
+        elif args.command == "restore":
+            from tmws.backup import restore_command
+
+            return asyncio.run(restore_command(settings, args.backup_dir, args.database_url,
+                                               args.database, args.force))
     except TmwsError as exc:
         print(f"tmws: error: {exc}", file=sys.stderr)
         return 2
@@ -162,6 +251,22 @@ async def _server(settings: Settings) -> AsyncIterator[tuple[str, bool]]:
         await asyncio.to_thread(embedded.stop)
 
 
+def _stderr_line(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+async def _db_reindex(settings: Settings, lists: int | None, sample: int, as_json: bool
+                      ) -> None:
+    async with _server(settings) as (conninfo, embedded):
+        if embedded:
+            await upgrade(conninfo, settings)
+        else:
+            await require_current_schema(conninfo)
+        report = await reindex(conninfo, settings, lists=lists, sample=sample,
+                               log=_stderr_line)
+    print(msgspec.json.encode(report).decode() if as_json else format_reindex_report(report))
+
+
 async def _db_upgrade(settings: Settings) -> None:
     async with _server(settings) as (conninfo, _):
         applied = await upgrade(conninfo, settings, wait=settings.startup_wait)
@@ -180,7 +285,7 @@ async def _database(settings: Settings) -> AsyncIterator[Database]:
             await upgrade(conninfo, settings)
         else:
             await require_current_schema(conninfo)
-        database = Database(conninfo, settings)
+        database = Database(conninfo, settings, role="cli")
         await database.open()
         try:
             yield database
@@ -294,6 +399,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (got {value})")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -305,7 +417,8 @@ def _positive_int(text: str) -> int:
 _SHOWN_REJECTIONS = 50
 
 
-async def _import(settings: Settings, file: str, namespace: str, batch_size: int) -> int:
+async def _import(settings: Settings, file: str, namespace: str, batch_size: int, *,
+                  reindex_after: bool = True) -> int:
     """Exit status 0 if every line was written, 1 if some were rejected."""
     check_namespace(namespace, "--namespace")
     try:
@@ -330,6 +443,10 @@ async def _import(settings: Settings, file: str, namespace: str, batch_size: int
                                   batch_size=batch_size, total_lines=total,
                                   progress=_progress("import"), report=report,
                                   limits=settings.input_limits)
+            if reindex_after and report.written:
+                rebuilt = await maybe_reindex(database.conninfo, settings, log=_stderr_line)
+                if rebuilt is not None:
+                    print(format_reindex_report(rebuilt))
     except BaseException:
         if report.written:
             sys.stderr.write(f"\n{report.written} memories were written before the error; "

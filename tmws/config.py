@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import msgspec
 
+from tmws.cache import BASE_LOCAL_SIZE, BASE_TTL
 from tmws.errors import ConfigError
 from tmws.inputs import InputLimits
 from tmws.models import ExecutionMode, PatternLimits
@@ -34,6 +35,8 @@ MIN_SECRET_LENGTH: Final = 32
 
 _ENVIRONMENTS: Final = ("development", "staging", "production", "test")
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Settings read in any case and stored upper case.
+_CASELESS: Final = frozenset({"log_level"})
 _MODES: Final = tuple(mode.value for mode in ExecutionMode)
 _EMBEDDING_PROVIDERS: Final = ("hash", "openai", "sentence-transformers")
 _VECTOR_INDEXES: Final = ("ivfflat", "hnsw")
@@ -93,9 +96,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str | None = None
     redis_max_connections: int = 50
     redis_timeout: float = 5.0
-    # Cache
-    cache_ttl: int = 300
-    cache_max_size: int = 1000
+    # Cache. TTL and size scale the pattern file's per-pattern cache_ttl and per-type
+    # cache_config sizes (x cache_ttl/300, x cache_max_size/1000) rather than cap them:
+    # every shipped pattern declares a TTL, so a cap or a fallback would leave the guide's
+    # "increase cache TTL / size" without effect (tmws.cache explains the choice).
+    cache_ttl: int = BASE_TTL
+    cache_max_size: int = BASE_LOCAL_SIZE
     cache_enabled: bool = True
     cache_local_ttl: int = 60  # cap on how long this process trusts a result by itself
     cache_max_value_bytes: int = 1 << 20  # larger results are not cached (counted)
@@ -196,6 +202,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def admission_max_queue(self) -> int:
         return self.admission_queue or 4 * self.admission_limit
 
+    # The original service's settings names (the guide's "Connection Pooling" snippet reads
+    # them). Read-only: settings are fixed at start; set TMWS_DB_* instead.
+    @property
+    def database_pool_size(self) -> int:
+        return self.db_max_connections
+
+    @property
+    def database_max_overflow(self) -> int:
+        return self.db_overflow
+
+    @property
+    def database_pool_pre_ping(self) -> bool:
+        return self.db_pool_pre_ping
+
+    @property
+    def database_pool_recycle(self) -> float:
+        return self.db_pool_recycle
+
     @property
     def db_overflow(self) -> int:
         """Extra connections beyond the pool size."""
@@ -227,6 +251,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raw = source.get(var)
             if raw is None:
                 continue
+            if name in _CASELESS:  # TMWS_LOG_LEVEL=info is as good as INFO
+                raw = raw.upper()
             try:
                 values[name] = parse(raw.strip())
             except ValueError as exc:
@@ -239,7 +265,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """Check cross-field rules; raises ConfigError naming the variable."""
         checks: list[tuple[str, bool, str]] = [
             ("environment", self.environment in _ENVIRONMENTS, f"must be one of {_ENVIRONMENTS}"),
-            ("log_level", self.log_level in _LOG_LEVELS, f"must be one of {_LOG_LEVELS}"),
+            ("log_level", self.log_level in _LOG_LEVELS,
+             f"must be one of {_LOG_LEVELS}, in any case"),
             ("pattern_default_mode", self.pattern_default_mode in _MODES,
              f"must be one of {_MODES}"),
             ("api_port", 0 <= self.api_port <= 65535, "must be between 0 and 65535"),

@@ -21,7 +21,7 @@ from tmws._native import cache_key, normalize_query
 from tmws._pattern_sync import PatternSets, Propagation, StoredSet
 from tmws.admission import Admission
 from tmws.audit import SYSTEM_ACTOR, AuditLog, ConstantDetail
-from tmws.cache import CacheManager, Generation
+from tmws.cache import BASE_LOCAL_SIZE, CacheManager, Generation
 from tmws.config import Settings
 from tmws.database import (
     Budget,
@@ -142,7 +142,12 @@ class PatternExecutionEngine:
         self._check_patterns(library.patterns, library.source)
         self.library = library
         self.database = database
-        self.cache = cache or cache_manager_for(settings, library)
+        self._owns_cache = cache is None
+        if cache is None:
+            cache = cache_manager_for(settings, library)
+        else:  # built by the caller (the guide's CacheManager): the file's per-type sizes
+            cache.size_types(_declared_sizes(library))
+        self.cache = cache
         provider = provider or create_provider(settings)
         self.memory = MemoryStore(database, provider,
                                   min_similarity=settings.recall_min_similarity,
@@ -194,7 +199,8 @@ class PatternExecutionEngine:
         await self.audit.close()  # its last records need the database
         await self.database.close()
         await self.memory.provider.aclose()
-        await self.cache.close()
+        if self._owns_cache:  # a caller's cache may serve other engines: theirs to close
+            await self.cache.close()
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
 
@@ -400,7 +406,9 @@ class PatternExecutionEngine:
                   if pattern is None and self.router.vectors is not None else None)
         decision = self.router.explain(query, mode, pattern, query_vector=vector)
         meta: dict[str, Any] = {"routing": msgspec.to_builtins(decision), "mode": mode.value,
-                                "namespace": namespace}
+                                "namespace": namespace,
+                                # The original service's result.metadata["pattern_type"].
+                                "pattern_type": decision.pattern_type.value}
         if decision.decided_by == "none":
             nearest = decision.alternative_routes
             hint = f"; nearest candidates: {', '.join(nearest)}" if nearest else ""
@@ -514,6 +522,7 @@ class PatternExecutionEngine:
                                      namespace=namespace if reads_memory else None)
         if not found.cacheable:
             return handler_name, None
+        self.metrics.cache_lookup(found.tier, found.redis_lookup)
         hit = None
         if found.value is not None:
             hit = _decode(found.value)  # a fresh object per hit: safe to mark in place
@@ -554,11 +563,12 @@ class PatternExecutionEngine:
         return query, parsed, ctx, params
 
     def _ttl(self, pattern: PatternDefinition | None, pattern_type: PatternType) -> float:
-        """The pattern's cache_ttl, else its type's (cache_config), else TMWS_CACHE_TTL."""
+        """The pattern's cache_ttl, else its type's (cache_config), else 300 s, scaled by
+        TMWS_CACHE_TTL / 300 (or the given CacheManager's redis_ttl): tmws.cache says why."""
         if pattern is not None and pattern.cache_ttl is not None:
-            return float(pattern.cache_ttl)
+            return self.cache.lifetime(pattern.cache_ttl)
         type_config = self.library.cache_config.get(pattern_type)
-        return float(type_config.ttl if type_config else self.settings.cache_ttl)
+        return self.cache.lifetime(type_config.ttl if type_config else None)
 
     async def _run(self, handler_name: str, ctx: HandlerContext, decision: RoutingDecision,
                    meta: dict[str, Any]) -> ExecutionResult:
@@ -714,7 +724,9 @@ class PatternExecutionEngine:
                             "singleflight_joins": self._singleflight_joins,
                             "unencodable_skipped": self._unencodable},
             "registry_stats": {
-                **self.registry.get_stats(),
+                **(registry := self.registry.get_stats()),
+                # The original service's key: its match cache's hit rate (percent).
+                "cache_hit_rate": registry["match_cache"]["hit_rate"],
                 "fingerprint": self.registry.fingerprint,
                 "sync": None if self._sync is None else self._sync.stats(),
             },
@@ -766,6 +778,11 @@ class PatternExecutionEngine:
 
     def pool_stats(self) -> dict[str, Any]:
         return self.database.pool_stats()
+
+    @property
+    def cache_manager(self) -> CacheManager:
+        """The original service's name of :attr:`cache`."""
+        return self.cache
 
     async def health(self, *, probe_database: bool = True,
                      database_timeout: float | None = None) -> dict[str, Any]:
@@ -827,14 +844,20 @@ def cache_manager_for(settings: Settings, library: PatternLibrary) -> CacheManag
     """The two-tier cache the settings and the pattern file's cache_config describe."""
     return CacheManager(
         redis_url=settings.redis_url, local_ttl=settings.cache_local_ttl,
-        max_local_size=settings.cache_max_size,
-        type_sizes={t.value: library.cache_config[t].max_size if t in library.cache_config
-                    else settings.cache_max_size for t in PatternType},
+        redis_ttl=settings.cache_ttl, max_local_size=settings.cache_max_size,
+        type_sizes=_declared_sizes(library),
         redis_timeout=settings.redis_timeout,
         redis_max_connections=settings.redis_max_connections,
         max_value_bytes=settings.cache_max_value_bytes,
         breaker_failures=settings.cache_breaker_failures,
         breaker_reset=settings.cache_breaker_reset)
+
+
+def _declared_sizes(library: PatternLibrary) -> dict[str, int]:
+    """L1 entries per pattern type as the pattern file declares them (cache_config), before
+    TMWS_CACHE_MAX_SIZE scales them."""
+    return {t.value: library.cache_config[t].max_size if t in library.cache_config
+            else BASE_LOCAL_SIZE for t in PatternType}
 
 
 _result_encoder = msgspec.msgpack.Encoder()
@@ -855,15 +878,28 @@ def _decode(raw: bytes) -> ExecutionResult:
     return _result_decoder.decode(raw)
 
 
-async def create_pattern_execution_engine(settings: Settings | None = None, *,
+async def create_pattern_execution_engine(settings: Settings | CacheManager | None = None, *,
                                           patterns: PatternLibrary | None = None,
-                                          handlers: Mapping[str, Handler] | None = None
+                                          handlers: Mapping[str, Handler] | None = None,
+                                          cache: CacheManager | None = None,
+                                          cache_manager: CacheManager | None = None
                                           ) -> PatternExecutionEngine:
     """Build a ready engine from the environment (or the given settings).
 
     Without TMWS_DATABASE_URL the embedded PostgreSQL starts in TMWS_DATA_DIR and is
     migrated; with it, the schema must already be current (``tmws db upgrade``).
+
+    ``cache`` (or the original service's ``cache_manager``, also accepted as the first
+    argument) is a :class:`tmws.cache.CacheManager` built by the caller, e.g. the guide's
+    ``CacheManager(redis_url=..., local_ttl=120, redis_ttl=600, max_local_size=2000)``:
+    its settings replace TMWS_REDIS_URL, TMWS_CACHE_TTL, TMWS_CACHE_MAX_SIZE and
+    TMWS_CACHE_LOCAL_TTL for this engine, which does not close it.
     """
+    if isinstance(settings, CacheManager):  # the original's positional cache_manager
+        cache_manager, settings = settings, None
+    if cache is not None and cache_manager is not None and cache is not cache_manager:
+        raise TypeError("pass the cache once: cache= or cache_manager=, not both")
+    cache = cache or cache_manager
     settings = settings or Settings.from_env()
     library = patterns
     if library is None:
@@ -887,11 +923,12 @@ async def create_pattern_execution_engine(settings: Settings | None = None, *,
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         raise
-    if settings.redis_url is None:
-        logger.info("TMWS_REDIS_URL not set: results are cached in this process only")
+    if (cache is None and settings.redis_url is None) or (
+            cache is not None and not cache.redis_configured):
+        logger.info("no Redis configured: results are cached in this process only")
     try:
         engine = PatternExecutionEngine(settings, library, database, embedded=embedded,
-                                        handlers=handlers)
+                                        handlers=handlers, cache=cache)
         await engine.start_pattern_sync()
         await engine.router.settled()  # on failure: logged, stage 2 scores lexically
         return engine

@@ -3,16 +3,26 @@ alerts expect.
 
 Label values stay bounded: ``pattern_name`` is a registered pattern's name or ``none``
 (keyword-routed or unmatched queries), never text from the query.
+
+Cache hit rates are counted, not sampled: ``tmws_pattern_cache_lookups_total`` and
+``tmws_pattern_cache_hits_total`` (by ``cache_type``: ``overall``, ``local``, ``redis``) add up
+over workers like every counter, and the guide's gauge ``tmws_pattern_cache_hit_rate`` is
+computed from those sums when a scrape is answered, by whichever worker answers it, so every
+scrape of an instance gives the same ratio. Alerts and dashboards use
+``rate(hits) / rate(lookups)``: the gauge is a since-start ratio.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import weakref
 from bisect import bisect_left
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from prometheus_client import (
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -21,6 +31,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from tmws import __version__
 
@@ -29,14 +42,17 @@ from tmws import __version__
 MULTIPROCESS: Final = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 __all__ = [
+    "CACHE_TYPES",
     "DATABASE_CONNECTIONS_ACTIVE",
     "DATABASE_QUERY_DURATION",
     "MULTIPROCESS",
-    "PATTERN_CACHE_HIT_RATE",
+    "PATTERN_CACHE_HITS",
+    "PATTERN_CACHE_LOOKUPS",
     "PATTERN_EXECUTIONS",
     "PATTERN_EXECUTION_DURATION",
     "PATTERN_TOKENS_USED",
     "ExecutionMetrics",
+    "cache_hit_rates",
     "exposition",
     "worker_exited",
 ]
@@ -47,9 +63,22 @@ PATTERN_EXECUTIONS: Final = Counter(
 PATTERN_EXECUTION_DURATION: Final = Histogram(
     "tmws_pattern_execution_duration_seconds", "Pattern execution duration",
     ["pattern_type"], buckets=[0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0])
-PATTERN_CACHE_HIT_RATE: Final = Gauge(
-    "tmws_pattern_cache_hit_rate", "Pattern cache hit rate (0..1)", ["cache_type"],
-    multiprocess_mode="livemostrecent")
+# overall: executions whose result the cache could have answered; local: the same lookups
+# in the in-process tier; redis: those L1 missed and Redis answered.
+CACHE_TYPES: Final = ("overall", "local", "redis")
+PATTERN_CACHE_LOOKUPS: Final = Counter(
+    "tmws_pattern_cache_lookups_total", "Result cache lookups", ["cache_type"])
+PATTERN_CACHE_HITS: Final = Counter(
+    "tmws_pattern_cache_hits_total", "Result cache hits", ["cache_type"])
+if not MULTIPROCESS:  # exported from the start (0), so rate() has a series; with workers,
+    # a worker's first lookup creates them (no counter file for a process that never looks up)
+    for _cache_type in CACHE_TYPES:
+        PATTERN_CACHE_LOOKUPS.labels(_cache_type)
+        PATTERN_CACHE_HITS.labels(_cache_type)
+_HIT_RATE: Final = ("tmws_pattern_cache_hit_rate",
+                    "Pattern cache hit rate (0..1) since start, all workers: "
+                    "tmws_pattern_cache_hits_total / tmws_pattern_cache_lookups_total "
+                    "(NaN before the first lookup)")
 PATTERN_TOKENS_USED: Final = Counter(
     "tmws_pattern_tokens_used_total", "Total tokens used", ["pattern_type"])
 DATABASE_CONNECTIONS_ACTIVE: Final = Gauge(
@@ -70,14 +99,59 @@ else:
 _RECORDERS: Final[weakref.WeakSet[ExecutionMetrics]] = weakref.WeakSet()
 
 
+def cache_hit_rates(families: Iterable[Metric]) -> dict[str, float]:
+    """hits / lookups per cache type from collected counter families (NaN: no lookup)."""
+    sums: dict[str, list[float]] = {t: [0.0, 0.0] for t in CACHE_TYPES}
+    index = {"tmws_pattern_cache_hits": 0, "tmws_pattern_cache_lookups": 1}
+    for family in families:
+        slot = index.get(family.name.removesuffix("_total"))  # as parsed from text, too
+        if slot is None:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                sums.setdefault(sample.labels["cache_type"], [0.0, 0.0])[slot] += sample.value
+    return {t: hits / lookups if lookups else math.nan for t, (hits, lookups) in sums.items()}
+
+
+def _hit_rate_family(families: Iterable[Metric]) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(*_HIT_RATE, labels=["cache_type"])
+    for cache_type, rate in cache_hit_rates(families).items():
+        gauge.add_metric([cache_type], rate)
+    return gauge
+
+
+class _HitRate(Collector):
+    """The gauge, computed from the counters at collection (one process)."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield _hit_rate_family([*PATTERN_CACHE_HITS.collect(), *PATTERN_CACHE_LOOKUPS.collect()])
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(*_HIT_RATE, labels=["cache_type"])
+
+
+class _Collected(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+if not MULTIPROCESS:
+    REGISTRY.register(_HitRate())
+
+
 def exposition() -> bytes:
     """The scrape body: this process's metrics, or every worker's in multiprocess mode."""
     if not MULTIPROCESS:
         for recorder in list(_RECORDERS):
             recorder.flush()
         return generate_latest()
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    # Every worker's files, summed; the hit rate from those sums (not this worker's own).
+    families = list(multiprocess.MultiProcessCollector(None).collect())  # type: ignore[no-untyped-call]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collected([*families, _hit_rate_family(families)]))
     return generate_latest(registry)
 
 
@@ -115,8 +189,40 @@ class ExecutionMetrics:
         # (type, name, success) -> pending samples with their label children
         self._pending: dict[tuple[str, str | None, bool], _Pending] = {}
         self._batching = not MULTIPROCESS
+        # Cache lookups and hits not yet counted, in CACHE_TYPES order (batched mode).
+        self._lookups = [0, 0, 0]
+        self._hits = [0, 0, 0]
+        self._lookup_children: list[Any] = []  # label children, made at the first lookup
+        self._hit_children: list[Any] = []
         if self._batching:
             _RECORDERS.add(self)
+
+    def cache_lookup(self, tier: str | None, redis_lookup: bool) -> None:
+        """One result-cache lookup an execution made: ``tier`` is where it hit ("local",
+        "redis") or None; ``redis_lookup`` whether Redis was asked (L1 missed)."""
+        local_hit = tier == "local"
+        redis_hit = tier == "redis"
+        if not self._lookup_children:
+            self._lookup_children = [PATTERN_CACHE_LOOKUPS.labels(t) for t in CACHE_TYPES]
+            self._hit_children = [PATTERN_CACHE_HITS.labels(t) for t in CACHE_TYPES]
+        if self._batching:
+            lookups, hits = self._lookups, self._hits
+            lookups[0] += 1
+            lookups[1] += 1
+            if redis_lookup:
+                lookups[2] += 1
+            if tier is not None:
+                hits[0] += 1
+                hits[1] += local_hit
+                hits[2] += redis_hit
+            return
+        self._lookup_children[0].inc()
+        self._lookup_children[1].inc()
+        if redis_lookup:
+            self._lookup_children[2].inc()
+        if tier is not None:
+            self._hit_children[0].inc()
+            self._hit_children[1 if local_hit else 2].inc()
 
     def record(self, pattern_type: str, pattern_name: str | None, success: bool,
                seconds: float, tokens: int) -> None:
@@ -142,6 +248,13 @@ class ExecutionMetrics:
 
     def flush(self) -> None:
         """Hand the accumulated samples to prometheus-client (before a scrape)."""
+        for index in range(len(CACHE_TYPES)):
+            if self._lookups[index]:
+                self._lookup_children[index].inc(self._lookups[index])
+                self._lookups[index] = 0
+            if self._hits[index]:
+                self._hit_children[index].inc(self._hits[index])
+                self._hits[index] = 0
         for pending in self._pending.values():
             if not pending.count:
                 continue
@@ -156,9 +269,3 @@ class ExecutionMetrics:
                     pending.buckets[index] = 0
             pending.count = pending.tokens = 0
             pending.seconds = 0.0
-
-    @staticmethod
-    def publish_hit_rates(rates: dict[str, float]) -> None:
-        """Percentages from get_stats() as 0..1 ratios (the guide's alert compares to 0.7)."""
-        for cache_type, percent in rates.items():
-            PATTERN_CACHE_HIT_RATE.labels(cache_type).set(percent / 100.0)

@@ -74,7 +74,7 @@ def openapi_schema() -> dict[str, Any]:
         for status in sorted(errors):
             schema = error_ref
             if status == 503 and route.response_type is Readiness:
-                # Not ready: the same report with healthy=false (an error body only while
+                # Not ready: the same report with ready=false (an error body only while
                 # the service is starting or stopping).
                 schema = {"anyOf": [by_type[Readiness], error_ref]}
             responses[str(status)] = {"description": _REASONS[status], "content": {

@@ -78,17 +78,26 @@ class HybridRouter:
         self._decisions = {"trigger": 0, "examples": 0, "keywords": 0, "none": 0}
         self._by_type: dict[str, int] = {t.value: 0 for t in PatternType}
 
-    async def route(self, query: str, mode: ExecutionMode | str = ExecutionMode.BALANCED,
-                    context: Mapping[str, Any] | None = None) -> RoutingDecision:
-        mode = ExecutionMode(mode)
-        pattern = self.match(query, mode)
-        vector = await self.query_vector(query) if pattern is None else None
-        return self.explain(query, mode, pattern, query_vector=vector)
+    async def route(self, query: str, mode: ExecutionMode | str | None = None,
+                    context: Mapping[str, Any] | None = None, *,
+                    execution_mode: ExecutionMode | str | None = None,
+                    _context: Mapping[str, Any] | None = None) -> RoutingDecision:
+        """Where ``query`` goes in ``mode`` (default balanced), and why; nothing runs.
 
-    def route_sync(self, query: str, mode: ExecutionMode,
-                   context: Mapping[str, Any] | None = None) -> RoutingDecision:
+        ``execution_mode`` and ``_context`` are the original service's names of ``mode``
+        and ``context`` (``route(query, execution_mode=ExecutionMode.BALANCED)``).
+        """
+        chosen = _mode(mode, execution_mode)
+        pattern = self.match(query, chosen)
+        vector = await self.query_vector(query) if pattern is None else None
+        return self.explain(query, chosen, pattern, query_vector=vector)
+
+    def route_sync(self, query: str, mode: ExecutionMode | str | None = None,
+                   context: Mapping[str, Any] | None = None, *,
+                   execution_mode: ExecutionMode | str | None = None) -> RoutingDecision:
         """:meth:`route` without the embedding model: stage 2 scores lexically."""
-        return self.explain(query, mode, self.match(query, mode))
+        chosen = _mode(mode, execution_mode)
+        return self.explain(query, chosen, self.match(query, chosen))
 
     async def query_vector(self, query: str) -> list[float] | None:
         """The query's embedding for stage 2, or None (no model, or none in time)."""
@@ -254,9 +263,34 @@ class HybridRouter:
         )
 
     def get_stats(self) -> dict[str, Any]:
-        """Decisions per stage and routes per type since start; the embedding model's state."""
+        """Decisions per stage and routes per type since start (``total_routes`` and
+        ``route_distribution`` in percent, as the original service reported them); the
+        embedding model's state."""
+        total = sum(self._by_type.values())
         return {"decisions": dict(self._decisions), "routes_by_type": dict(self._by_type),
+                "total_routes": total,
+                "route_distribution": {kind: 100.0 * count / total if total else 0.0
+                                       for kind, count in self._by_type.items()},
                 "embeddings": None if self.vectors is None else self.vectors.stats()}
+
+
+def _mode(mode: ExecutionMode | str | None, execution_mode: ExecutionMode | str | None
+          ) -> ExecutionMode:
+    """The mode given under either name (ValueError naming the choices for another)."""
+    if mode is not None and execution_mode is not None and (
+            _parse_mode(mode) is not _parse_mode(execution_mode)):
+        raise TypeError(f"mode={mode!r} and execution_mode={execution_mode!r} disagree; "
+                        "give one of them")
+    given = execution_mode if execution_mode is not None else mode
+    return ExecutionMode.BALANCED if given is None else _parse_mode(given)
+
+
+def _parse_mode(mode: ExecutionMode | str) -> ExecutionMode:
+    try:
+        return ExecutionMode(mode)
+    except ValueError:
+        allowed = ", ".join(m.value for m in ExecutionMode)
+        raise ValueError(f"unknown execution mode {mode!r}; use one of: {allowed}") from None
 
 
 def _restriction(allowed: list[PatternType], mode: ExecutionMode) -> str:

@@ -27,6 +27,7 @@ from tmws.schemas import (
     Readiness,
     RouteRequest,
 )
+from tmws.verify import VerificationReport
 
 __all__ = ["ROUTER", "ROUTES"]
 
@@ -94,11 +95,26 @@ ROUTES: Final = (
     Route("GET", "/api/v1/stats", endpoints.stats,
           "Engine statistics (executions, caches, registry, router)", scope="metrics:read",
           response_type=dict[str, Any]),
+    Route("GET", "/api/v1/verify", endpoints.verify,
+          "Run the installation checks of `tmws verify` on this instance (its pool, cache and "
+          "router): 200 with the report whatever it finds; exit_code 0 ok, 1 warn, 2 fail",
+          scope="patterns:admin", response_type=VerificationReport, errors=(422,),
+          query=(("execute", "false: skip the executions of one pattern per type",
+                  ("true", "false")),)),
     Route("GET", "/health", endpoints.health, "Liveness: the process answers", scope=None,
           response_type=Health, rate_limited=False),
+    Route("GET", "/health/live", endpoints.health, "Liveness: the process answers",
+          scope=None, response_type=Health, rate_limited=False),
+    # Probes carry no token: up/down per dependency only; the details need metrics:read.
     Route("GET", "/health/ready", endpoints.ready,
-          "Readiness: pattern engine, database and Redis (503 when not ready)",
-          response_type=Readiness, errors=(503,), rate_limited=False),
+          "Readiness for probes (no token): pattern engine, database and Redis up or not, "
+          "nothing else (503 unless the engine and the database are up; Redis down only "
+          "lowers healthy)",
+          scope=None, response_type=Readiness, errors=(503,), rate_limited=False),
+    Route("GET", "/api/v1/health", endpoints.health_detail,
+          "The guide's health check in full: readiness with what is wrong, the engine, "
+          "database and cache reports (503 when not ready)", scope="metrics:read",
+          response_type=dict[str, Any], errors=(503,)),
     Route("GET", "/metrics", endpoints.metrics, "Prometheus metrics", scope=None,
           content_type=CONTENT_TYPE_LATEST, errors=(403,), rate_limited=False),
     Route("GET", "/openapi.json", endpoints.openapi, "This API description (OpenAPI 3.1)",

@@ -167,11 +167,12 @@ class Health(msgspec.Struct):
 
 
 class Readiness(msgspec.Struct, omit_defaults=True):
-    """The operations guide's health check."""
+    """The operations guide's health check; ``ready`` is what probes act on."""
 
     pattern_engine: bool
     database: bool
     redis: bool
     healthy: bool
+    ready: bool
     database_error: str | None = None
     redis_error: str | None = None

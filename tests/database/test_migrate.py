@@ -158,3 +158,28 @@ def test_guides_alembic_command_explains_missing_pgvector() -> None:
     done = _alembic("upgrade", "head", database_url=PLAIN_POSTGRES_URL)
     assert done.returncode != 0
     assert PGVECTOR_HELP in done.stderr
+
+
+async def test_alembic_from_a_checkout_with_tmws_installed_from_a_wheel(
+        database_url: str, tmp_path: Path) -> None:
+    """The guide's `python -m alembic upgrade head` from the repository root, with tmws
+    installed as a wheel (not editable): the checkout's sources, first on sys.path and
+    without the compiled core, once shadowed the installed package and failed to import."""
+    checkout, site = tmp_path / "checkout", tmp_path / "site"
+    shutil.copytree(REPO_ROOT / "migrations", checkout / "migrations",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "pyproject.toml", checkout)
+    shutil.copytree(REPO_ROOT / "tmws", checkout / "tmws", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "_tmws_core*.so"))
+    # The installed package: the core compiled, the migrations inside (a wheel's layout).
+    shutil.copytree(REPO_ROOT / "tmws", site / "tmws", symlinks=False,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    assert not list((checkout / "tmws").glob("*.so")) and list((site / "tmws").glob("*.so"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TMWS_")}
+    async with scratch_database(database_url) as fresh:
+        done = subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=checkout,
+            env={**env, "TMWS_DATABASE_URL": fresh, "PYTHONPATH": str(site)},
+            capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        await require_current_schema(fresh)

@@ -71,7 +71,7 @@ async def test_pre_ping_replaces_connections_the_server_dropped(database_url: st
             await admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                " AND application_name = ''")
+                " AND application_name LIKE 'tmws/%'")
         await asyncio.sleep(PRE_PING_BYPASS_SECONDS + 0.1)  # past the bypass window
         assert await database.ping()  # pre-ping found them dead and reconnected
         assert database.available

@@ -1,5 +1,6 @@
 """PostgreSQL access: the embedded default server, migrations and the connection pool."""
 
+from tmws.database._activity import service_connections, slow_statements
 from tmws.database._bulk import ImportReport, Rejection, export_memories, import_memories
 from tmws.database._embedded import EmbeddedPostgres
 from tmws.database._migrate import (
@@ -15,6 +16,12 @@ from tmws.database._pool import (
     get_pool_stats,
     request_budget,
 )
+from tmws.database._reindex import (
+    ReindexReport,
+    format_reindex_report,
+    maybe_reindex,
+    reindex,
+)
 from tmws.database._vectors import check_embedding_config, reembed
 
 __all__ = [
@@ -23,15 +30,21 @@ __all__ = [
     "Database",
     "EmbeddedPostgres",
     "ImportReport",
+    "ReindexReport",
     "Rejection",
     "available_migrations",
     "check_embedding_config",
     "database_fence",
     "export_memories",
+    "format_reindex_report",
     "get_pool_stats",
     "import_memories",
+    "maybe_reindex",
     "reembed",
+    "reindex",
     "request_budget",
     "require_current_schema",
+    "service_connections",
+    "slow_statements",
     "upgrade",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
@@ -29,10 +30,12 @@ from tmws.errors import (
 )
 from tmws.metrics import DATABASE_CONNECTIONS_ACTIVE, DATABASE_QUERY_DURATION
 
-__all__ = ["UNREADABLE_KEY", "Budget", "Database", "database_fence", "first_line",
-           "get_pool_stats", "load_json", "request_budget"]
+__all__ = ["APPLICATION_PREFIX", "UNREADABLE_KEY", "Budget", "Database", "database_fence",
+           "first_line", "get_pool_stats", "load_json", "request_budget"]
 
 logger = logging.getLogger("tmws.database")
+# application_name of every pooled connection: tmws/<pid>/<role>.
+APPLICATION_PREFIX = "tmws/"
 sql_logger = logging.getLogger("tmws.database.sql")
 
 # A connection returned to the pool this recently skips the pre-ping round trip.
@@ -66,8 +69,19 @@ request_budget: ContextVar[Budget | None] = ContextVar("tmws_request_budget", de
 
 
 def get_pool_stats() -> dict[str, Any]:
-    """Pool statistics of every open database in this process (the guide's diagnosis call)."""
+    """Pool statistics of every open database in this process (the guide's diagnosis call).
+
+    In a process with no pool of its own (the guide runs it in a fresh ``python3 -c``), the
+    running service's connections instead: ``pg_stat_activity`` of the configured database
+    (TMWS_DATABASE_URL, or the embedded server if it is running) grouped by
+    ``application_name`` (``tmws/<worker pid>/<role>``) and state; see
+    :func:`tmws.database.service_connections`.
+    """
     pools = [db.pool_stats() for db in list(_open_databases)]
+    if not pools:
+        from tmws.database._activity import service_connections
+
+        return service_connections()
     if len(pools) == 1:
         return pools[0]
     return {"pools": pools}
@@ -76,8 +90,12 @@ def get_pool_stats() -> dict[str, Any]:
 class Database:
     """A pool of connections to one PostgreSQL database."""
 
-    def __init__(self, conninfo: str, settings: Settings) -> None:
+    def __init__(self, conninfo: str, settings: Settings, *, role: str = "service") -> None:
+        """``role`` names the pool in ``pg_stat_activity``: every connection's
+        ``application_name`` is ``tmws/<pid>/<role>``, so another process (the guide's
+        ``get_pool_stats()``, an operator's psql) can tell whose connections are whose."""
         self.conninfo = conninfo
+        self.application_name = f"{APPLICATION_PREFIX}{os.getpid()}/{role}"
         self._settings = settings
         self._pgvector: tuple[int, ...] | None = None
         self._echo = settings.db_echo
@@ -87,7 +105,8 @@ class Database:
             weakref.WeakKeyDictionary())
         self._queries = 0
         self._query_seconds = 0.0
-        kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
+        kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
+                                  "application_name": self.application_name}
         if settings.db_statement_timeout:
             kwargs["options"] = f"-c statement_timeout={settings.db_statement_timeout}"
         self._pool: AsyncConnectionPool[Any] = AsyncConnectionPool(

@@ -10,7 +10,16 @@ from tmws.endpoints.patterns import (
     register_pattern,
     reload_patterns,
 )
-from tmws.endpoints.system import clear_cache, health, metrics, openapi, ready, stats
+from tmws.endpoints.system import (
+    clear_cache,
+    health,
+    health_detail,
+    metrics,
+    openapi,
+    ready,
+    stats,
+)
+from tmws.endpoints.verification import verify
 
 __all__ = [
     "clear_cache",
@@ -22,6 +31,7 @@ __all__ = [
     "get_memory",
     "get_pattern",
     "health",
+    "health_detail",
     "list_patterns",
     "metrics",
     "openapi",
@@ -31,4 +41,5 @@ __all__ = [
     "route",
     "search_memories",
     "stats",
+    "verify",
 ]

@@ -1,26 +1,39 @@
 """Operations endpoints: liveness, readiness, statistics, cache clearing, metrics, the API
-description."""
+description.
+
+Probes come without credentials (Kubernetes, load balancers, Docker's HEALTHCHECK): liveness
+(``/health``, ``/health/live``) and readiness (``/health/ready``) are public and say no more
+than up or down per dependency. What is wrong, and versions and pools, are in
+``/api/v1/health`` behind ``metrics:read``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+import weakref
 from ipaddress import ip_address
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from tmws import __version__
 from tmws.cache import RedisUnavailable
 from tmws.endpoints._common import actor, encoder
 from tmws.http import HTTPError, Request, Response
-from tmws.metrics import ExecutionMetrics, exposition
+from tmws.metrics import exposition
 from tmws.schemas import CacheCleared, Health, Readiness
 
 if TYPE_CHECKING:
     from tmws.engine import PatternExecutionEngine
 
-__all__ = ["clear_cache", "health", "metrics", "openapi", "ready", "stats"]
+__all__ = ["clear_cache", "health", "health_detail", "metrics", "openapi", "ready", "stats"]
 
 _READY_DATABASE_TIMEOUT: Final = 2.0  # seconds
+# A public readiness answer is reused this long and concurrent probes share one: anyone may
+# ask, and each answer costs a database and a Redis round trip.
+_READY_REUSE: Final = 1.0  # seconds
 _HEALTH: Final = encoder.encode(Health("ok", __version__))
 _PROMETHEUS: Final = CONTENT_TYPE_LATEST.encode()  # as routes.py documents it
 
@@ -31,7 +44,21 @@ async def health(engine: PatternExecutionEngine, request: Request) -> Response:
 
 
 async def ready(engine: PatternExecutionEngine, request: Request) -> Response:
-    """The guide's health check: pattern engine, database, Redis; 503 unless all are ok."""
+    """Public readiness: engine, database, Redis up or not; 503 unless the engine and the
+    database are (Redis down only lowers ``healthy``). No error texts, versions or pool
+    figures (``/api/v1/health`` has them)."""
+    return await _probes.setdefault(engine, _ReadinessProbe()).answer(engine)
+
+
+async def health_detail(engine: PatternExecutionEngine, request: Request) -> Response:
+    """The guide's health check in full: the readiness booleans with what is wrong, and
+    the engine, database and cache reports; 503 unless healthy."""
+    readiness, report = await _check(engine)
+    body = {**report, "healthy": readiness.healthy, "checks": msgspec.to_builtins(readiness)}
+    return Response(200 if readiness.healthy else 503, encoder.encode(body))
+
+
+async def _check(engine: PatternExecutionEngine) -> tuple[Readiness, dict[str, Any]]:
     # Not the health pattern's 30 ms budget: a busy but healthy database must not take the
     # instance out of rotation exactly when it is loaded.
     report = await engine.health(database_timeout=_READY_DATABASE_TIMEOUT)
@@ -43,10 +70,48 @@ async def ready(engine: PatternExecutionEngine, request: Request) -> Response:
         # Not configured is fine: the service runs on its local cache.
         redis=redis in ("ok", "not configured"),
         healthy=False,
+        ready=False,
         database_error=None if database else report["database"]["status"],
         redis_error=redis if redis.startswith("unavailable") else None)
     readiness.healthy = readiness.pattern_engine and readiness.database and readiness.redis
-    return Response(200 if readiness.healthy else 503, encoder.encode(readiness))
+    # Redis down is a degradation, not an outage: the instance serves from its in-process
+    # cache, and a cache outage must not take every instance out of rotation at once.
+    readiness.ready = readiness.pattern_engine and readiness.database
+    return readiness, report
+
+
+class _ReadinessProbe:
+    """One engine's public readiness: one check at a time, its answer reused briefly."""
+
+    def __init__(self) -> None:
+        self._answer: Response | None = None
+        self._expires = 0.0
+        self._running: asyncio.Future[Response] | None = None
+
+    async def answer(self, engine: PatternExecutionEngine) -> Response:
+        if self._answer is not None and time.monotonic() < self._expires:
+            return self._answer
+        if self._running is not None:
+            return await asyncio.shield(self._running)
+        running = self._running = asyncio.get_running_loop().create_future()
+        try:
+            readiness, _ = await _check(engine)
+            public = Readiness(readiness.pattern_engine, readiness.database, readiness.redis,
+                               readiness.healthy, readiness.ready)  # the booleans only
+            answer = Response(200 if public.ready else 503, encoder.encode(public))
+            self._answer, self._expires = answer, time.monotonic() + _READY_REUSE
+            running.set_result(answer)
+            return answer
+        except BaseException as exc:
+            running.set_exception(exc)
+            running.exception()  # retrieved: waiters re-raise it
+            raise
+        finally:
+            self._running = None
+
+
+_probes: weakref.WeakKeyDictionary[PatternExecutionEngine, _ReadinessProbe] = (
+    weakref.WeakKeyDictionary())
 
 
 async def clear_cache(engine: PatternExecutionEngine, request: Request) -> Response:
@@ -79,7 +144,7 @@ async def metrics(engine: PatternExecutionEngine, request: Request) -> Response:
         if address is None or not any(address in network for network in networks):
             raise HTTPError(403, "metrics_forbidden",
                             "this client may not scrape /metrics (TMWS_METRICS_ALLOWED_NETWORKS)")
-    ExecutionMetrics.publish_hit_rates(engine.cache_hit_rates())
+    # The cache hit-rate gauge is computed inside exposition(), from every worker's counters.
     return Response(200, exposition(), content_type=_PROMETHEUS)
 
 
