@@ -8,40 +8,15 @@
 //!   Unicode one (no UTF-8 sequences for `\w`, no Unicode case folding).
 
 use regex_syntax::hir::{Class, ClassBytes, ClassBytesRange, Hir, HirKind, Look, Repetition};
-use regex_syntax::ParserBuilder;
 
-/// Nesting limit for the parser; deep nesting only serves to blow the stack.
-pub const NEST_LIMIT: u32 = 100;
+pub use crate::pyre::NEST_LIMIT;
 
-/// Parses `pattern` the way users' regexes are interpreted: case-insensitive, Unicode.
+/// Parses `pattern` the way users' regexes are interpreted: Python `re` syntax and semantics,
+/// case-insensitive (see [`crate::pyre`]). The HIR keeps capture groups.
 ///
-/// The error is a one-line reason (look-around, back-references and syntax errors land here).
+/// The error is a one-line reason naming the construct and its offset.
 pub fn parse(pattern: &str) -> Result<Hir, String> {
-    ParserBuilder::new()
-        .case_insensitive(true)
-        .unicode(true)
-        .utf8(true)
-        .nest_limit(NEST_LIMIT)
-        .build()
-        .parse(pattern)
-        .map_err(reason_of)
-}
-
-fn reason_of(err: regex_syntax::Error) -> String {
-    match err {
-        regex_syntax::Error::Parse(e) => {
-            format!("{} (at offset {})", e.kind(), e.span().start.offset)
-        }
-        regex_syntax::Error::Translate(e) => {
-            format!("{} (at offset {})", e.kind(), e.span().start.offset)
-        }
-        other => other
-            .to_string()
-            .lines()
-            .last()
-            .unwrap_or("invalid regex")
-            .to_string(),
-    }
+    crate::pyre::translate(pattern, true).map(|t| t.hir)
 }
 
 /// Rebuilds `hir` bottom-up, replacing each capture group by its body and each leaf by `leaf(leaf)`.
@@ -199,7 +174,7 @@ mod tests {
 
     #[test]
     fn non_ascii_only_classes_become_empty() {
-        let ascii = to_ascii(&parse(r"\p{Greek}+").unwrap());
+        let ascii = to_ascii(&parse("[α-ω]+").unwrap());
         assert!(ascii.case_closed);
     }
 }

@@ -13,6 +13,9 @@ pub mod keys;
 pub mod lexical;
 pub mod matcher;
 pub mod path;
+pub mod pyre;
+#[rustfmt::skip]
+pub mod pyre_tables;
 #[cfg(feature = "pyo3")]
 mod python;
 

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use regex_automata::nfa::thompson;
+use regex_automata::util::captures::Captures;
+use regex_automata::{meta, Input, PatternID};
 use regex_syntax::hir::Hir;
 
 use crate::cache::{CacheStats, Key, ResultCache};
@@ -63,7 +65,9 @@ struct Entry {
     regex: String,
     kind: u32,
     /// Built on first `captures` call: most patterns never need one.
-    captures: OnceLock<Option<regex::Regex>>,
+    captures: OnceLock<Option<meta::Regex>>,
+    /// Python's answer for the empty query (its `\B` differs there).
+    matches_empty: bool,
 }
 
 /// Everything compiled from one list of specs. Immutable once built.
@@ -124,13 +128,15 @@ impl Compiled {
             let next = kinds.len() as u32;
             let kind = *kinds.entry(spec.kind.clone()).or_insert(next);
             registration[i] = rank as u32;
-            parsed.push(hirs[i].take().expect("each spec is ranked once"));
+            let hir = hirs[i].take().expect("each spec is ranked once");
             entries.push(Entry {
                 name,
                 regex: spec.regex.clone(),
                 kind,
                 captures: OnceLock::new(),
+                matches_empty: crate::pyre::matches_empty(&hir),
             });
+            parsed.push(hir);
         }
 
         let set_error = |reason: String| {
@@ -234,44 +240,89 @@ impl Compiled {
             &self.unicode
         };
         let keep = |r: u32| kind.is_none_or(|k| self.entries[r as usize].kind == k);
+        if query.is_empty() {
+            let mut ranks = (0..self.entries.len() as u32)
+                .filter(|&r| self.entries[r as usize].matches_empty && keep(r));
+            return if first_only {
+                ranks.next().into_iter().collect()
+            } else {
+                ranks.collect()
+            };
+        }
         path.ranks(query.as_bytes(), keep, first_only)
     }
 
-    /// The per-pattern `Regex` (with captures), compiled on first use.
-    /// `Err(())` if there is no such pattern.
-    fn pattern_regex(&self, name: &str) -> Result<Option<&regex::Regex>, ()> {
+    /// The per-pattern regex (with captures), compiled on first use from the same Python
+    /// translation as the sets. `Err(())` if there is no such pattern.
+    fn pattern_regex(&self, name: &str) -> Result<(Option<&meta::Regex>, bool), ()> {
         let &rank = self.by_name.get(name).ok_or(())?;
         let entry = &self.entries[rank as usize];
-        Ok(entry
+        let re = entry
             .captures
             .get_or_init(|| {
-                regex::RegexBuilder::new(&entry.regex)
-                    .case_insensitive(true)
-                    .size_limit(PATTERN_SIZE_LIMIT)
-                    .dfa_size_limit(CAPTURES_DFA_LIMIT)
-                    .nest_limit(hir::NEST_LIMIT)
-                    .build()
+                let hir = crate::pyre::renumber(&hir::parse(&entry.regex).ok()?);
+                meta::Regex::builder()
+                    .configure(
+                        meta::Config::new()
+                            .nfa_size_limit(Some(PATTERN_SIZE_LIMIT))
+                            .hybrid_cache_capacity(CAPTURES_DFA_LIMIT),
+                    )
+                    .build_from_hir(&hir)
                     .ok()
             })
-            .as_ref())
+            .as_ref();
+        Ok((re, entry.matches_empty))
+    }
+
+    /// The first match of pattern `name` in `query` with its groups, as Python reports them.
+    fn first_match(&self, name: &str, query: &str) -> Result<Option<(meta::Regex, Captures)>, ()> {
+        let (re, matches_empty) = self.pattern_regex(name)?;
+        let Some(re) = re else {
+            return Ok(None);
+        };
+        if query.is_empty() && !matches_empty {
+            return Ok(None);
+        }
+        let mut caps = re.create_captures();
+        re.search_captures(&Input::new(query), &mut caps);
+        Ok(caps.is_match().then(|| (re.clone(), caps)))
+    }
+
+    /// Byte span of group `index`, moved back by one where a `$` took the final newline
+    /// (Python's `$` matched before it; see [`crate::pyre::Translated`]).
+    fn group_span(caps: &Captures, index: usize, query: &str) -> Option<(usize, usize)> {
+        let span = caps.get_group(index)?;
+        let dollar = caps
+            .group_info()
+            .pattern_names(PatternID::ZERO)
+            .enumerate()
+            .any(|(i, n)| {
+                n.is_some_and(|n| n.starts_with(crate::pyre::DOLLAR_NEWLINE_GROUP))
+                    && caps.get_group(i).is_some()
+            });
+        let fix = |at: usize| if dollar && at == query.len() { at - 1 } else { at };
+        Some((fix(span.start), fix(span.end)))
     }
 
     /// Named groups of pattern `name` on its first match in `query`.
     /// `Err(())` if there is no such pattern; `Ok(None)` if it does not match.
     #[allow(clippy::result_unit_err)]
     pub fn captures(&self, name: &str, query: &str) -> Result<Option<Vec<(String, String)>>, ()> {
-        let Some(re) = self.pattern_regex(name)? else {
+        let Some((re, caps)) = self.first_match(name, query)? else {
             return Ok(None);
         };
-        Ok(re.captures(query).map(|caps| {
-            re.capture_names()
-                .flatten()
-                .filter_map(|group| {
-                    caps.name(group)
-                        .map(|m| (group.to_owned(), m.as_str().to_owned()))
+        let names = re.group_info().pattern_names(PatternID::ZERO);
+        Ok(Some(
+            names
+                .enumerate()
+                .filter_map(|(index, group)| {
+                    let group =
+                        group.filter(|g| !g.starts_with(crate::pyre::DOLLAR_NEWLINE_GROUP))?;
+                    let (start, end) = Self::group_span(&caps, index, query)?;
+                    Some((group.to_owned(), query[start..end].to_owned()))
                 })
-                .collect()
-        }))
+                .collect(),
+        ))
     }
 
     /// Byte range of pattern `name`'s first match in `query` (leftmost-first, as `re.search`).
@@ -279,9 +330,8 @@ impl Compiled {
     #[allow(clippy::result_unit_err)]
     pub fn span(&self, name: &str, query: &str) -> Result<Option<(usize, usize)>, ()> {
         Ok(self
-            .pattern_regex(name)?
-            .and_then(|re| re.find(query))
-            .map(|m| (m.start(), m.end())))
+            .first_match(name, query)?
+            .and_then(|(_, caps)| Self::group_span(&caps, 0, query)))
     }
 }
 
