@@ -7,6 +7,7 @@ code points; and hypothesis patterns from a grammar of the accepted dialect, sea
 random (Unicode) queries, agree with ``re.search``.
 """
 
+# ruff: noqa: RUF001  (dotless i, long s, sigma: the case-folding characters under test)
 from __future__ import annotations
 
 import re

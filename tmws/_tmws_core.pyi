@@ -3,12 +3,27 @@ lexical example scoring.
 
 Import it through :mod:`tmws._native` only.
 
-Regexes run on Rust's ``regex`` engines (finite automata, no backtracking): matching takes
-time linear in the query whatever the pattern, so a pattern author cannot cause catastrophic
-backtracking. Look-around and back-references, which would need backtracking, are rejected.
-Matching is case-insensitive with Unicode simple case folding, like Python's
-``re.IGNORECASE`` on ``str``. One known difference from Python ``re``: ``$`` matches only at
-the very end of the query (Python also matches before a final ``\\n``).
+Trigger regexes are Python ``re`` patterns: the core parses Python's syntax (3.11 grammar)
+and answers what ``re.search(regex, query, re.IGNORECASE)`` answers, but on finite automata
+(regex-automata, no backtracking), in time linear in the query whatever the pattern.
+
+Translated exactly: sets and literals with sre's IGNORECASE rules (simple lower-casing plus
+its extra equivalences: dotless ``\\u0131``/``i``/``\\u0130``, long ``\\u017f``/``s``,
+Kelvin ``\\u212a``/``k``, ...); ``\\w``
+``\\d`` ``\\s`` from Python's own tables (ASCII under ``(?a)``); ``$`` (also before a final
+``\\n``), ``\\Z``, ``\\A``, ``^``, ``(?m)``, ``\\B`` (never in an empty query); octal/NUL
+escapes (``\\0``, ``\\141``, ``[\\1]``), ``[\\b]``, ``(?#...)``, inline flags
+``(?aimsux)`` / ``(?imsx-imsx:...)``, ``{,n}``, lazy quantifiers, ``(?P<name>...)``. What Python
+reads literally stays literal (``\\b{start}``, ``[[:upper:]]``).
+
+Refused (:class:`PatternCompileError` naming the construct and its offset): look-around,
+backreferences (``\\1``, ``(?P=name)``), conditionals, possessive quantifiers, atomic
+groups, ``\\N{...}``, a ``$`` followed by more pattern where no exact equivalent exists
+(``(a$)b``), an automaton over 2 MiB, and everything Python rejects (``\\p{...}``, ...).
+
+Not yet exact: on non-ASCII queries ``\\b``/``\\B`` use regex-automata's Unicode word
+definition, which differs from Python's next to combining marks and "other numbers"; a
+``span``/``captures`` end may differ when a repeated subpattern can match empty.
 """
 
 from collections.abc import Sequence

@@ -300,7 +300,13 @@ impl Compiled {
                 n.is_some_and(|n| n.starts_with(crate::pyre::DOLLAR_NEWLINE_GROUP))
                     && caps.get_group(i).is_some()
             });
-        let fix = |at: usize| if dollar && at == query.len() { at - 1 } else { at };
+        let fix = |at: usize| {
+            if dollar && at == query.len() {
+                at - 1
+            } else {
+                at
+            }
+        };
         Some((fix(span.start), fix(span.end)))
     }
 

@@ -9,9 +9,7 @@
 //! look-around, backreferences (`\1`, `(?P=name)`), conditionals, possessive quantifiers,
 //! atomic groups, `\N{...}`, and a `$` followed by more pattern (see [`Translated`]).
 
-use regex_syntax::hir::{
-    Capture, Class, ClassUnicode, ClassUnicodeRange, Hir, Look, Repetition,
-};
+use regex_syntax::hir::{Capture, Class, ClassUnicode, ClassUnicodeRange, Hir, Look, Repetition};
 
 use std::sync::OnceLock;
 
@@ -182,18 +180,14 @@ impl Parser {
             return Ok(Node::Concat(items.pop().expect("one item")));
         }
         let mut prefix = Vec::new();
-        loop {
-            let Some(head) = items[0].first().cloned() else {
-                break;
-            };
-            if items.iter().all(|it| it.first() == Some(&head)) {
-                for it in &mut items {
-                    it.remove(0);
-                }
-                prefix.push(head);
-            } else {
+        while let Some(head) = items[0].first().cloned() {
+            if !items.iter().all(|it| it.first() == Some(&head)) {
                 break;
             }
+            for it in &mut items {
+                it.remove(0);
+            }
+            prefix.push(head);
         }
         let mut set = Vec::new();
         let mut set_flags = None;
@@ -330,7 +324,11 @@ impl Parser {
             s
         };
         let lo = digits(self);
-        let hi = if self.eat(',') { digits(self) } else { lo.clone() };
+        let hi = if self.eat(',') {
+            digits(self)
+        } else {
+            lo.clone()
+        };
         if !self.eat('}') {
             self.pos = here;
             return Ok(None);
@@ -342,10 +340,17 @@ impl Parser {
                 .ok_or_else(|| err("the repetition number is too large", self.offset_of(here)))
         };
         let min = if lo.is_empty() { 0 } else { parse(&lo)? };
-        let max = if hi.is_empty() { None } else { Some(parse(&hi)?) };
+        let max = if hi.is_empty() {
+            None
+        } else {
+            Some(parse(&hi)?)
+        };
         if let Some(max) = max {
             if max < min {
-                return Err(err("min repeat greater than max repeat", self.offset_of(here)));
+                return Err(err(
+                    "min repeat greater than max repeat",
+                    self.offset_of(here),
+                ));
             }
         }
         Ok(Some((min as u32, max.map(|m| m as u32))))
@@ -456,7 +461,10 @@ impl Parser {
                     let v = d1 * 64 + d2 * 8 + d3.unwrap_or(0);
                     if v > 0o377 {
                         return Err(err(
-                            format!("octal escape value \\{d1}{d2}{} outside of range 0-0o377", d3.unwrap_or(0)),
+                            format!(
+                                "octal escape value \\{d1}{d2}{} outside of range 0-0o377",
+                                d3.unwrap_or(0)
+                            ),
                             at,
                         ));
                     }
@@ -560,9 +568,7 @@ impl Parser {
             }
         }
         let mut cs = name.chars();
-        let ident = cs
-            .next()
-            .is_some_and(|c| c == '_' || c.is_alphabetic())
+        let ident = cs.next().is_some_and(|c| c == '_' || c.is_alphabetic())
             && cs.all(|c| c == '_' || c.is_alphanumeric());
         if !ident {
             return Err(err(format!("bad character in group name {name:?}"), at));
@@ -621,7 +627,7 @@ impl Parser {
                 }
                 '=' | '!' => {
                     return Err(err(
-                        "look-ahead ((?=...), (?!...)) is not supported: it needs \
+                        "look-around (here look-ahead, (?=...) or (?!...)) is not supported: it needs \
                          backtracking, and matching stays linear-time",
                         at,
                     ))
@@ -629,7 +635,7 @@ impl Parser {
                 '<' => {
                     return Err(match self.peek() {
                         Some('=') | Some('!') => err(
-                            "look-behind ((?<=...), (?<!...)) is not supported: it needs \
+                            "look-around (here look-behind, (?<=...) or (?<!...)) is not supported: it needs \
                              backtracking, and matching stays linear-time",
                             at,
                         ),
@@ -711,10 +717,16 @@ impl Parser {
             self.pos += 1;
         }
         if add.contains('L') {
-            return Err(err("bad inline flag: cannot use 'L' flag with a str pattern", at));
+            return Err(err(
+                "bad inline flag: cannot use 'L' flag with a str pattern",
+                at,
+            ));
         }
         if add.matches(['a', 'u']).count() > 1 {
-            return Err(err("bad inline flag: flags 'a', 'u' and 'L' are incompatible", at));
+            return Err(err(
+                "bad inline flag: flags 'a', 'u' and 'L' are incompatible",
+                at,
+            ));
         }
         if self.eat(')') {
             if add.is_empty() {
@@ -725,7 +737,10 @@ impl Parser {
         if self.eat('-') {
             while let Some(c) = self.peek().filter(|c| c.is_ascii_alphabetic()) {
                 if !"imsx".contains(c) {
-                    return Err(err("bad inline flag: cannot turn off flags 'a', 'u' and 'L'", at));
+                    return Err(err(
+                        "bad inline flag: cannot turn off flags 'a', 'u' and 'L'",
+                        at,
+                    ));
                 }
                 del.push(c);
                 self.pos += 1;
@@ -768,12 +783,23 @@ fn class_of(ranges: &[(u32, u32)]) -> ClassUnicode {
 
 /// A range of code points as chars, surrogates left out (they cannot occur in a str).
 fn range(a: u32, b: u32) -> Option<ClassUnicodeRange> {
-    let a = if (0xD800..=0xDFFF).contains(&a) { 0xE000 } else { a };
-    let b = if (0xD800..=0xDFFF).contains(&b) { 0xD7FF } else { b };
+    let a = if (0xD800..=0xDFFF).contains(&a) {
+        0xE000
+    } else {
+        a
+    };
+    let b = if (0xD800..=0xDFFF).contains(&b) {
+        0xD7FF
+    } else {
+        b
+    };
     if a > b {
         return None;
     }
-    Some(ClassUnicodeRange::new(char::from_u32(a)?, char::from_u32(b)?))
+    Some(ClassUnicodeRange::new(
+        char::from_u32(a)?,
+        char::from_u32(b)?,
+    ))
 }
 
 fn single(c: u32) -> ClassUnicode {
@@ -814,8 +840,12 @@ fn preimage(x: &ClassUnicode, changed: &[(u32, u32)]) -> ClassUnicode {
         }
     }
     let mut out = x.clone();
-    out.difference(&ClassUnicode::new(remove.into_iter().filter_map(|c| range(c, c))));
-    out.union(&ClassUnicode::new(add.into_iter().filter_map(|c| range(c, c))));
+    out.difference(&ClassUnicode::new(
+        remove.into_iter().filter_map(|c| range(c, c)),
+    ));
+    out.union(&ClassUnicode::new(
+        add.into_iter().filter_map(|c| range(c, c)),
+    ));
     out
 }
 
@@ -834,7 +864,9 @@ fn image(x: &ClassUnicode, changed: &[(u32, u32)]) -> ClassUnicode {
 }
 
 fn ascii_lower_pairs() -> Vec<(u32, u32)> {
-    (u32::from(b'A')..=u32::from(b'Z')).map(|c| (c, c + 32)).collect()
+    (u32::from(b'A')..=u32::from(b'Z'))
+        .map(|c| (c, c + 32))
+        .collect()
 }
 
 fn cased() -> &'static ClassUnicode {
@@ -871,7 +903,9 @@ fn with_fixes(mut x: ClassUnicode) -> ClassUnicode {
         .filter(|&&(k, _)| contains(&x, k))
         .map(|&(_, v)| v)
         .collect();
-    x.union(&ClassUnicode::new(extra.into_iter().filter_map(|c| range(c, c))));
+    x.union(&ClassUnicode::new(
+        extra.into_iter().filter_map(|c| range(c, c)),
+    ));
     x
 }
 
@@ -904,11 +938,51 @@ fn literal_class(c: u32, flags: Flags) -> ClassUnicode {
         return single(c);
     }
     if flags.ascii {
-        let lo = if (0x41..=0x5A).contains(&c) { c + 32 } else { c };
+        let lo = if (0x41..=0x5A).contains(&c) {
+            c + 32
+        } else {
+            c
+        };
         return ClassUnicode::new(range(lo, lo).into_iter().chain(range(lo - 32, lo - 32)));
     }
-    let lo = image(&single(c), tables::LOWER);
-    preimage(&with_fixes(lo), tables::LOWER)
+    let folds = folds();
+    let lo = folds.lower.get(&c).copied().unwrap_or(c);
+    let mut members = vec![lo];
+    members.extend(
+        tables::FIXES
+            .iter()
+            .filter(|&&(k, _)| k == lo)
+            .map(|&(_, v)| v),
+    );
+    let mut out = Vec::new();
+    for m in members {
+        // Every c with lower(c) == m: m itself unless lower-casing changes it, plus the rest.
+        if !folds.lower.contains_key(&m) {
+            out.push(m);
+        }
+        out.extend(folds.by_lower.get(&m).into_iter().flatten().copied());
+    }
+    ClassUnicode::new(out.into_iter().filter_map(|c| range(c, c)))
+}
+
+/// sre's lower-casing as lookups (literals are the common case; sets use the class algebra).
+struct Folds {
+    lower: std::collections::HashMap<u32, u32>,
+    by_lower: std::collections::HashMap<u32, Vec<u32>>,
+}
+
+fn folds() -> &'static Folds {
+    static FOLDS: OnceLock<Folds> = OnceLock::new();
+    FOLDS.get_or_init(|| {
+        let mut by_lower: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+        for &(c, l) in tables::LOWER {
+            by_lower.entry(l).or_default().push(c);
+        }
+        Folds {
+            lower: tables::LOWER.iter().copied().collect(),
+            by_lower,
+        }
+    })
 }
 
 /// The code points a set matches under `flags` (sre's `_optimize_charset` + IN opcodes).
@@ -1035,7 +1109,8 @@ fn lower(node: &Node, tail: bool) -> Result<Hir, String> {
                 }
                 // A `$` (not re.M): look at what follows it in this sequence.
                 let mut j = i;
-                while j < items.len() && (is_nothing(&items[j]) || matches!(items[j], Node::At(..))) {
+                while j < items.len() && (is_nothing(&items[j]) || matches!(items[j], Node::At(..)))
+                {
                     j += 1;
                 }
                 let between: Vec<&Node> = items[i..j].iter().filter(|n| !is_nothing(n)).collect();
@@ -1205,7 +1280,9 @@ pub fn renumber(hir: &Hir) -> Hir {
                 *next += 1;
                 // Each hidden `$` group gets a unique name (names must be unique).
                 let name = match cap.name.as_deref() {
-                    Some(DOLLAR_NEWLINE_GROUP) => Some(format!("{DOLLAR_NEWLINE_GROUP}{index}").into()),
+                    Some(DOLLAR_NEWLINE_GROUP) => {
+                        Some(format!("{DOLLAR_NEWLINE_GROUP}{index}").into())
+                    }
                     _ => cap.name.clone(),
                 };
                 Hir::capture(Capture {
@@ -1235,14 +1312,34 @@ mod tests {
     use super::*;
 
     fn cls(pattern: &str) -> String {
-        translate(pattern, true).map(|t| t.hir.to_string()).unwrap_or_else(|e| e)
+        translate(pattern, true)
+            .map(|t| t.hir.to_string())
+            .unwrap_or_else(|e| e)
     }
 
     #[test]
     fn case_folds_like_python() {
-        let k = literal_class('k' as u32, Flags { ignore_case: true, ascii: false, multiline: false, dotall: false, verbose: false });
+        let k = literal_class(
+            'k' as u32,
+            Flags {
+                ignore_case: true,
+                ascii: false,
+                multiline: false,
+                dotall: false,
+                verbose: false,
+            },
+        );
         assert!(contains(&k, 0x212A) && contains(&k, 'K' as u32));
-        let i = literal_class('i' as u32, Flags { ignore_case: true, ascii: false, multiline: false, dotall: false, verbose: false });
+        let i = literal_class(
+            'i' as u32,
+            Flags {
+                ignore_case: true,
+                ascii: false,
+                multiline: false,
+                dotall: false,
+                verbose: false,
+            },
+        );
         assert!(contains(&i, 0x131) && contains(&i, 0x130) && contains(&i, 'I' as u32));
     }
 
@@ -1259,7 +1356,17 @@ mod tests {
 
     #[test]
     fn translates_python_only_syntax() {
-        for p in [r"\0", r"\141", r"[\1]", r"\060", r"[\b]", r"a(?#note)b", r"\Z", r"x{,3}", r"\b{start}"] {
+        for p in [
+            r"\0",
+            r"\141",
+            r"[\1]",
+            r"\060",
+            r"[\b]",
+            r"a(?#note)b",
+            r"\Z",
+            r"x{,3}",
+            r"\b{start}",
+        ] {
             assert!(translate(p, true).is_ok(), "{p}: {}", cls(p));
         }
     }

@@ -130,8 +130,8 @@ def _cpython_cases(path: str) -> list[dict[str, str]]:
             for entry in node.value.elts:
                 assert isinstance(entry, ast.Tuple)
                 # Entries are literals except a few `chr(0) + '9'`-style texts.
-                pattern = eval(compile(ast.Expression(entry.elts[0]), path, "eval"))  # noqa: S307
-                text = eval(compile(ast.Expression(entry.elts[1]), path, "eval"))  # noqa: S307
+                pattern = eval(compile(ast.Expression(entry.elts[0]), path, "eval"))
+                text = eval(compile(ast.Expression(entry.elts[1]), path, "eval"))
                 if isinstance(pattern, str) and isinstance(text, str):
                     cases.append({"source": "cpython:Lib/test/re_tests.py", "pattern": pattern,
                                   "text": text})
