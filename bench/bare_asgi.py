@@ -13,8 +13,8 @@ from typing import Any
 
 import msgspec
 
-from tmws.http import Receive, Scope, Send
-from tmws.schemas import ExecuteRequest
+from tmws.http.asgi import Receive, Scope, Send
+from tmws.http.schemas import ExecuteRequest
 
 _decoder = msgspec.json.Decoder(ExecuteRequest)
 _encoder = msgspec.json.Encoder()

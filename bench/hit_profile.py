@@ -1,6 +1,6 @@
 """In-process cost of one L1-hit ``POST /api/v1/execute``, by component (no sockets, no Granian).
 
-The served app (``tmws.app.create_app()``, lifespan included: a real engine on an embedded
+The served app (``tmws.http.app.create_app()``, lifespan included: a real engine on an embedded
 PostgreSQL in a temporary directory, no Redis) is driven with a fake ``receive``/``send``;
 then each step of the hit path is timed alone. Every figure is thread CPU time
 (``time.thread_time_ns``, so time the scheduler gives to other processes does not count) per
@@ -112,11 +112,11 @@ def _items(outer: Any, engine: Any) -> tuple[dict[str, Item | None], dict[str, I
 
     from tmws._native import cache_key, normalize_query
     from tmws._request_context import RequestIds
-    from tmws.endpoints import execution as endpoint
-    from tmws.endpoints._common import check_query, decode, encoder
-    from tmws.http import Request
+    from tmws.http.asgi import Request
+    from tmws.http.endpoints import execution as endpoint
+    from tmws.http.endpoints._common import check_query, decode, encoder
+    from tmws.http.routes import DISPATCHER
     from tmws.models import ExecutionMode
-    from tmws.routes import ROUTER
 
     inner = getattr(outer, "app", outer)
 
@@ -155,8 +155,8 @@ def _items(outer: Any, engine: Any) -> tuple[dict[str, Item | None], dict[str, I
     item("RequestIds.identify (the request id)")(token)
 
     async def resolve() -> None:
-        ROUTER.resolve("POST", "/api/v1/execute")
-    item("ROUTER.resolve")(resolve)
+        DISPATCHER.resolve("POST", "/api/v1/execute")
+    item("DISPATCHER.resolve")(resolve)
 
     async def body() -> None:
         await Request(sc, receive, 65536, {}).json_body()
@@ -258,7 +258,7 @@ async def main() -> None:
 async def profile(args: argparse.Namespace, tmp: Path) -> None:
     import msgspec
 
-    from tmws.app import create_app
+    from tmws.http.app import create_app
 
     outer: Any = create_app()
     queue, lifespan = await start(outer)

@@ -226,9 +226,12 @@ def worker_stats(base: str, workers: int) -> dict[int, dict[str, Any]]:
     seen: dict[int, dict[str, Any]] = {}
     for _ in range(12 * workers):
         try:
-            stats = httpx.get(f"{base}/api/v1/stats", timeout=5).json()
+            response = httpx.get(f"{base}/api/v1/stats", timeout=5)
+            stats = response.json()
         except (httpx.HTTPError, ValueError):
             continue
+        if response.status_code != 200 or "worker_pid" not in stats:
+            continue  # e.g. refused while a fault is injected
         seen[stats["worker_pid"]] = stats
         if len(seen) == workers:
             break
@@ -245,7 +248,7 @@ class Row:
     rss_mib: float
     fds: int
     processes: int
-    pg_connections: int
+    pg_connections: int | None
     redis_connections: int | None
     l1_entries: int | None
     redis_keys: int | None
@@ -263,10 +266,14 @@ def sample(second: float, base: str, server_pid: int, workers: int, conninfo: st
            events: list[str]) -> Row:
     pids = process_tree(server_pid)
     rss, fds = rss_and_fds(pids)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                           "current_database() AND pid <> pg_backend_pid()").fetchone()
-        pg_connections = int(row[0]) if row else 0
+    pg_connections: int | None
+    try:  # PostgreSQL may be the fault being injected right now
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                               "current_database() AND pid <> pg_backend_pid()").fetchone()
+            pg_connections = int(row[0]) if row else 0
+    except psycopg.OperationalError:
+        pg_connections = None
     try:
         client = redis_server.client()
         redis_connections = int(client.info("clients")["connected_clients"]) - 1
@@ -499,8 +506,8 @@ def table(rows: list[Row], interval: float, faults: list[Fault]) -> list[str]:
         lines.append(
             f"| {row.second / 60:.1f} min{marker} | {row.rps:.0f} | {_num(row.p50_ms, 1)} | "
             f"{_num(row.p99_ms, 1)} | {other} | {row.rss_mib:.0f} | {row.fds} | "
-            f"{row.pg_connections} | {_num(row.redis_connections)} | {_num(row.l1_entries)} | "
-            f"{_num(row.redis_keys)} | {_num(row.audit_pending)} | "
+            f"{_num(row.pg_connections)} | {_num(row.redis_connections)} | "
+            f"{_num(row.l1_entries)} | {_num(row.redis_keys)} | {_num(row.audit_pending)} | "
             f"{'; '.join(row.events)} |")
     return lines
 
@@ -516,7 +523,8 @@ def plot(path: Path, rows: list[Row], faults: list[Fault], changes: list[float],
               [Series("RSS", [r.rss_mib for r in rows])]),
         Panel("Open file descriptors", "count", [Series("fds", [float(r.fds) for r in rows])]),
         Panel("Connections", "count",
-              [Series("PostgreSQL", [float(r.pg_connections) for r in rows]),
+              [Series("PostgreSQL", [None if r.pg_connections is None
+                                     else float(r.pg_connections) for r in rows]),
                Series("Redis", [None if r.redis_connections is None
                                 else float(r.redis_connections) for r in rows])]),
         Panel("Cache sizes", "entries",

@@ -23,10 +23,10 @@ import pytest
 import redis
 from psycopg import sql
 
-from tmws.app import TmwsApp
 from tmws.config import Settings
 from tmws.database import EmbeddedPostgres, upgrade
 from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
+from tmws.http.app import TmwsApp
 
 # Fixture plugins (psycopg's tests/fix_*.py): served instances.
 pytest_plugins = ["tests.fix_server"]
@@ -159,7 +159,7 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.stop()
 
 
-# The HTTP app in process, around a real engine (tests/test_app.py serves it with Granian).
+# The HTTP app in process, around a real engine (tests/http/test_app.py serves it with Granian).
 SECRET = "test-secret-0123456789-abcdefghijklmnop"
 
 ApiFactory = Callable[..., AbstractAsyncContextManager[tuple[httpx.AsyncClient,

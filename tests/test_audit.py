@@ -24,6 +24,7 @@ from tmws.database._migrate import _ALEMBIC_LOCK, alembic_config
 from tmws.engine import create_pattern_execution_engine
 from tmws.errors import TmwsError
 from tmws.handlers import HandlerContext
+from tmws.inputs import MemoryInput
 
 
 async def _rows(database_url: str, actor: str) -> list[dict[str, Any]]:
@@ -106,6 +107,25 @@ async def test_changes_through_the_public_helper(engine: PatternExecutionEngine,
     ]
     assert rows[0]["detail"] == {"pattern_type": "memory"} and rows[1]["detail"] is None
     assert "invalid_detail" in rows[2]["detail"] and "invalid_detail" in rows[3]["detail"]
+
+
+async def test_engine_operations_audit_from_the_python_api(
+        engine: PatternExecutionEngine, namespace: str, database_url: str) -> None:
+    """The operations HTTP, the CLI and the Python API share: each change audited once."""
+    record = await engine.store_memory(namespace, MemoryInput(content="audited once"))
+    assert await engine.delete_memory(namespace, record.id)
+    assert not await engine.delete_memory(namespace, record.id)
+    deleted = await engine.clear_cache(actor=namespace)
+    assert await engine.audit.flush()
+    rows = await _rows(database_url, namespace)
+    assert [(r["action"], r["target"], r["outcome"]) for r in rows] == [
+        ("memory.store", str(record.id), "success"),
+        ("memory.delete", str(record.id), "success"),
+        ("memory.delete", str(record.id), "not_found"),
+        ("cache.clear", None, "success"),
+    ]
+    assert rows[0]["detail"] == {"visibility": "private"}
+    assert rows[3]["detail"] == {"deleted": deleted}
 
 
 async def test_the_writer_runs_by_itself(engine: PatternExecutionEngine, namespace: str,

@@ -22,7 +22,6 @@ from tests.fix_server import server_env
 from tmws.backup import (
     DUMP,
     MANIFEST,
-    BackupError,
     prune_backups,
     read_backup,
     redis_snapshot,
@@ -31,6 +30,7 @@ from tmws.backup import (
 )
 from tmws.config import Settings
 from tmws.engine import create_pattern_execution_engine
+from tmws.errors import BackupError
 
 Rows = dict[str, list[str]]
 

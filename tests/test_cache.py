@@ -12,9 +12,9 @@ from tmws.cache import (
     CacheManager,
     CircuitBreaker,
     LocalCache,
-    RedisUnavailable,
     TieredLocalCache,
 )
+from tmws.errors import RedisUnavailable
 
 
 class Clock:

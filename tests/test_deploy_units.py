@@ -519,7 +519,7 @@ def test_dockerignore_keeps_what_the_dockerfile_copies_and_nothing_heavy() -> No
                 "dist/tmws-0.1.0.tar.gz", "bench/loadgen/target/release/loadgen",
                 "bench/memory_load.py",
                 "tmws/_tmws_core.cpython-311-x86_64-linux-gnu.so",
-                "tmws/__pycache__/cli.cpython-311.pyc", "tests/test_app.py",
+                "tmws/__pycache__/cli.cpython-311.pyc", "tests/http/test_app.py",
                 ".mypy_cache/3.11/x.json", "deploy/.env", "rust_core/target/debug/x"]
     for path in left_out:
         assert dockerignored(path, patterns), path

@@ -11,13 +11,12 @@ from tests.embedding_server import EmbeddingServer, running_server
 from tmws._native import HashEmbedder
 from tmws.config import Settings
 from tmws.embeddings import (
-    EmbeddingError,
     HashProvider,
     OpenAIProvider,
     create_provider,
     provider_identity,
 )
-from tmws.errors import ConfigError
+from tmws.errors import ConfigError, EmbeddingError
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 
 from tmws.database._bulk import parse_line
 from tmws.errors import InvalidRequestError
+from tmws.http.schemas import MemoryCreate, MemorySearch
 from tmws.inputs import (
     ExecutionContext,
     InputLimits,
@@ -21,7 +22,6 @@ from tmws.inputs import (
     convert,
     memory_id,
 )
-from tmws.schemas import MemoryCreate, MemorySearch
 
 
 def nested(levels: int) -> Any:

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from tmws.config import Settings
-from tmws.embeddings import EmbeddingError, EmbeddingProvider
+from tmws.embeddings import EmbeddingProvider
+from tmws.errors import EmbeddingError
 from tmws.registry import PatternRegistry
 
 __all__ = ["ExampleVectors", "example_vectors_for"]

@@ -16,10 +16,11 @@ escapes (``\\0``, ``\\141``, ``[\\1]``), ``[\\b]``, ``(?#...)``, inline flags
 ``(?aimsux)`` / ``(?imsx-imsx:...)``, ``{,n}``, lazy quantifiers, ``(?P<name>...)``. What Python
 reads literally stays literal (``\\b{start}``, ``[[:upper:]]``).
 
-Refused (:class:`PatternCompileError` naming the construct and its offset): look-around,
-backreferences (``\\1``, ``(?P=name)``), conditionals, possessive quantifiers, atomic
-groups, ``\\N{...}``, a ``$`` followed by more pattern where no exact equivalent exists
-(``(a$)b``), an automaton over 2 MiB, and everything Python rejects (``\\p{...}``, ...).
+Refused (``CompileFailure``, raised by :mod:`tmws._native` as ``PatternCompileError``, naming
+the construct and its offset): look-around, backreferences (``\\1``, ``(?P=name)``),
+conditionals, possessive quantifiers, atomic groups, ``\\N{...}``, a ``$`` followed by more
+pattern where no exact equivalent exists (``(a$)b``), an automaton over 2 MiB, and everything
+Python rejects (``\\p{...}``, ...).
 
 Not yet exact: on non-ASCII queries ``\\b``/``\\B`` use regex-automata's Unicode word
 definition, which differs from Python's next to combining marks and "other numbers"; a
@@ -27,9 +28,7 @@ definition, which differs from Python's next to combining marks and "other numbe
 """
 
 from collections.abc import Sequence
-from typing import Final
-
-from tmws.errors import PatternError
+from typing import Final, Self
 
 __version__: Final[str]
 
@@ -39,19 +38,14 @@ PatternSpec = tuple[str, str, int, str]
 Example = tuple[str, str, str]
 """``(pattern name, kind, text)``: one example utterance of a pattern."""
 
-class PatternCompileError(PatternError):
-    """A trigger regex (or a pattern list) was rejected.
+class CompileFailure(Exception):
+    """A trigger regex (or a pattern list) was rejected: ``args == (pattern_name, reason)``.
 
     Raised for syntax errors, look-around, back-references, a regex over the size limit,
-    and duplicate pattern names. The message names the pattern and the reason.
+    and duplicate pattern names. Private to ``tmws._native``, which raises
+    ``tmws.errors.PatternCompileError`` (same arguments) in its place, so the core imports
+    nothing from the Python package.
     """
-
-    pattern_name: str
-    """Name of the offending pattern (``"<pattern set>"`` if only the whole set failed)."""
-    reason: str
-    """One-line cause."""
-
-    def __init__(self, pattern_name: str, reason: str) -> None: ...
 
 class Matcher:
     """All trigger regexes of a pattern library, compiled together.
@@ -73,17 +67,17 @@ class Matcher:
     building thread, so early queries do not pay for building the engines' lazy state.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         patterns: Sequence[PatternSpec],
         *,
         cache_capacity: int = 10_000,
         warmup: Sequence[str] = (),
-    ) -> None:
+    ) -> Self:
         """Compile ``patterns`` (``(name, regex, priority, kind)``, in registration order).
 
         Raises:
-            PatternCompileError: a regex cannot be compiled, or two patterns share a name.
+            CompileFailure: a regex cannot be compiled, or two patterns share a name.
         """
 
     @staticmethod
@@ -91,14 +85,14 @@ class Matcher:
         """Validate one regex exactly as the constructor would.
 
         Raises:
-            PatternCompileError: naming ``name`` and the reason.
+            CompileFailure: naming ``name`` and the reason.
         """
 
     def replace(self, patterns: Sequence[PatternSpec], *, warmup: Sequence[str] = ()) -> int:
         """Compile ``patterns`` and swap them in with a fresh, empty cache.
 
         Returns the new :attr:`version`. If compilation fails, raises
-        :class:`PatternCompileError` and the current library stays in place untouched.
+        ``CompileFailure`` and the current library stays in place untouched.
         """
 
     def best(self, query: str, kind: str | None = None) -> str | None:

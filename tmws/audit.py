@@ -63,7 +63,7 @@ logger = logging.getLogger("tmws.audit")
 
 # The actions tmws records; callers may record others (free text).
 ACTIONS: Final = ("execute", "pattern.register", "pattern.delete", "pattern.reload",
-                  "memory.store", "memory.delete")
+                  "memory.store", "memory.delete", "cache.clear", "verify")
 # The actor of changes nobody in particular asked for (start-up, CLI, pattern sync).
 SYSTEM_ACTOR: Final = "system"
 OUTCOME_SUCCESS: Final = "success"

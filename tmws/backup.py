@@ -30,7 +30,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,14 +42,14 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tmws import __version__
+from tmws._version import __version__
 from tmws.config import Settings
 from tmws.database._migrate import available_migrations, upgrade
 from tmws.database._pool import first_line
-from tmws.errors import TmwsError
+from tmws.database._server import DatabaseServer, configured_server
+from tmws.errors import BackupError
 
 __all__ = [
-    "BackupError",
     "BackupFile",
     "BackupResult",
     "Manifest",
@@ -79,10 +79,6 @@ _NAME = re.compile(r"^tmws-\d{8}T\d{6}Z(-\d+)?$")
 # Extensions are created by restore itself (as the restoring role may not own them).
 _TOC_EXTENSION = re.compile(r"^\d+; \d+ \d+ EXTENSION - (\S+)")
 _TOC_EXTENSION_COMMENT = re.compile(r"^\d+; \d+ \d+ COMMENT - EXTENSION ")
-
-
-class BackupError(TmwsError):
-    """A backup or restore that cannot be made, with what to do about it."""
 
 
 class BackupFile(msgspec.Struct, frozen=True):
@@ -789,7 +785,8 @@ async def _swap(admin: psycopg.AsyncConnection[Any], name: str, restored: str,
 
 async def _clear_cache(settings: Settings, notes: list[str]) -> tuple[int | None, str | None]:
     """Cached results were computed from the data before the restore: (deleted, error)."""
-    from tmws.cache import CacheManager, RedisUnavailable
+    from tmws.cache import CacheManager
+    from tmws.errors import RedisUnavailable
 
     if settings.redis_url is None:
         notes.append("TMWS_REDIS_URL is not set: running workers' in-process results "
@@ -807,22 +804,6 @@ async def _clear_cache(settings: Settings, notes: list[str]) -> tuple[int | None
 
 # --- The commands ---------------------------------------------------------------------------
 
-@asynccontextmanager
-async def _configured(settings: Settings) -> AsyncIterator[tuple[str, bool]]:
-    """(conninfo, embedded): TMWS_DATABASE_URL, or the embedded server for the duration."""
-    if settings.database_url is not None:
-        yield settings.database_url, False
-        return
-    from tmws.database import EmbeddedPostgres
-
-    embedded = EmbeddedPostgres(settings.data_dir)
-    conninfo = await asyncio.to_thread(embedded.start)
-    try:
-        yield conninfo, True
-    finally:
-        await asyncio.to_thread(embedded.stop)
-
-
 def default_backup_dir(settings: Settings) -> Path:
     return Path(settings.data_dir).expanduser() / "backups"
 
@@ -831,8 +812,8 @@ async def backup_command(settings: Settings, directory: str | None, keep: int | 
                          redis: bool, redis_timeout: float) -> int:
     """``tmws backup``: prints what was written and pruned."""
     parent = Path(directory).expanduser() if directory else default_backup_dir(settings)
-    async with _configured(settings) as (conninfo, _):
-        result = await run_backup(settings, conninfo, parent, keep=keep, redis=redis,
+    async with configured_server(settings, prepare="none") as server:
+        result = await run_backup(settings, server.conninfo, parent, keep=keep, redis=redis,
                                   redis_timeout=redis_timeout)
     manifest = result.manifest
     rows = sum(manifest.row_counts.values())
@@ -859,11 +840,11 @@ async def restore_command(settings: Settings, backup: str, database_url: str | N
     result cache could not be cleared."""
     from tmws.verify import format_report, run_verification
 
-    if database_url is not None:
-        base: AbstractAsyncContextManager[tuple[str, bool]] = _given(database_url)
-    else:
-        base = _configured(settings)
-    async with base as (conninfo, embedded):
+    base: AbstractAsyncContextManager[DatabaseServer] = (
+        nullcontext(DatabaseServer(database_url)) if database_url is not None
+        else configured_server(settings, prepare="none"))
+    async with base as server:
+        conninfo, embedded = server.conninfo, server.embedded is not None
         target = conninfo if database is None else _with_database(conninfo, database)
         result = await restore(settings, Path(backup).expanduser(), target, force=force)
         manifest = result.manifest
@@ -897,7 +878,3 @@ async def restore_command(settings: Settings, backup: str, database_url: str | N
     print(format_report(report))
     return max(report.exit_code, 1 if result.cache_error else 0)
 
-
-@asynccontextmanager
-async def _given(conninfo: str) -> AsyncIterator[tuple[str, bool]]:
-    yield conninfo, False

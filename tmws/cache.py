@@ -31,8 +31,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Final, Generic, NamedTuple, TypeVar
 
+from tmws.errors import RedisUnavailable
+
 __all__ = ["BASE_LOCAL_SIZE", "BASE_TTL", "CacheManager", "CircuitBreaker", "Generation",
-           "LocalCache", "Lookup", "RedisUnavailable", "TieredLocalCache"]
+           "LocalCache", "Lookup", "TieredLocalCache"]
 
 # The reference points of the scaling above: the guide's defaults (TMWS_CACHE_TTL=300,
 # TMWS_CACHE_MAX_SIZE=1000), at which the pattern file's figures apply unchanged.
@@ -470,10 +472,6 @@ class CacheManager:
                        "local_ttl": self.local_ttl, "max_local_size": self.max_local_size,
                        "size_scale": self.max_local_size / BASE_LOCAL_SIZE},
         }
-
-
-class RedisUnavailable(Exception):
-    """Redis was not asked (circuit open, not configured) or failed (see ``__cause__``)."""
 
 
 class _Unavailable(RedisUnavailable):

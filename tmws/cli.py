@@ -13,21 +13,20 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from tmws import __version__
 from tmws._logging import configure_logging
+from tmws._version import __version__
 from tmws.config import Settings
 from tmws.database import (
     Database,
-    EmbeddedPostgres,
     ImportReport,
     check_embedding_config,
+    configured_server,
     export_memories,
     format_reindex_report,
     import_memories,
     maybe_reindex,
     reembed,
     reindex,
-    require_current_schema,
     upgrade,
 )
 from tmws.embeddings import create_provider
@@ -237,39 +236,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-@asynccontextmanager
-async def _server(settings: Settings) -> AsyncIterator[tuple[str, bool]]:
-    """(conninfo, embedded): TMWS_DATABASE_URL, or the bundled server for the duration."""
-    if settings.database_url is not None:
-        yield settings.database_url, False
-        return
-    embedded = EmbeddedPostgres(settings.data_dir)
-    conninfo = await asyncio.to_thread(embedded.start)
-    try:
-        yield conninfo, True
-    finally:
-        await asyncio.to_thread(embedded.stop)
-
-
 def _stderr_line(message: str) -> None:
     print(message, file=sys.stderr)
 
 
 async def _db_reindex(settings: Settings, lists: int | None, sample: int, as_json: bool
                       ) -> None:
-    async with _server(settings) as (conninfo, embedded):
-        if embedded:
-            await upgrade(conninfo, settings)
-        else:
-            await require_current_schema(conninfo)
-        report = await reindex(conninfo, settings, lists=lists, sample=sample,
+    async with configured_server(settings) as server:
+        report = await reindex(server.conninfo, settings, lists=lists, sample=sample,
                                log=_stderr_line)
     print(msgspec.json.encode(report).decode() if as_json else format_reindex_report(report))
 
 
 async def _db_upgrade(settings: Settings) -> None:
-    async with _server(settings) as (conninfo, _):
-        applied = await upgrade(conninfo, settings, wait=settings.startup_wait)
+    async with configured_server(settings, prepare="none") as server:
+        applied = await upgrade(server.conninfo, settings, wait=settings.startup_wait)
     if applied:
         for migration in applied:
             print(f"applied {migration.revision}: {migration.description}")
@@ -280,12 +261,8 @@ async def _db_upgrade(settings: Settings) -> None:
 @asynccontextmanager
 async def _database(settings: Settings) -> AsyncIterator[Database]:
     """The configured database, migrated (embedded) or checked current (external)."""
-    async with _server(settings) as (conninfo, embedded):
-        if embedded:
-            await upgrade(conninfo, settings)
-        else:
-            await require_current_schema(conninfo)
-        database = Database(conninfo, settings, role="cli")
+    async with configured_server(settings) as server:
+        database = Database(server.conninfo, settings, role="cli")
         await database.open()
         try:
             yield database
@@ -366,7 +343,8 @@ def _patterns(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _cache_clear(settings: Settings) -> None:
-    from tmws.cache import CacheManager, RedisUnavailable
+    from tmws.cache import CacheManager
+    from tmws.errors import RedisUnavailable
 
     if settings.redis_url is None:
         raise TmwsError("TMWS_REDIS_URL is not set: results are cached in each worker's "

@@ -21,10 +21,9 @@ import httpx
 
 from tmws._native import HashEmbedder
 from tmws.config import Settings
-from tmws.errors import ConfigError, TmwsError
+from tmws.errors import ConfigError, EmbeddingError
 
 __all__ = [
-    "EmbeddingError",
     "EmbeddingProvider",
     "HashProvider",
     "OpenAIProvider",
@@ -34,10 +33,6 @@ __all__ = [
 ]
 
 Vector = list[float]
-
-
-class EmbeddingError(TmwsError):
-    """An embedding provider failed or answered something unusable."""
 
 
 class EmbeddingProvider(Protocol):

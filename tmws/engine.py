@@ -15,10 +15,10 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
-from tmws import __version__
 from tmws._example_vectors import example_vectors_for
 from tmws._native import cache_key, normalize_query
 from tmws._pattern_sync import PatternSets, Propagation, StoredSet
+from tmws._version import __version__
 from tmws.admission import Admission
 from tmws.audit import SYSTEM_ACTOR, AuditLog, ConstantDetail
 from tmws.cache import BASE_LOCAL_SIZE, CacheManager, Generation
@@ -26,22 +26,24 @@ from tmws.config import Settings
 from tmws.database import (
     Budget,
     Database,
-    EmbeddedPostgres,
+    DatabaseServer,
     check_embedding_config,
     database_fence,
+    open_server,
     request_budget,
-    require_current_schema,
-    upgrade,
 )
 from tmws.embeddings import EmbeddingProvider, create_provider
 from tmws.errors import (
     DatabaseError,
+    ErrorCode,
+    HealthCheckFailed,
     InvalidRequestError,
     OverloadedError,
     PatternConfigError,
     PatternError,
     PatternExistsError,
     PatternNotFoundError,
+    RedisUnavailable,
     TmwsError,
 )
 from tmws.evaluation import Evaluation, Labelled, evaluate
@@ -56,9 +58,8 @@ from tmws.handlers import (
     delegate_to_caller,
     resolve_handler,
 )
-from tmws.handlers import HealthCheckFailed as _HealthCheckFailed
-from tmws.inputs import ExecutionContext, check_depth, check_metadata, convert
-from tmws.memory import MemoryStore
+from tmws.inputs import ExecutionContext, MemoryInput, check_depth, check_metadata, convert
+from tmws.memory import MemoryRecord, MemoryStore
 from tmws.metrics import ExecutionMetrics
 from tmws.models import (
     ExecutionMode,
@@ -70,6 +71,7 @@ from tmws.models import (
 from tmws.patterns import PatternLibrary, default_library_path, load_pattern_file
 from tmws.registry import PatternRegistry, fingerprint_of
 from tmws.router import HybridRouter
+from tmws.verify import VerificationReport, verify_engine
 
 __all__ = ["Authorize", "PatternChange", "PatternExecutionEngine",
            "create_pattern_execution_engine", "require_patterns"]
@@ -132,7 +134,7 @@ class PatternExecutionEngine:
     """
 
     def __init__(self, settings: Settings, library: PatternLibrary, database: Database,
-                 *, embedded: EmbeddedPostgres | None = None,
+                 *, server: DatabaseServer | None = None,
                  cache: CacheManager | None = None,
                  handlers: Mapping[str, Handler] | None = None,
                  provider: EmbeddingProvider | None = None) -> None:
@@ -159,7 +161,7 @@ class PatternExecutionEngine:
                                    min_margin=settings.router_min_margin,
                                    vectors=example_vectors_for(settings, self.registry,
                                                                provider))
-        self._embedded = embedded
+        self._server = server  # stopped on close when this engine opened it
         self._sync: PatternSets | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._inflight: dict[str, asyncio.Future[ExecutionResult]] = {}
@@ -201,8 +203,8 @@ class PatternExecutionEngine:
         await self.memory.provider.aclose()
         if self._owns_cache:  # a caller's cache may serve other engines: theirs to close
             await self.cache.close()
-        if self._embedded is not None:
-            await asyncio.to_thread(self._embedded.stop)
+        if self._server is not None:
+            await self._server.stop()
 
     async def __aenter__(self) -> PatternExecutionEngine:
         return self
@@ -335,6 +337,51 @@ class PatternExecutionEngine:
         return PatternChange(action=action, target=target, patterns=len(prepared.patterns),
                              propagation=propagation)
 
+    # -- Memories and the cache: validated, admitted and audited here, for every way in ----
+
+    async def store_memory(self, namespace: str, memory: MemoryInput, *,
+                           actor: str | None = None) -> MemoryRecord:
+        """Store ``memory`` in ``namespace`` (a checked namespace; the memory's own rules are
+        :class:`~tmws.inputs.MemoryInput`'s), admitted as memory work and audited as
+        ``memory.store`` by ``actor`` (default: the namespace). InvalidRequestError names
+        what is wrong; OverloadedError or DatabaseError when nothing was stored."""
+        async with self.admitted(PatternType.MEMORY, "memory.store"):
+            record = await self.memory.store_input(namespace, memory)
+        self.audit.record(actor or namespace, "memory.store", target=str(record.id),
+                          outcome="success", detail={"visibility": memory.visibility})
+        return record
+
+    async def delete_memory(self, namespace: str, memory_id: int, *,
+                            actor: str | None = None) -> bool:
+        """Delete memory ``memory_id`` if ``namespace`` owns it (shared or not): whether it
+        did, audited as ``memory.delete`` (``not_found`` otherwise)."""
+        async with self.admitted(PatternType.MEMORY, "memory.delete"):
+            deleted = await self.memory.delete(namespace, memory_id)
+        self.audit.record(actor or namespace, "memory.delete", target=str(memory_id),
+                          outcome="success" if deleted else "not_found")
+        return deleted
+
+    async def clear_cache(self, *, actor: str = SYSTEM_ACTOR) -> int:
+        """Drop every cached result — Redis's for all instances, this process's in-process
+        one — and return how many Redis held; audited as ``cache.clear``. RedisUnavailable
+        (audited as such) when only the in-process cache could be cleared."""
+        try:
+            deleted = await self.cache.clear()
+        except RedisUnavailable:
+            self.audit.record(actor, "cache.clear", outcome="redis_unavailable")
+            raise
+        self.audit.record(actor, "cache.clear", outcome="success", detail={"deleted": deleted})
+        return deleted
+
+    async def verify(self, *, execute: bool = True, actor: str = SYSTEM_ACTOR
+                     ) -> VerificationReport:
+        """The installation checks of ``tmws verify`` on this engine (its pool, cache and
+        router; ``execute``: also run one pattern per type), audited as ``verify``."""
+        report = await verify_engine(self, execute=execute)
+        self.audit.record(actor, "verify", outcome=report.status,
+                          detail={"exit_code": report.exit_code})
+        return report
+
     def bind_handler(self, name: str, handler: Handler, *, reads_memory: bool = False,
                      writes_memory: bool = False, reads_stats: bool = False,
                      database: bool = False, writes: bool = False) -> None:
@@ -413,7 +460,7 @@ class PatternExecutionEngine:
             nearest = decision.alternative_routes
             hint = f"; nearest candidates: {', '.join(nearest)}" if nearest else ""
             return self._finish(started, decision.pattern_type, ExecutionResult(
-                pattern_name=None, success=False, error_code="no_pattern_matched",
+                pattern_name=None, success=False, error_code=ErrorCode.NO_PATTERN_MATCHED,
                 error=f"no pattern matched the query{hint}", metadata=meta), namespace, mode)
         if pattern is None:  # routed by its examples, or by keywords to the type's default
             pattern = (self.registry.get(decision.pattern_name)
@@ -426,7 +473,7 @@ class PatternExecutionEngine:
         if handler_name not in self.handlers:
             return self._finish(started, decision.pattern_type, ExecutionResult(
                 pattern_name=decision.pattern_name, success=False, metadata=meta,
-                error_code="handler_unbound",
+                error_code=ErrorCode.HANDLER_UNBOUND,
                 error=(f"pattern {decision.pattern_name!r} names handler {handler_name!r}, "
                        "which is not bound; bind it with engine.bind_handler()")),
                 namespace, mode)
@@ -437,7 +484,7 @@ class PatternExecutionEngine:
             # the fast-mode promise whatever was bound since (and _run fences the database).
             return self._finish(started, decision.pattern_type, ExecutionResult(
                 pattern_name=decision.pattern_name, success=False, metadata=meta,
-                error_code="handler_forbidden",
+                error_code=ErrorCode.HANDLER_FORBIDDEN,
                 error=(f"handler {handler_name!r} {bound.capabilities.describe()}; fast mode "
                        "never touches the database")), namespace, mode)
         handler_ctx = HandlerContext(query, mode, decision, pattern, params,
@@ -491,7 +538,7 @@ class PatternExecutionEngine:
             return None
         return ExecutionResult(
             pattern_name=pattern.name, success=False, tokens_used=0, error=str(refusal),
-            error_code="overloaded",
+            error_code=ErrorCode.OVERLOADED,
             metadata={"mode": mode.value, "namespace": namespace, "handler": handler_name,
                       "retry_after": refusal.retry_after})
 
@@ -612,19 +659,22 @@ class PatternExecutionEngine:
                                     f"{error}", retry_after=1))
                 return await self._unserved(ctx, tokens, meta, reason)
             return ExecutionResult(pattern_name=name, success=False, tokens_used=tokens,
-                                   metadata=meta, error=error, error_code="pattern_timeout")
+                                   metadata=meta, error=error,
+                                   error_code=ErrorCode.PATTERN_TIMEOUT)
         except (DatabaseError, OverloadedError) as exc:
             return await self._unserved(ctx, tokens, meta, exc)
-        except _HealthCheckFailed as exc:
+        except HealthCheckFailed as exc:
             return ExecutionResult(pattern_name=name, success=False, result=exc.report,
                                    tokens_used=tokens, error=str(exc),
-                                   error_code="health_check_failed", metadata=meta)
+                                   error_code=ErrorCode.HEALTH_CHECK_FAILED, metadata=meta)
         except InvalidRequestError as exc:
             return ExecutionResult(pattern_name=name, success=False, tokens_used=tokens,
-                                   error=str(exc), error_code="invalid_request", metadata=meta)
+                                   error=str(exc), error_code=ErrorCode.INVALID_REQUEST,
+                                   metadata=meta)
         except TmwsError as exc:
             return ExecutionResult(pattern_name=name, success=False, tokens_used=tokens,
-                                   error=str(exc), error_code="handler_error", metadata=meta)
+                                   error=str(exc), error_code=ErrorCode.HANDLER_ERROR,
+                                   metadata=meta)
         finally:
             if fence is not None:
                 database_fence.reset(fence)
@@ -639,7 +689,8 @@ class PatternExecutionEngine:
         else fails with ``database_unavailable`` or ``overloaded`` and when to retry."""
         if ctx.decision.pattern_type is PatternType.HYBRID:
             return await self._partial(ctx, tokens, meta, str(reason))
-        code = "overloaded" if isinstance(reason, OverloadedError) else "database_unavailable"
+        code = (ErrorCode.OVERLOADED if isinstance(reason, OverloadedError)
+                else ErrorCode.DATABASE_UNAVAILABLE)
         return ExecutionResult(pattern_name=ctx.decision.pattern_name, success=False,
                                tokens_used=tokens, error=str(reason), error_code=code,
                                metadata={**meta, "retry_after": reason.retry_after})
@@ -906,34 +957,25 @@ async def create_pattern_execution_engine(settings: Settings | CacheManager | No
         library = load_pattern_file(settings.pattern_config or default_library_path(),
                                     limits=settings.pattern_limits)
         require_patterns(library, settings.pattern_allow_empty)
-    embedded: EmbeddedPostgres | None = None
-    if settings.database_url is None:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        conninfo = await asyncio.to_thread(embedded.start)
-        await upgrade(conninfo, settings)
-    else:
-        conninfo = settings.database_url
-        await require_current_schema(conninfo, wait=settings.startup_wait)
-    database = Database(conninfo, settings)
+    server = await open_server(settings)
+    database = Database(server.conninfo, settings)
     try:
         await database.open()
         await check_embedding_config(database, settings)
     except BaseException:
         await database.close()
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+        await server.stop()
         raise
     if (cache is None and settings.redis_url is None) or (
             cache is not None and not cache.redis_configured):
         logger.info("no Redis configured: results are cached in this process only")
     try:
-        engine = PatternExecutionEngine(settings, library, database, embedded=embedded,
+        engine = PatternExecutionEngine(settings, library, database, server=server,
                                         handlers=handlers, cache=cache)
         await engine.start_pattern_sync()
         await engine.router.settled()  # on failure: logged, stage 2 scores lexically
         return engine
     except BaseException:
         await database.close()
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+        await server.stop()
         raise

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import msgspec
 
-from tmws.errors import HandlerCapabilityError, InvalidRequestError
+from tmws.errors import HandlerCapabilityError, HealthCheckFailed, InvalidRequestError
 from tmws.inputs import ExecutionContext, MemoryInput, convert
 from tmws.memory import topic_words
 from tmws.models import ExecutionMode, PatternDefinition, PatternType, RoutingDecision
@@ -37,7 +37,6 @@ __all__ = [
     "Capabilities",
     "Handler",
     "HandlerContext",
-    "HealthCheckFailed",
     "check_pattern_handler",
     "resolve_handler",
     "subjects_in",
@@ -159,14 +158,6 @@ class BoundHandler(NamedTuple):
 
 def _memories(records: list[Any]) -> list[dict[str, Any]]:
     return [msgspec.to_builtins(r) for r in records]
-
-
-class HealthCheckFailed(Exception):
-    """The health pattern ran and found a dependency down (a result, not a crash)."""
-
-    def __init__(self, message: str, report: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 # -- infrastructure ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """What callers may send: one definition per input rule.
 
-Every way in uses these types — the HTTP bodies (:mod:`tmws.schemas`), the execute context
+Every way in uses these types — the HTTP bodies (:mod:`tmws.http.schemas`), the execute context
 the handlers read, :meth:`tmws.memory.MemoryStore.store`, bulk import lines and token
 subjects — so a namespace, a memory or a context field means the same thing everywhere
 and is refused with the same message.

@@ -35,7 +35,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from tmws import __version__
+from tmws._version import __version__
 
 # Set by `tmws serve` for its workers: each process writes its samples to files there and a
 # scrape of any worker adds them all up (prometheus-client's multiprocess mode).

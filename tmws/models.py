@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from tmws.errors import PatternConfigError
+from tmws.errors import ErrorCode, PatternConfigError
 from tmws.inputs import contains_nul
 
 __all__ = [
@@ -205,7 +205,6 @@ class ExecutionResult(msgspec.Struct, kw_only=True):
     tokens_used: int = 0
     cache_hit: bool = False
     error: str | None = None
-    # Stable reason for a failure: no_pattern_matched, pattern_timeout, database_unavailable,
-    # invalid_request, handler_unbound, health_check_failed, handler_error.
-    error_code: str | None = None
+    # Stable reason for a failure (tmws.errors.ErrorCode lists them, with their HTTP status).
+    error_code: ErrorCode | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from redis.exceptions import NoScriptError
 
-from tmws.cache import CacheManager, RedisUnavailable
+from tmws.cache import CacheManager
+from tmws.errors import RedisUnavailable
 
 if TYPE_CHECKING:
     from tmws.config import Settings

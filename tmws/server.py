@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import multiprocessing
 import os
 import shutil
 import tempfile
 
+import msgspec
+
 from tmws._logging import granian_log_options
 from tmws.config import Settings
-from tmws.database import EmbeddedPostgres, upgrade
+from tmws.database import open_server
 from tmws.engine import require_patterns
+from tmws.http.app import create_app
 from tmws.patterns import default_library_path, load_pattern_file
 
 __all__ = ["serve"]
@@ -29,13 +33,11 @@ def serve(settings: Settings) -> None:
     require_patterns(load_pattern_file(settings.pattern_config or default_library_path(),
                                        limits=settings.pattern_limits),
                      settings.pattern_allow_empty)
-    embedded: EmbeddedPostgres | None = None
-    if settings.database_url is None:
-        # Started once here so every worker shares one server and one migration run.
-        embedded = EmbeddedPostgres(settings.data_dir)
-        conninfo = embedded.start()
-        asyncio.run(upgrade(conninfo, settings))
-        os.environ["TMWS_DATABASE_URL"] = conninfo
+    # An embedded server starts once here, so every worker shares one server and one
+    # migration run; each worker's engine checks an external one itself.
+    server = asyncio.run(open_server(settings, prepare="migrate-embedded"))
+    # The workers get these settings, with the server's address, as their app's argument.
+    worker_settings = msgspec.structs.replace(settings, database_url=server.conninfo)
     # Several workers share metrics through prometheus-client's multiprocess mode. It costs
     # a file-backed write per sample (~20% of a cache hit's throughput, measured), so one
     # worker keeps plain in-memory metrics. Workers must import prometheus-client with
@@ -48,7 +50,7 @@ def serve(settings: Settings) -> None:
         multiprocessing.set_start_method("spawn", force=True)
     try:
         Granian(
-            "tmws.app:create_app",
+            "tmws.http.app:create_app",  # named for Granian's logs; workers load the one below
             factory=True,
             address=settings.api_host,
             port=settings.api_port,
@@ -57,11 +59,9 @@ def serve(settings: Settings) -> None:
             # SIGTERM stops accepting and lets in-flight requests finish for this long.
             workers_kill_timeout=settings.shutdown_timeout,
             **granian_log_options(settings),  # JSON lines, also in every worker
-        ).serve()
+        ).serve(target_loader=functools.partial(create_app, worker_settings), wrap_loader=False)
     finally:
         if multiproc_dir is not None:
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
             shutil.rmtree(multiproc_dir, ignore_errors=True)
-        if embedded is not None:
-            os.environ.pop("TMWS_DATABASE_URL", None)
-            embedded.stop()
+        asyncio.run(server.stop())

@@ -47,6 +47,9 @@ __all__ = [
 
 Status = Literal["ok", "warn", "fail"]
 
+# The standalone engine's handler timeout floor (ms), so a verification does not fail on
+# a slow first answer.
+_EXECUTE_TIMEOUT_MS: Final = 5000
 # Seconds one check may take (the executions get their pattern type's own timeout inside).
 CHECK_TIMEOUT: Final = 20.0
 # Executions run in a namespace of their own: they read nothing private and write nothing.
@@ -275,18 +278,15 @@ async def _open_database(target: _Target, stack: AsyncExitStack, refused: set[st
     if settings.env_name("database_url") in refused:
         target.no_database = "TMWS_DATABASE_URL is refused (see settings)"
         raise _Unavailable(f"not checked: {target.no_database}")
-    if settings.database_url is not None:
-        conninfo = settings.database_url
-    elif settings.environment == "production":
+    if settings.database_url is None and settings.environment == "production":
         target.no_database = "TMWS_DATABASE_URL is not set (see settings)"
         raise _Unavailable("not checked: TMWS_DATABASE_URL must be set in production (the "
                            "embedded PostgreSQL is for development only)")
-    else:
-        from tmws.database import EmbeddedPostgres
+    from tmws.database import open_server
 
-        embedded = EmbeddedPostgres(settings.data_dir)
-        conninfo = await asyncio.to_thread(embedded.start)
-        stack.push_async_callback(asyncio.to_thread, embedded.stop)
+    server = await open_server(settings, prepare="none")  # judged as it is, never migrated
+    stack.push_async_callback(server.stop)
+    conninfo = server.conninfo
     target.connect = lambda: _connect(conninfo)
     try:
         return await _server(target)
@@ -556,9 +556,14 @@ async def _standalone_engine(target: _Target, stack: AsyncExitStack) -> None:
             raise _Unavailable("the embedded database did not start (see database)")
         async with target.connection() as conn:
             conninfo = conn.info.dsn
-    small = msgspec.structs.replace(settings, db_max_connections=2, db_min_connections=0,
-                                    db_max_overflow=0, db_pool_timeout=_CONNECT_TIMEOUT,
-                                    audit_enabled=False)
+    # Generous handler timeouts: this checks that each type works; a slow answer (a cold
+    # pool, a loaded host) is reported as a warning against the configured timeout.
+    small = msgspec.structs.replace(
+        settings, db_max_connections=2, db_min_connections=0, db_max_overflow=0,
+        db_pool_timeout=_CONNECT_TIMEOUT, audit_enabled=False,
+        pattern_infra_timeout=max(settings.pattern_infra_timeout, _EXECUTE_TIMEOUT_MS),
+        pattern_memory_timeout=max(settings.pattern_memory_timeout, _EXECUTE_TIMEOUT_MS),
+        pattern_hybrid_timeout=max(settings.pattern_hybrid_timeout, _EXECUTE_TIMEOUT_MS))
     database = Database(conninfo, small)
     await database.open()  # no minimum: returns at once, even with the server down
     stack.push_async_callback(database.close)
@@ -610,6 +615,10 @@ async def _execute(target: _Target, kind: PatternType) -> tuple[Status, str]:
     if result.metadata.get("partial"):
         missing = result.result.get("missing") if isinstance(result.result, dict) else None
         return "fail", f"{pattern.name} ({query!r}) answered only partly: {missing}"
+    limit = target.settings.timeout_ms(kind.value)
+    if result.execution_time_ms > limit:
+        return "warn", (f"{pattern.name} ({query!r}) answered in {took}, above its timeout "
+                        f"({limit} ms, TMWS_PATTERN_*_TIMEOUT): the service would answer 504")
     return "ok", f"{pattern.name} ({query!r}) in {took}, {result.tokens_used} tokens"
 
 

@@ -1,7 +1,7 @@
 //! Baseline: the corpora through ONE plain `regex::bytes::RegexSet` (ASCII, captures made
 //! non-capturing, size_limit 1 GiB, dfa_size_limit 256 MiB), warmed on half the queries and
 //! timed on the other half. This is why the matcher is built on regex-automata with a literal
-//! prefilter instead (see `src/path.rs`).
+//! prefilter instead (see `src/prefilter.rs`).
 //!
 //!     cargo run --release --example regexset_baseline -- 1000
 //!

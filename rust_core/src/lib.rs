@@ -3,21 +3,21 @@
 //! Plain-Rust modules hold the logic; `python` is a thin PyO3 layer compiled only with the
 //! `pyo3` feature (maturin enables it), so `cargo test` runs without Python.
 
-pub mod cache;
 pub mod embed;
-pub mod engine;
 pub mod errors;
 pub mod hir;
 pub mod json;
 pub mod keys;
 pub mod lexical;
+pub mod match_cache;
 pub mod matcher;
-pub mod path;
+pub mod prefilter;
 pub mod pyre;
 #[rustfmt::skip]
 pub mod pyre_tables;
 #[cfg(feature = "pyo3")]
 mod python;
+pub mod regex_set;
 
 pub use embed::HashEmbedder;
 pub use errors::CompileError;

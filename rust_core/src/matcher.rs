@@ -16,10 +16,10 @@ use regex_automata::util::captures::Captures;
 use regex_automata::{meta, Input, PatternID};
 use regex_syntax::hir::Hir;
 
-use crate::cache::{CacheStats, Key, ResultCache};
 use crate::errors::CompileError;
 use crate::hir;
-use crate::path::Path;
+use crate::match_cache::{CacheStats, Key, MatchCache};
+use crate::prefilter::PrefilteredSet;
 
 /// NFA size ceiling for one pattern (the `size_limit` of `regex`, whose default is 10 MiB).
 /// A trigger phrase needs a few KiB even with Unicode `\w`; the limit exists because every
@@ -79,9 +79,9 @@ pub struct Compiled {
     by_name: HashMap<Arc<str>, u32>,
     kinds: HashMap<String, u32>,
     /// For ASCII queries: patterns rewritten with Unicode off (exact on ASCII, far smaller).
-    ascii: Path,
+    ascii: PrefilteredSet,
     /// For everything else.
-    unicode: Path,
+    unicode: PrefilteredSet,
 }
 
 /// Parses and size-checks one regex; the HIR is what the sets are built from.
@@ -167,11 +167,12 @@ impl Compiled {
         let unicode_word = unicode_hirs
             .iter()
             .any(|h| h.properties().look_set().contains_word_unicode());
-        let mut ascii = Path::build(&lowered, true, &closed, &ascii_hirs, false, false, true)
-            .map_err(set_error)?;
+        let mut ascii =
+            PrefilteredSet::build(&lowered, true, &closed, &ascii_hirs, false, false, true)
+                .map_err(set_error)?;
         let everything = vec![true; unicode_hirs.len()];
         // Non-ASCII queries are rare: their verifiers are built on first use.
-        let mut unicode = Path::build(
+        let mut unicode = PrefilteredSet::build(
             &unicode_hirs,
             false,
             &everything,
@@ -344,7 +345,7 @@ impl Compiled {
 /// One generation of the matcher: compiled sets plus the cache of their answers.
 pub struct State {
     pub compiled: Compiled,
-    pub cache: ResultCache,
+    pub cache: MatchCache,
     pub version: u64,
 }
 
@@ -366,7 +367,7 @@ impl Matcher {
         Ok(Self {
             state: ArcSwap::from_pointee(State {
                 compiled,
-                cache: ResultCache::new(cache_capacity),
+                cache: MatchCache::new(cache_capacity),
                 version: 1,
             }),
             cache_capacity,
@@ -388,7 +389,7 @@ impl Matcher {
         let version = self.state.load().version + 1;
         self.state.store(Arc::new(State {
             compiled,
-            cache: ResultCache::new(self.cache_capacity),
+            cache: MatchCache::new(self.cache_capacity),
             version,
         }));
         Ok(version)

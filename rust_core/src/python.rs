@@ -1,14 +1,15 @@
 //! The Python face of the core: frozen `Matcher`, `HashEmbedder` and `ExampleIndex`
-//! classes and `PatternCompileError`.
+//! classes and the private `CompileFailure` (`tmws._native` turns it into
+//! `tmws.errors.PatternCompileError`: the core imports nothing from the Python package).
 //!
 //! Only conversion lives here. Every search and every build runs with the GIL released
 //! (`Python::detach`), so other Python threads keep running while Rust works.
 
-use pyo3::exceptions::{PyKeyError, PyOverflowError, PyValueError};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyKeyError, PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::embed::{HashEmbedder, MAX_DIM, MIN_DIM};
 use crate::errors::CompileError;
@@ -17,54 +18,16 @@ use crate::keys;
 use crate::lexical::ExampleIndex;
 use crate::matcher::{Matcher, PatternSpec};
 
-/// `PatternCompileError`, created at module init as a subclass of `tmws.errors.PatternError`.
-static PATTERN_COMPILE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+create_exception!(
+    _tmws_core,
+    CompileFailure,
+    PyException,
+    "A trigger regex was rejected: args are (pattern_name, reason). Private: tmws._native \
+     raises tmws.errors.PatternCompileError in its place."
+);
 
-/// Methods of the exception, written in Python so `PatternCompileError(name, reason)` built
-/// from Python behaves like the one raised here (and pickles: `args == (name, reason)`).
-const EXCEPTION_METHODS: &std::ffi::CStr = c"
-def __init__(self, pattern_name, reason):
-    PatternError.__init__(self, pattern_name, reason)
-    self.pattern_name = pattern_name
-    self.reason = reason
-
-def __str__(self):
-    return f'pattern {self.pattern_name!r}: {self.reason}'
-";
-
-const EXCEPTION_DOC: &std::ffi::CStr =
-    c"A trigger regex was rejected by the Rust core (syntax, look-around, back-reference, size, duplicate name).\n\nAttributes: pattern_name, reason.";
-
-fn exception_type(py: Python<'_>) -> PyResult<&Py<PyType>> {
-    PATTERN_COMPILE_ERROR.get_or_try_init(py, || {
-        // tmws.errors is still initialising when it imports us, but PatternError exists.
-        let base = py.import("tmws.errors")?.getattr("PatternError")?;
-        let base = base.cast_into::<PyType>()?;
-        let namespace = PyDict::new(py);
-        namespace.set_item("PatternError", &base)?;
-        py.run(EXCEPTION_METHODS, Some(&namespace), None)?;
-        let dict = PyDict::new(py);
-        for method in ["__init__", "__str__"] {
-            dict.set_item(method, namespace.get_item(method)?)?;
-        }
-        dict.set_item("__module__", "tmws.errors")?;
-        PyErr::new_type(
-            py,
-            c"tmws.errors.PatternCompileError",
-            Some(EXCEPTION_DOC),
-            Some(&base),
-            // `new_type` drops its `dict` argument before CPython reads it; `dict` (still
-            // alive here) keeps the namespace valid for the call.
-            Some(dict.clone().into_any().unbind()),
-        )
-    })
-}
-
-fn compile_error(py: Python<'_>, err: CompileError) -> PyErr {
-    match exception_type(py).and_then(|ty| ty.bind(py).call1((err.pattern_name, err.reason))) {
-        Ok(instance) => PyErr::from_value(instance),
-        Err(e) => e,
-    }
+fn compile_error(err: CompileError) -> PyErr {
+    CompileFailure::new_err((err.pattern_name, err.reason))
 }
 
 type SpecTuple = (String, String, i64, String);
@@ -82,7 +45,7 @@ fn to_specs(patterns: Vec<SpecTuple>) -> Vec<PatternSpec> {
 }
 
 /// Matches queries against a library of trigger regexes; see `tmws/_tmws_core.pyi`.
-#[pyclass(frozen, name = "Matcher", module = "tmws._tmws_core")]
+#[pyclass(frozen, subclass, name = "Matcher", module = "tmws._tmws_core")]
 pub struct PyMatcher {
     inner: Matcher,
 }
@@ -100,13 +63,13 @@ impl PyMatcher {
         let specs = to_specs(patterns);
         py.detach(|| Matcher::new(&specs, cache_capacity, &warmup))
             .map(|inner| Self { inner })
-            .map_err(|e| compile_error(py, e))
+            .map_err(compile_error)
     }
 
     #[staticmethod]
     fn check(py: Python<'_>, name: &str, regex: &str) -> PyResult<()> {
         py.detach(|| Matcher::check(name, regex))
-            .map_err(|e| compile_error(py, e))
+            .map_err(compile_error)
     }
 
     #[pyo3(signature = (patterns, *, warmup = Vec::new()))]
@@ -118,7 +81,7 @@ impl PyMatcher {
     ) -> PyResult<u64> {
         let specs = to_specs(patterns);
         py.detach(|| self.inner.replace(&specs, &warmup))
-            .map_err(|e| compile_error(py, e))
+            .map_err(compile_error)
     }
 
     // `query` borrows the str's UTF-8 buffer; the caller's reference keeps the (immutable)
@@ -451,7 +414,7 @@ impl AsRef<[u8]> for KeyPart {
 pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("PatternCompileError", exception_type(py)?.bind(py))?;
+    m.add("CompileFailure", py.get_type::<CompileFailure>())?;
     m.add_class::<PyMatcher>()?;
     m.add_class::<PyHashEmbedder>()?;
     m.add_class::<PyExampleIndex>()?;

@@ -105,7 +105,9 @@ async def test_reindex_rebuilds_for_the_data_and_raises_recall(filled: str) -> N
         while not done.is_set():
             rows = await database.fetch(
                 "SELECT id FROM memories ORDER BY embedding <=> %s::vector LIMIT 10", (probe,))
-            assert len(rows) == 10
+            # Answers, but not always 10 rows: the empty-built index's one probed list may
+            # hold fewer (the low recall the rebuild fixes).
+            assert len(rows) <= 10
             answered += 1
             await asyncio.sleep(0.005)
 

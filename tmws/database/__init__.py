@@ -22,24 +22,29 @@ from tmws.database._reindex import (
     maybe_reindex,
     reindex,
 )
+from tmws.database._server import DatabaseServer, Prepare, configured_server, open_server
 from tmws.database._vectors import check_embedding_config, reembed
 
 __all__ = [
     "PGVECTOR_HELP",
     "Budget",
     "Database",
+    "DatabaseServer",
     "EmbeddedPostgres",
     "ImportReport",
+    "Prepare",
     "ReindexReport",
     "Rejection",
     "available_migrations",
     "check_embedding_config",
+    "configured_server",
     "database_fence",
     "export_memories",
     "format_reindex_report",
     "get_pool_stats",
     "import_memories",
     "maybe_reindex",
+    "open_server",
     "reembed",
     "reindex",
     "request_budget",

@@ -6,12 +6,10 @@ from typing import Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from tmws import endpoints
 from tmws.evaluation import Evaluation
-from tmws.memory import MemoryRecord
-from tmws.models import ExecutionResult, PatternDefinition, PatternType, RoutingDecision
-from tmws.routing import Route, Router
-from tmws.schemas import (
+from tmws.http import endpoints
+from tmws.http.dispatch import Dispatcher, Route
+from tmws.http.schemas import (
     CacheCleared,
     DeletedMemory,
     EvaluationRequest,
@@ -27,9 +25,11 @@ from tmws.schemas import (
     Readiness,
     RouteRequest,
 )
+from tmws.memory import MemoryRecord
+from tmws.models import ExecutionResult, PatternDefinition, PatternType, RoutingDecision
 from tmws.verify import VerificationReport
 
-__all__ = ["ROUTER", "ROUTES"]
+__all__ = ["DISPATCHER", "ROUTES"]
 
 _BODY: Final = (400, 413, 415, 422)  # every route with a JSON body can answer these
 _CHANGE_HEADERS: Final = (
@@ -121,4 +121,4 @@ ROUTES: Final = (
           response_type=dict[str, Any], rate_limited=False),
 )
 
-ROUTER: Final = Router(ROUTES)
+DISPATCHER: Final = Dispatcher(ROUTES)

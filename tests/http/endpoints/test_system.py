@@ -10,10 +10,10 @@ import psycopg
 from psycopg import sql
 
 from tests.conftest import SECRET, ApiFactory, PrivateRedis, make_settings, scratch_database
-from tmws.app import TmwsApp
 from tmws.auth import TokenAuthority
 from tmws.engine import create_pattern_execution_engine
-from tmws.routes import ROUTES
+from tmws.http.app import TmwsApp
+from tmws.http.routes import ROUTES
 
 
 async def test_health_and_ready(api: httpx.AsyncClient) -> None:

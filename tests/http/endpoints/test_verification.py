@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 import httpx
 
 from tests.conftest import SECRET, ApiFactory, make_settings, scratch_database
-from tmws.app import TmwsApp
 from tmws.auth import TokenAuthority
 from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
+from tmws.http.app import TmwsApp
 
 
 @asynccontextmanager

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import msgspec
 
 from tmws.errors import InvalidRequestError, PermissionDeniedError
-from tmws.http import HTTPError, Request
+from tmws.http.asgi import HTTPError, Request
 from tmws.inputs import DEFAULT_NAMESPACE, check_namespace, explain
 from tmws.models import ExecutionMode
 

@@ -1,16 +1,17 @@
-"""Routes and the router: exact paths in a dict, ``{param}`` templates matched by segment."""
+"""HTTP dispatch: a route and its dispatcher (exact paths in a dict, ``{param}`` templates
+matched by segment). Pattern routing — which pattern answers a query — is :mod:`tmws.router`."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from tmws.http import HTTPError, Request, Response
+from tmws.http.asgi import HTTPError, Request, Response
 
 if TYPE_CHECKING:
     from tmws.engine import PatternExecutionEngine
 
-__all__ = ["Endpoint", "Route", "Router"]
+__all__ = ["Dispatcher", "Endpoint", "Route"]
 
 Endpoint = Callable[["PatternExecutionEngine", Request], Awaitable[Response]]
 
@@ -42,7 +43,7 @@ class _Template(NamedTuple):
     routes: dict[str, Route]  # by method
 
 
-class Router:
+class Dispatcher:
     """Resolves (method, path) to a route and its path parameters.
 
     Exact paths win over templates, per method: ``GET /api/v1/patterns/reload`` reads a

@@ -1,8 +1,8 @@
 """HTTP endpoints: each takes the engine and a request and returns a Response."""
 
-from tmws.endpoints.execution import execute, route
-from tmws.endpoints.memories import create_memory, delete_memory, get_memory, search_memories
-from tmws.endpoints.patterns import (
+from tmws.http.endpoints.execution import execute, route
+from tmws.http.endpoints.memories import create_memory, delete_memory, get_memory, search_memories
+from tmws.http.endpoints.patterns import (
     delete_pattern,
     evaluate_patterns,
     get_pattern,
@@ -10,7 +10,7 @@ from tmws.endpoints.patterns import (
     register_pattern,
     reload_patterns,
 )
-from tmws.endpoints.system import (
+from tmws.http.endpoints.system import (
     clear_cache,
     health,
     health_detail,
@@ -19,7 +19,7 @@ from tmws.endpoints.system import (
     ready,
     stats,
 )
-from tmws.endpoints.verification import verify
+from tmws.http.endpoints.verification import verify
 
 __all__ = [
     "clear_cache",

@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from tmws.auth import TokenAuthority
-from tmws.http import PRINCIPAL_KEY, HTTPError, Request, header
+from tmws.http.asgi import PRINCIPAL_KEY, HTTPError, Request, header
+from tmws.http.dispatch import Route
 from tmws.ratelimit import RateLimiter
-from tmws.routing import Route
 
 if TYPE_CHECKING:
     from tmws.engine import PatternExecutionEngine

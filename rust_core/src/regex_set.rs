@@ -1,5 +1,5 @@
 //! One compiled pattern set: "which of these regexes match this haystack?". Used for the
-//! patterns the literal prefilter cannot cover (see `path.rs`).
+//! patterns the literal prefilter cannot cover (see `prefilter.rs`).
 //!
 //! Built directly on regex-automata (the engines behind `regex::RegexSet`) so that we control
 //! what `RegexSet` hides: the lazy DFA's cache size and give-up policy, the prefilter, and

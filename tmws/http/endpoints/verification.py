@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from tmws.endpoints._common import actor, encoder
-from tmws.http import HTTPError, Request, Response
-from tmws.verify import verify_engine
+from tmws.http.asgi import HTTPError, Request, Response
+from tmws.http.endpoints._common import actor, encoder
 
 if TYPE_CHECKING:
     from tmws.engine import PatternExecutionEngine
@@ -25,7 +24,5 @@ async def verify(engine: PatternExecutionEngine, request: Request) -> Response:
     if execute is None:
         raise HTTPError(422, "invalid_request",
                         f"execute must be true or false (got {raw[:40]!r}) - at `?execute`")
-    report = await verify_engine(engine, execute=execute)
-    engine.audit.record(actor(request), "verify", outcome=report.status,
-                        detail={"exit_code": report.exit_code})
+    report = await engine.verify(execute=execute, actor=actor(request))
     return Response(200, encoder.encode(report))

@@ -1,4 +1,4 @@
-"""Minimal ASGI plumbing shared by the app, its middleware and its endpoints."""
+"""Minimal ASGI plumbing shared by the app, its guards and its endpoints."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Where middleware leaves the authenticated caller for the endpoints (tmws.auth.Principal).
+# Where the auth guard leaves the authenticated caller for the endpoints (tmws.auth.Principal).
 PRINCIPAL_KEY: Final = "tmws.principal"
 
 _encoder = msgspec.json.Encoder()

@@ -12,24 +12,24 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from tmws.embeddings import EmbeddingError
-from tmws.endpoints._common import actor, decode, encoder
 from tmws.errors import (
+    EmbeddingError,
     InvalidRequestError,
     PatternError,
     PatternExistsError,
     PatternNotFoundError,
 )
 from tmws.evaluation import labelled
-from tmws.http import HTTPError, Request, Response
-from tmws.models import PatternDefinition, PatternType
-from tmws.schemas import (
+from tmws.http.asgi import HTTPError, Request, Response
+from tmws.http.endpoints._common import actor, decode, encoder
+from tmws.http.schemas import (
     EvaluationRequest,
     PatternList,
     PatternRegistration,
     PatternReload,
     PatternReloadRequest,
 )
+from tmws.models import PatternDefinition, PatternType
 
 if TYPE_CHECKING:
     from tmws.engine import PatternChange, PatternExecutionEngine

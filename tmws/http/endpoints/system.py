@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from tmws import __version__
-from tmws.cache import RedisUnavailable
-from tmws.endpoints._common import actor, encoder
-from tmws.http import HTTPError, Request, Response
+from tmws._version import __version__
+from tmws.errors import RedisUnavailable
+from tmws.http.asgi import HTTPError, Request, Response
+from tmws.http.endpoints._common import actor, encoder
+from tmws.http.schemas import CacheCleared, Health, Readiness
 from tmws.metrics import exposition
-from tmws.schemas import CacheCleared, Health, Readiness
 
 if TYPE_CHECKING:
     from tmws.engine import PatternExecutionEngine
@@ -116,15 +116,12 @@ _probes: weakref.WeakKeyDictionary[PatternExecutionEngine, _ReadinessProbe] = (
 
 async def clear_cache(engine: PatternExecutionEngine, request: Request) -> Response:
     """Every cached result goes: Redis's for all instances, this worker's in-process one."""
-    who = actor(request)
     try:
-        deleted = await engine.cache.clear()
+        deleted = await engine.clear_cache(actor=actor(request))
     except RedisUnavailable:
-        engine.audit.record(who, "cache.clear", outcome="redis_unavailable")
         raise HTTPError(503, "redis_unavailable",
                         "Redis (TMWS_REDIS_URL) is unreachable: only this worker's "
                         "in-process cache was cleared") from None
-    engine.audit.record(who, "cache.clear", outcome="success", detail={"deleted": deleted})
     return Response(200, encoder.encode(CacheCleared(deleted, engine.settings.cache_local_ttl)))
 
 
@@ -149,6 +146,6 @@ async def metrics(engine: PatternExecutionEngine, request: Request) -> Response:
 
 
 async def openapi(engine: PatternExecutionEngine, request: Request) -> Response:
-    from tmws.openapi import openapi_document
+    from tmws.http.openapi import openapi_document
 
     return Response(200, openapi_document())

@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from tmws.endpoints._common import actor, decode, encoder, namespace_for
 from tmws.errors import InvalidRequestError
-from tmws.http import HTTPError, Request, Response
+from tmws.http.asgi import HTTPError, Request, Response
+from tmws.http.endpoints._common import actor, decode, encoder, namespace_for
+from tmws.http.schemas import DeletedMemory, MemoryCreate, MemoryList, MemorySearch
 from tmws.inputs import memory_id
 from tmws.memory import MemoryRecord, MemoryStore
 from tmws.models import PatternType
-from tmws.schemas import DeletedMemory, MemoryCreate, MemoryList, MemorySearch
 
 if TYPE_CHECKING:
     from tmws.engine import PatternExecutionEngine
@@ -40,12 +40,9 @@ async def create_memory(engine: PatternExecutionEngine, request: Request) -> Res
     body = decode(_create_decoder, await request.json_body())
     namespace = namespace_for(request, body.namespace, "`$.namespace`")
     try:
-        async with engine.admitted(PatternType.MEMORY, "POST /memories"):
-            record = await engine.memory.store_input(namespace, body)
+        record = await engine.store_memory(namespace, body, actor=actor(request, namespace))
     except InvalidRequestError as exc:
         raise HTTPError(422, "invalid_memory", str(exc)) from None
-    engine.audit.record(actor(request, namespace), "memory.store", target=str(record.id),
-                        outcome="success", detail={"visibility": body.visibility})
     return Response(201, encoder.encode(record),
                     [(b"location", f"/api/v1/memories/{record.id}".encode())])
 
@@ -63,11 +60,7 @@ async def get_memory(engine: PatternExecutionEngine, request: Request) -> Respon
 async def delete_memory(engine: PatternExecutionEngine, request: Request) -> Response:
     wanted = _memory_id(request)
     namespace = namespace_for(request, request.query_params().get("namespace"), "`?namespace`")
-    async with engine.admitted(PatternType.MEMORY, "DELETE /memories/{id}"):
-        deleted = await engine.memory.delete(namespace, wanted)
-    engine.audit.record(actor(request, namespace), "memory.delete", target=str(wanted),
-                        outcome="success" if deleted else "not_found")
-    if not deleted:
+    if not await engine.delete_memory(namespace, wanted, actor=actor(request, namespace)):
         raise HTTPError(404, "memory_not_found",
                         f"no memory {wanted} owned by this namespace (only the owner "
                         "deletes, shared or not)")

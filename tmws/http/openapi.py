@@ -8,10 +8,10 @@ from typing import Any, Final
 
 import msgspec
 
-from tmws import __version__
-from tmws.http import ErrorBody
-from tmws.routes import ROUTES
-from tmws.schemas import Readiness
+from tmws._version import __version__
+from tmws.http.asgi import ErrorBody
+from tmws.http.routes import ROUTES
+from tmws.http.schemas import Readiness
 
 __all__ = ["openapi_document", "openapi_schema"]
 

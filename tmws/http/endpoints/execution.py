@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from tmws.endpoints._common import check_query, decode, encoder, namespace_for
 from tmws.errors import InvalidRequestError
-from tmws.http import HTTPError, Request, Response, error_body
-from tmws.schemas import ExecuteRequest, RouteRequest
+from tmws.http.asgi import HTTPError, Request, Response, error_body
+from tmws.http.endpoints._common import check_query, decode, encoder, namespace_for
+from tmws.http.schemas import ExecuteRequest, RouteRequest
 
 if TYPE_CHECKING:
     from tmws.engine import PatternExecutionEngine
@@ -18,9 +18,6 @@ __all__ = ["execute", "route"]
 
 _execute_decoder: Final = msgspec.json.Decoder(ExecuteRequest)
 _route_decoder: Final = msgspec.json.Decoder(RouteRequest)
-# Failed executions that are the service's fault or a dependency's, not an answer.
-_FAILURE_STATUS: Final = {"pattern_timeout": 504, "database_unavailable": 503,
-                          "overloaded": 503, "invalid_request": 422}
 
 
 async def execute(engine: PatternExecutionEngine, request: Request) -> Response:
@@ -43,10 +40,11 @@ async def execute(engine: PatternExecutionEngine, request: Request) -> Response:
                                       authorize=authorize)
     except InvalidRequestError as exc:
         raise HTTPError(422, "invalid_request", str(exc)) from None
-    status = _FAILURE_STATUS.get(result.error_code or "") if not result.success else None
-    if status is not None:
+    code = result.error_code
+    # A failure that is the service's fault or a dependency's, not an answer: its status.
+    if code is not None and code.status != 200:
         retry = result.metadata.get("retry_after")
-        return Response(status, error_body(result.error_code or "", result.error or "", result),
+        return Response(code.status, error_body(code, result.error or "", result),
                         [(b"retry-after", str(retry).encode())] if retry else None)
     return Response(200, encoder.encode(result))
 

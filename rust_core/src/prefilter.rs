@@ -24,7 +24,7 @@ use regex_automata::{Anchored, Input};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::Hir;
 
-use crate::engine::SetEngine;
+use crate::regex_set::SetEngine;
 
 /// Literal-hit scratch kept for reuse, as for the set engines.
 const POOL_SIZE: usize = 64;
@@ -118,7 +118,7 @@ struct Scratch {
     lowered: Vec<u8>,
 }
 
-pub struct Path {
+pub struct PrefilteredSet {
     lowercase: bool,
     ac: Option<AhoCorasick>,
     /// Aho-Corasick pattern id -> ranks that have that literal as a prefix.
@@ -143,7 +143,7 @@ fn prefixes(hir: &Hir) -> Option<Vec<Vec<u8>>> {
     Some(lits.iter().map(|l| l.as_bytes().to_vec()).collect())
 }
 
-impl Path {
+impl PrefilteredSet {
     /// `hirs` are in rank order. `prefilterable[r]` says rank `r` may go through the
     /// literal prefilter (the ASCII path requires case-closed patterns when lower-casing).
     /// `residual_lowercase` / `unicode_word` configure the residual set.

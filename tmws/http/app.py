@@ -24,14 +24,14 @@ from tmws.errors import (
     PatternError,
     TmwsError,
 )
-from tmws.guards import Guard, build_guards
-from tmws.http import ASGIApp, HTTPError, Receive, Request, Scope, Send, error_body, send_json
+from tmws.http.asgi import ASGIApp, HTTPError, Receive, Request, Scope, Send, error_body, send_json
+from tmws.http.guards import Guard, build_guards
+from tmws.http.routes import DISPATCHER
 from tmws.metrics import worker_exited
-from tmws.routes import ROUTER
 
 __all__ = ["TmwsApp", "create_app"]
 
-logger = logging.getLogger("tmws.app")
+logger = logging.getLogger("tmws.http.app")
 
 _NOT_READY: Final = error_body("not_ready", "the service is starting or stopping")
 
@@ -72,7 +72,7 @@ class TmwsApp:
             await send_json(send, 503, _NOT_READY, extra)
             return
         try:
-            route, params = ROUTER.resolve(scope["method"], scope["path"])
+            route, params = DISPATCHER.resolve(scope["method"], scope["path"])
             settings = engine.settings
             request = Request(scope, receive, settings.max_body_bytes, params,
                               settings.max_json_depth)

@@ -25,7 +25,7 @@ pub struct CacheStats {
     pub evictions: u64,
 }
 
-pub struct ResultCache {
+pub struct MatchCache {
     inner: Option<Cache<Key, Value>>,
     capacity: u64,
     hits: AtomicU64,
@@ -33,7 +33,7 @@ pub struct ResultCache {
     evictions: Arc<AtomicU64>,
 }
 
-impl ResultCache {
+impl MatchCache {
     /// `capacity == 0` disables caching (every lookup is a miss, nothing is stored).
     pub fn new(capacity: u64) -> Self {
         let evictions = Arc::new(AtomicU64::new(0));
