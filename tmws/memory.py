@@ -75,6 +75,27 @@ _READABLE: Final = "(namespace = %(ns)s OR visibility = 'shared')"
 # Candidates each ranker contributes to reciprocal rank fusion, and its damping constant.
 _RRF_CANDIDATES: Final = 50
 _RRF_K: Final = 60
+# Readable full-text matches ranked per query, at most: bounds the heap rows a query of
+# common words reads (the rest of its matches are left unranked).
+_FTS_POOL: Final = 2000
+
+
+def _fts_ranked(which: str, condition: str = "true") -> str:
+    """A full-text ranker over the stored ``content_tsv``: the index finds the matches,
+    the readable filter runs on their rows (OFFSET 0 keeps the planner from intersecting
+    the index with the ~30% of the table a namespace reads, which costs more than it
+    saves), at most ``pool`` of them are ranked, the best ``cand`` kept."""
+    return f"""
+                SELECT id, row_number() OVER (ORDER BY rank DESC, id DESC) AS r
+                FROM (SELECT id, ts_rank_cd(content_tsv, to_tsquery('english', %({which})s))
+                             AS rank
+                      FROM (SELECT id, namespace, visibility, content_tsv FROM memories
+                            WHERE %({which})s <> '' AND {condition}
+                              AND content_tsv @@ to_tsquery('english', %({which})s)
+                            OFFSET 0) matched
+                      WHERE {_READABLE}
+                      LIMIT %(pool)s) pooled
+                ORDER BY r LIMIT %(cand)s"""
 
 
 def _record(row: Mapping[str, Any], score: float | None = None, *,
@@ -185,26 +206,19 @@ class MemoryStore:
             return await self.recent(namespace, limit=limit)
         rows = await self.database.fetch(
             f"""
-            WITH fts_all AS (
-                SELECT id, row_number() OVER (ORDER BY ts_rank_cd(tsv, q) DESC, id DESC) AS r
-                FROM (SELECT id, to_tsvector('english', content) AS tsv FROM memories
-                      WHERE {_READABLE}) m,
-                     to_tsquery('english', %(all)s) q
-                WHERE %(all)s <> '' AND tsv @@ q
-                ORDER BY r LIMIT %(cand)s
-            ), fts_any AS (
-                SELECT id, row_number() OVER (ORDER BY ts_rank_cd(tsv, q) DESC, id DESC) AS r
-                FROM (SELECT id, to_tsvector('english', content) AS tsv FROM memories
-                      WHERE {_READABLE}) m,
-                     to_tsquery('english', %(any)s) q
-                WHERE %(any)s <> '' AND NOT EXISTS (SELECT 1 FROM fts_all) AND tsv @@ q
-                ORDER BY r LIMIT %(cand)s
+            WITH fts_all AS ({_fts_ranked("all")}
+            ), fts_any AS ({_fts_ranked("any", "NOT EXISTS (SELECT 1 FROM fts_all)")}
             ), vec AS (
-                SELECT id, row_number() OVER (ORDER BY embedding <=> %(q)s) AS r
-                FROM memories
-                WHERE %(q)s::vector IS NOT NULL AND {_READABLE} AND embedding IS NOT NULL
-                  AND embedding <=> %(q)s <= %(max_dist)s
-                ORDER BY embedding <=> %(q)s LIMIT %(cand)s
+                -- The distance bound outside the kNN scan: inside, an iterative index scan
+                -- would keep walking the graph for rows that can never pass it.
+                SELECT id, r FROM (
+                    SELECT id, embedding <=> %(q)s AS d,
+                           row_number() OVER (ORDER BY embedding <=> %(q)s) AS r
+                    FROM memories
+                    WHERE %(q)s::vector IS NOT NULL AND {_READABLE} AND embedding IS NOT NULL
+                    ORDER BY embedding <=> %(q)s LIMIT %(cand)s
+                ) nearest
+                WHERE d <= %(max_dist)s
             ), fused AS (
                 SELECT id, sum(1.0 / (%(rrf_k)s + r)) AS score
                 FROM (SELECT * FROM fts_all UNION ALL SELECT * FROM fts_any
@@ -216,8 +230,8 @@ class MemoryStore:
             """,
             {"ns": namespace, "all": " & ".join(words), "any": " | ".join(words),
              "q": None if embedding is None else _vector(embedding),
-             "cand": max(_RRF_CANDIDATES, limit), "rrf_k": _RRF_K, "k": limit,
-             "max_dist": 1.0 - self.min_similarity}, prepare=True)
+             "cand": max(_RRF_CANDIDATES, limit), "pool": _FTS_POOL, "rrf_k": _RRF_K,
+             "k": limit, "max_dist": 1.0 - self.min_similarity}, prepare=True)
         return [_record(row, row["score"]) for row in rows]
 
     async def by_tag(self, namespace: str, tags: Sequence[str], *, limit: int = 10
@@ -265,7 +279,7 @@ class MemoryStore:
         where = _READABLE
         params: dict[str, Any] = {"ns": namespace, "top": top_tags}
         if words:
-            where += " AND to_tsvector('english', content) @@ to_tsquery('english', %(q)s)"
+            where += " AND content_tsv @@ to_tsquery('english', %(q)s)"
             params["q"] = " | ".join(words)
         totals = await self.database.fetch(
             f"SELECT count(*) AS total, coalesce(avg(importance), 0) AS avg_importance,"
