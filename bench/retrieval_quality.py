@@ -102,7 +102,7 @@ def ndcg_graded(ranked: Sequence[str], gains: Mapping[str, float],
                 ideal: Mapping[str, float]) -> float:
     """nDCG@10 of ``ranked`` with ``gains``, normalised by the ``ideal`` gains."""
     def dcg(values: Sequence[float]) -> float:
-        return sum((2.0 ** g - 1) / math.log2(i + 2) for i, g in enumerate(values[:10]))
+        return sum((math.pow(2.0, g) - 1) / math.log2(i + 2) for i, g in enumerate(values[:10]))
 
     top = dcg(sorted(ideal.values(), reverse=True))
     return 0.0 if top == 0 else dcg([gains.get(r, 0.0) for r in ranked]) / top

@@ -163,7 +163,7 @@ def recall_at(ranked: Sequence[str], relevant: Sequence[str], k: int = 10) -> fl
 def ndcg_at(ranked: Sequence[str], gains: Mapping[str, float], k: int = 10) -> float:
     """Normalised discounted cumulative gain of ``ranked`` against graded ``gains``."""
     def dcg(values: Sequence[float]) -> float:
-        return sum((2.0 ** g - 1) / math.log2(i + 2) for i, g in enumerate(values))
+        return sum((math.pow(2.0, g) - 1) / math.log2(i + 2) for i, g in enumerate(values))
 
     ideal = dcg(sorted(gains.values(), reverse=True)[:k])
     if ideal == 0:

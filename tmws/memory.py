@@ -75,26 +75,32 @@ _READABLE: Final = "(namespace = %(ns)s OR visibility = 'shared')"
 # Candidates each ranker contributes to reciprocal rank fusion, and its damping constant.
 _RRF_CANDIDATES: Final = 50
 _RRF_K: Final = 60
-# Readable full-text matches ranked per query, at most: bounds the heap rows a query of
-# common words reads (the rest of its matches are left unranked).
-_FTS_POOL: Final = 2000
+# Bounds on a full-text ranker, for queries of common words: the readable matches read
+# (in the index's order; the rest are left out), and how many of those, first ranked by the
+# cheap ts_rank, are ranked again by ts_rank_cd (cover density: ~20x the cost a row).
+_FTS_SCAN: Final = 5000
+_FTS_POOL: Final = 200
 
 
 def _fts_ranked(which: str, condition: str = "true") -> str:
     """A full-text ranker over the stored ``content_tsv``: the index finds the matches,
     the readable filter runs on their rows (OFFSET 0 keeps the planner from intersecting
     the index with the ~30% of the table a namespace reads, which costs more than it
-    saves), at most ``pool`` of them are ranked, the best ``cand`` kept."""
+    saves), at most ``scan`` of them are read, the ``pool`` best by ts_rank are ranked by
+    ts_rank_cd and the best ``cand`` kept."""
     return f"""
-                SELECT id, row_number() OVER (ORDER BY rank DESC, id DESC) AS r
-                FROM (SELECT id, ts_rank_cd(content_tsv, to_tsquery('english', %({which})s))
-                             AS rank
-                      FROM (SELECT id, namespace, visibility, content_tsv FROM memories
-                            WHERE %({which})s <> '' AND {condition}
-                              AND content_tsv @@ to_tsquery('english', %({which})s)
+                SELECT id, row_number() OVER (ORDER BY ts_rank_cd(content_tsv, q) DESC,
+                                                       id DESC) AS r
+                FROM to_tsquery('english', %({which})s) q, LATERAL (
+                    SELECT id, content_tsv FROM (
+                        SELECT id, content_tsv FROM (
+                            SELECT id, namespace, visibility, content_tsv FROM memories
+                            WHERE %({which})s <> '' AND {condition} AND content_tsv @@ q
                             OFFSET 0) matched
-                      WHERE {_READABLE}
-                      LIMIT %(pool)s) pooled
+                        WHERE {_READABLE}
+                        LIMIT %(scan)s) readable
+                    ORDER BY ts_rank(content_tsv, q) DESC, id DESC
+                    LIMIT %(pool)s) pooled
                 ORDER BY r LIMIT %(cand)s"""
 
 
@@ -230,7 +236,8 @@ class MemoryStore:
             """,
             {"ns": namespace, "all": " & ".join(words), "any": " | ".join(words),
              "q": None if embedding is None else _vector(embedding),
-             "cand": max(_RRF_CANDIDATES, limit), "pool": _FTS_POOL, "rrf_k": _RRF_K,
+             "cand": max(_RRF_CANDIDATES, limit), "scan": _FTS_SCAN, "pool": _FTS_POOL,
+             "rrf_k": _RRF_K,
              "k": limit, "max_dist": 1.0 - self.min_similarity}, prepare=True)
         return [_record(row, row["score"]) for row in rows]
 

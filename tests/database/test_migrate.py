@@ -10,9 +10,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from alembic import command
 
 from tests.conftest import PLAIN_POSTGRES_URL, free_port, scratch_database
 from tmws.database import PGVECTOR_HELP, available_migrations, require_current_schema, upgrade
+from tmws.database._migrate import _ALEMBIC_LOCK, alembic_config
 from tmws.errors import DatabaseError, ExtensionMissingError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -183,3 +185,36 @@ async def test_alembic_from_a_checkout_with_tmws_installed_from_a_wheel(
             capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         await require_current_schema(fresh)
+
+
+async def test_stored_lexemes_migrate_a_populated_table(database_url: str) -> None:
+    """0005 on a table with rows: every row gets its tsvector, the guide's index moves onto
+    the column, recall finds the old rows, and upgrading again changes nothing."""
+    async with scratch_database(database_url) as fresh:
+        def to_0004() -> None:
+            with _ALEMBIC_LOCK:
+                command.upgrade(alembic_config(fresh), "0004")
+
+        await asyncio.to_thread(to_0004)
+        async with await psycopg.AsyncConnection.connect(fresh, autocommit=True) as conn:
+            await conn.execute(
+                "INSERT INTO memories (namespace, content) SELECT 'ns', 'rotating keys ' || i"
+                " FROM generate_series(1, 300) AS i")
+        assert [m.revision for m in await upgrade(fresh)] == ["0005"]
+        assert await upgrade(fresh) == []
+        async with await psycopg.AsyncConnection.connect(fresh, autocommit=True) as conn:
+            empty = await (await conn.execute(
+                "SELECT count(*) FROM memories WHERE content_tsv IS NULL"
+                " OR content_tsv <> to_tsvector('english', content)")).fetchone()
+            index = await (await conn.execute(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_memory_content_pattern'"
+            )).fetchone()
+            await conn.execute("INSERT INTO memories (namespace, content)"
+                               " VALUES ('ns', 'a new memory about certificates')")
+            found = await (await conn.execute(
+                "SELECT count(*) FROM memories WHERE content_tsv @@ to_tsquery('english',"
+                " 'rotate & key') OR content_tsv @@ to_tsquery('english', 'certificate')"
+            )).fetchone()
+        assert empty == (0,)
+        assert index is not None and "gin (content_tsv)" in index[0]
+        assert found == (301,)
