@@ -71,6 +71,19 @@ async def test_search_ranks_and_is_injection_safe(store: MemoryStore, namespace:
     assert await store.count(namespace) == 2
 
 
+async def test_recall_scope_is_the_exact_namespace(store: MemoryStore, namespace: str) -> None:
+    # Namespaces may hold : @ . - _ ; the full-text index finds readable rows by them.
+    odd = namespace + ":team@x.y-z_w"
+    mine = await store.store(odd, "kiwi orchard harvest schedule")
+    theirs = await store.store(namespace, "kiwi orchard harvest plan")
+    hits = await store.search(odd, "kiwi orchard harvest")
+    assert hits[0].id == mine
+    assert hits[0].score == round(2 / 61, 6)  # first of both rankers: full text found it
+    assert all(h.namespace == odd or h.visibility == "shared" for h in hits)
+    assert theirs not in {h.id for h in await store.search(odd, "kiwi orchard harvest")}
+    assert mine not in {h.id for h in await store.search(namespace, "kiwi orchard harvest")}
+
+
 async def test_similar_ranks_by_embedding(store: MemoryStore, namespace: str) -> None:
     await store.store(namespace, "rotate the JWT signing keys every month")
     await store.store(namespace, "postgres vacuum settings for large tables")

@@ -204,8 +204,10 @@ async def test_stored_lexemes_migrate_a_populated_table(database_url: str) -> No
         assert await upgrade(fresh) == []
         async with await psycopg.AsyncConnection.connect(fresh, autocommit=True) as conn:
             empty = await (await conn.execute(
-                "SELECT count(*) FROM memories WHERE content_tsv IS NULL"
-                " OR content_tsv <> to_tsvector('english', content)")).fetchone()
+                "SELECT count(*) FROM memories WHERE content_tsv IS DISTINCT FROM"
+                " to_tsvector('english', content)"
+                " || array_to_tsvector(ARRAY['ns ' || namespace, 'vis ' || visibility])"
+            )).fetchone()
             index = await (await conn.execute(
                 "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_memory_content_pattern'"
             )).fetchone()
