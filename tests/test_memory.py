@@ -1,23 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
-from tests.conftest import make_settings
-from tmws.database import Database
-from tmws.embeddings import HashProvider
 from tmws.errors import InvalidRequestError
 from tmws.memory import PREVIEW_CHARS, MemoryStore, topic_words
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[MemoryStore]:
-    settings = make_settings(database_url)
-    database = Database(database_url, settings)
-    await database.open()
-    yield MemoryStore(database, HashProvider(settings.embedding_dim))
-    await database.close()
 
 
 def test_topic_words_drop_command_words() -> None:

@@ -7,15 +7,9 @@ Figures at 100,000 memories: bench/retrieval_quality.py and bench/README.md.
 from __future__ import annotations
 
 import statistics
-from collections.abc import AsyncIterator
-
-import pytest
 
 from bench.legacy_recall import legacy_search
 from bench.retrieval_set import FACTS, NEAR_MISSES, PARTIAL, QUESTIONS, ndcg_at, recall_at
-from tests.conftest import make_settings
-from tmws.database import Database
-from tmws.embeddings import HashProvider
 from tmws.memory import MemoryStore
 
 # Unrelated memories around the facts: the same words in other combinations.
@@ -23,15 +17,6 @@ _NOISE = [f"{a} {b} notes for the {c} review"
           for a in ("database", "backup", "token", "deploy", "cache", "queue", "office")
           for b in ("latency", "owner", "budget", "migration", "alert")
           for c in ("weekly", "quarterly", "annual")]
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[MemoryStore]:
-    settings = make_settings(database_url)
-    database = Database(database_url, settings)
-    await database.open()
-    yield MemoryStore(database, HashProvider(settings.embedding_dim))
-    await database.close()
 
 
 async def test_new_ranking_is_not_worse_on_the_hand_written_set(
