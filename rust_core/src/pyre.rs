@@ -1317,29 +1317,19 @@ mod tests {
             .unwrap_or_else(|e| e)
     }
 
+    const IGNORE_CASE: Flags = Flags {
+        ignore_case: true,
+        ascii: false,
+        multiline: false,
+        dotall: false,
+        verbose: false,
+    };
+
     #[test]
     fn case_folds_like_python() {
-        let k = literal_class(
-            'k' as u32,
-            Flags {
-                ignore_case: true,
-                ascii: false,
-                multiline: false,
-                dotall: false,
-                verbose: false,
-            },
-        );
+        let k = literal_class('k' as u32, IGNORE_CASE);
         assert!(contains(&k, 0x212A) && contains(&k, 'K' as u32));
-        let i = literal_class(
-            'i' as u32,
-            Flags {
-                ignore_case: true,
-                ascii: false,
-                multiline: false,
-                dotall: false,
-                verbose: false,
-            },
-        );
+        let i = literal_class('i' as u32, IGNORE_CASE);
         assert!(contains(&i, 0x131) && contains(&i, 0x130) && contains(&i, 'I' as u32));
     }
 
