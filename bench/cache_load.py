@@ -1,11 +1,12 @@
 """The result cache through ``engine.execute``: L1 hit, L2 hit and miss vs bare baselines,
 and the hit rate of a replayed Zipf workload on one and on two instances sharing Redis.
 
-Real engines (``create_pattern_execution_engine``) on Redis database 14 (flushed first; no
-other database is touched) and the embedded PostgreSQL in a temporary directory. Latency of
-an infrastructure query (``run tool vector_search with k=<n>``, pattern execute_mcp_tool,
-whose handler touches no database), each call timed alone with ``perf_counter_ns``,
-interleaved round by round with the baselines measured in the same run:
+Real engines (``create_pattern_execution_engine``) on Redis database 14 (``--redis-url``;
+flushed first; no other database is touched) and the embedded PostgreSQL in a temporary
+directory (or ``--database-url``). Latency of an infrastructure query (``run tool
+vector_search with k=<n>``, pattern execute_mcp_tool, whose handler touches no database),
+each call timed alone with ``perf_counter_ns``, interleaved round by round with the
+baselines measured in the same run:
 
 - L1 hit: one cached query, repeated;
 - L2 hit: a second engine on the same Redis asks queries the first computed, its L1 cleared
@@ -22,6 +23,7 @@ cached memory results are never read again). Replayed through two engines altern
 (two workers sharing Redis), then through one engine after a FLUSHDB.
 
     .venv/bin/python bench/cache_load.py [--rounds 20] [--requests 20000] [--distinct 2000]
+        [--redis-url redis://127.0.0.1:6379/14] [--smoke]
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from bench._postgres import add_database_option, server_database_env
+from bench._smoke import parse_args
 from tmws.config import Settings
 from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
 
@@ -54,21 +58,21 @@ def pct(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def settings_for(data_dir: str) -> Settings:
-    return Settings.from_env({"TMWS_REDIS_URL": REDIS_URL, "TMWS_DATA_DIR": data_dir,
-                              "TMWS_LOG_LEVEL": "WARNING"})
+def settings_for(data_dir: str, redis_url: str, database_url: str | None) -> Settings:
+    return Settings.from_env({"TMWS_REDIS_URL": redis_url, "TMWS_LOG_LEVEL": "WARNING",
+                              **server_database_env(database_url, data_dir)})
 
 
 # --- latency ----------------------------------------------------------------------------
 
-async def measure_latency(a: PatternExecutionEngine, b: PatternExecutionEngine,
+async def measure_latency(a: PatternExecutionEngine, b: PatternExecutionEngine, redis_url: str,
                           rounds: int, fast: int, misses: int) -> dict[str, list[float]]:
     """µs per call of each operation, the operations interleaved round by round (the order
     rotating), ``fast`` calls of each fast path and ``misses`` misses per round."""
     hit_query = "run tool vector_search with k=10"
     first = await a.execute(hit_query)
     assert first.success and not first.cache_hit, first
-    client: Any = aioredis.from_url(REDIS_URL, max_connections=50, socket_timeout=5.0,
+    client: Any = aioredis.from_url(redis_url, max_connections=50, socket_timeout=5.0,
                                     socket_connect_timeout=5.0, retry_on_timeout=False)
     stored = await client.keys("tmws:r:*")  # the hit query's entry, the only one so far
     assert len(stored) == 1, stored
@@ -270,8 +274,8 @@ def rate(pair: tuple[int, int]) -> str:
     return f"{100 * hits / total:.1f}% ({hits:,}/{total:,})" if total else "-"
 
 
-async def flushdb() -> None:
-    client: Any = aioredis.from_url(REDIS_URL)
+async def flushdb(redis_url: str) -> None:
+    client: Any = aioredis.from_url(redis_url)
     try:
         await client.flushdb()
     finally:
@@ -280,35 +284,36 @@ async def flushdb() -> None:
 
 async def main_async(args: argparse.Namespace) -> None:
     begun = time.perf_counter()
-    await flushdb()
+    await flushdb(args.redis_url)
     rng = random.Random(17)
     topics = vocabulary(rng, 60)
     with tempfile.TemporaryDirectory(prefix="tmws-bench-cache-") as tmp:
-        settings = settings_for(tmp)
+        settings = settings_for(tmp, args.redis_url, args.database_url)
         a = await create_pattern_execution_engine(settings)
         b = await create_pattern_execution_engine(settings)
         try:
             print(f"engines ready in {time.perf_counter() - begun:.1f}s", flush=True)
-            lat = await measure_latency(a, b, args.rounds, args.fast, args.misses)
+            lat = await measure_latency(a, b, args.redis_url, args.rounds, args.fast,
+                                        args.misses)
             print(f"latency measured ({time.perf_counter() - begun:.0f}s)", flush=True)
 
             await seed_memories(a, topics, args.memories, rng)
             distinct = distinct_queries(args.distinct, args.memory_share, topics, rng)
             requests = workload(distinct, args.requests, args.zipf, args.writes, topics, rng)
             seen = len({q for k, q in requests if k != "write"})
-            await flushdb()  # both runs start from a cold Redis
+            await flushdb(args.redis_url)  # both runs start from a cold Redis
             a.cache.clear_local()
             b.cache.clear_local()
             two = await replay([a, b], requests)
             print(f"two-instance replay in {two['seconds']:.1f}s", flush=True)
-            await flushdb()
+            await flushdb(args.redis_url)
             a.cache.clear_local()
             one = await replay([a], requests)
             print(f"one-instance replay in {one['seconds']:.1f}s", flush=True)
         finally:
             await a.close()
             await b.close()
-        await flushdb()
+        await flushdb(args.redis_url)
 
     median = {k: pct(v, 0.5) for k, v in lat.items()}
     p99 = {k: pct(v, 0.99) for k, v in lat.items()}
@@ -368,7 +373,10 @@ def main() -> None:
     parser.add_argument("--memory-share", type=float, default=0.2)
     parser.add_argument("--writes", type=float, default=0.01)
     parser.add_argument("--memories", type=int, default=300)
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--redis-url", default=REDIS_URL, help="a database it may flush")
+    add_database_option(parser)
+    asyncio.run(main_async(parse_args(parser, rounds=1, fast=5, misses=3, requests=60,
+                                      distinct=20, memories=10)))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
 
 # (engine, n, subset) -> median seconds per query; filled by the benchmarks.
 RESULTS: dict[tuple[str, int, str], float] = {}
 # Free-form lines (build time, memory) printed after the table.
 NOTES: list[str] = []
+
+
+def timings(benchmark: BenchmarkFixture) -> Any:
+    """The ``Stats`` of the benchmark's last run (``.median``, ``.data``)."""
+    metadata = benchmark.stats
+    assert metadata is not None, "benchmark.pedantic has not run yet"
+    return metadata.stats
 
 
 def _fmt(seconds: float) -> str:

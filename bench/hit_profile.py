@@ -1,14 +1,14 @@
 """In-process cost of one L1-hit ``POST /api/v1/execute``, by component (no sockets, no Granian).
 
-The served app (``tmws.http.app.create_app()``, lifespan included: a real engine on an embedded
-PostgreSQL in a temporary directory, no Redis) is driven with a fake ``receive``/``send``;
-then each step of the hit path is timed alone. Every figure is thread CPU time
-(``time.thread_time_ns``, so time the scheduler gives to other processes does not count) per
-call: ``--rounds`` rounds of ``--calls`` calls, rounds interleaved across items, median and
-minimum of the rounds. The audit buffer is written out between rounds (as its writer does
-every 0.5 s); that writer's CPU per record is reported too.
+The served app (``tmws.http.app.create_app()``, lifespan included: a real engine on an
+embedded PostgreSQL in a temporary directory or ``--database-url``, no Redis) is driven with
+a fake ``receive``/``send``; then each step of the hit path is timed alone. Every figure is
+thread CPU time (``time.thread_time_ns``, so time the scheduler gives to other processes
+does not count) per call: ``--rounds`` rounds of ``--calls`` calls, rounds interleaved
+across items, median and minimum of the rounds. The audit buffer is written out between
+rounds (as its writer does every 0.5 s); that writer's CPU per record is reported too.
 
-    .venv/bin/python bench/hit_profile.py [--calls 2000] [--rounds 15]
+    .venv/bin/python bench/hit_profile.py [--calls 2000] [--rounds 15] [--smoke]
 
 Served under Granian the same work costs ~2.5x more CPU per request than here (cold caches,
 GIL hand-offs with Granian's threads; see bench/README.md), so read these figures as
@@ -29,8 +29,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench._postgres import add_database_option, server_database_env  # noqa: E402
+from bench._smoke import parse_args  # noqa: E402
+from tmws.engine import PatternExecutionEngine  # noqa: E402
+from tmws.http.app import TmwsApp  # noqa: E402
+from tmws.http.asgi import Message, Receive, Scope, Send  # noqa: E402
 
 QUERY = "run tool vector_search"
 BODY = b'{"query": "run tool vector_search", "execution_mode": "balanced"}'
@@ -38,7 +46,7 @@ HEADERS = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk"),
            (b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
 
 
-def scope() -> dict[str, Any]:
+def scope() -> Scope:
     """What Granian passes (a fresh dict per request; headers a list of byte pairs)."""
     return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": "1.1", "server": ("127.0.0.1", 8000),
@@ -47,23 +55,23 @@ def scope() -> dict[str, Any]:
             "query_string": b"", "headers": HEADERS, "extensions": {}, "state": {}}
 
 
-async def receive() -> dict[str, Any]:
+async def receive() -> Message:
     return {"type": "http.request", "body": BODY, "more_body": False}
 
 
-_sent: list[Any] = []
+_sent: list[Message] = []
 
 
-async def send(message: Any) -> None:
+async def send(message: Message) -> None:
     _sent.append(message)
 
 
-async def start(app: Any) -> tuple[asyncio.Queue[dict[str, str]], asyncio.Task[None]]:
-    queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+async def start(app: TmwsApp) -> tuple[asyncio.Queue[Message], asyncio.Task[None]]:
+    queue: asyncio.Queue[Message] = asyncio.Queue()
     await queue.put({"type": "lifespan.startup"})
-    out: list[Any] = []
+    out: list[Message] = []
 
-    async def lifespan_send(message: Any) -> None:
+    async def lifespan_send(message: Message) -> None:
         out.append(message)
 
     task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}},
@@ -78,25 +86,23 @@ async def start(app: Any) -> tuple[asyncio.Queue[dict[str, str]], asyncio.Task[N
 Item = Callable[[], Awaitable[Any]]
 
 
-async def measure(items: dict[str, Item | None], calls: int, rounds: int, engine: Any
-                  ) -> tuple[dict[str, list[float]], list[float]]:
-    times: dict[str, list[float]] = {name: [] for name, fn in items.items() if fn is not None}
+async def measure(items: dict[str, Item], calls: int, rounds: int,
+                  engine: PatternExecutionEngine) -> tuple[dict[str, list[float]], list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in items}
     audit_cpu: list[float] = []
     for _ in range(rounds):
         for name in times:
             fn = items[name]
-            assert fn is not None
             gc.collect()
             began = time.thread_time_ns()
             for _ in range(calls):
                 await fn()
             times[name].append((time.thread_time_ns() - began) / calls / 1000)
             _sent.clear()
-            audit = getattr(engine, "audit", None)
-            pending = audit.stats().get("pending", 0) if audit is not None else 0
-            if audit is not None and pending:
+            pending = int(engine.audit.stats().get("pending", 0))
+            if pending:
                 began = time.process_time_ns()
-                await audit.flush()
+                await engine.audit.flush()
                 audit_cpu.append((time.process_time_ns() - began) / pending / 1000)
     return times, audit_cpu
 
@@ -107,34 +113,26 @@ def report(title: str, times: dict[str, list[float]]) -> None:
         print(f"  {statistics.median(values):7.2f}  {min(values):7.2f}   {name}")
 
 
-def _items(outer: Any, engine: Any) -> tuple[dict[str, Item | None], dict[str, Item | None]]:
-    import msgspec
-
-    from tmws._native import cache_key, normalize_query
-    from tmws._request_context import RequestIds
+async def _items(app: TmwsApp, engine: PatternExecutionEngine
+                 ) -> tuple[dict[str, Item], dict[str, Item]]:
+    """The whole request and its steps, each through tmws's public API only: a private
+    helper renamed in a refactoring must not break the profile."""
     from tmws.http.asgi import Request
-    from tmws.http.endpoints import execution as endpoint
-    from tmws.http.endpoints._common import check_query, decode, encoder
     from tmws.http.routes import DISPATCHER
-    from tmws.models import ExecutionMode
-
-    inner = getattr(outer, "app", outer)
+    from tmws.http.schemas import ExecuteRequest
+    from tmws.models import ExecutionMode, ExecutionResult
 
     async def full() -> None:
-        await outer(scope(), receive, send)
-
-    async def app_only() -> None:
-        await inner(scope(), receive, send)
+        await app(scope(), receive, send)
 
     async def execute() -> None:
         await engine.execute(QUERY, "balanced", None, True)
 
-    whole: dict[str, Item | None] = {
+    whole: dict[str, Item] = {
         "whole request: TmwsApp (as served)": full,
-        "whole request: TmwsApp alone": app_only if inner is not outer else None,
         "engine.execute(...)": execute,
     }
-    items: dict[str, Item | None] = {}
+    items: dict[str, Item] = {}
 
     def item(name: str) -> Callable[[Item], Item]:
         def register(fn: Item) -> Item:
@@ -142,17 +140,12 @@ def _items(outer: Any, engine: Any) -> tuple[dict[str, Item | None], dict[str, I
             return fn
         return register
 
-    async def trivial(scope_: Any, receive_: Any, send_: Any) -> None:
+    async def trivial(scope_: Scope, receive_: Receive, send_: Send) -> None:
         await send_({"type": "http.response.start", "status": 200, "headers": []})
         await send_({"type": "http.response.body", "body": b"{}"})
 
-    ids = RequestIds()
     item("a two-message ASGI app (reference)")(lambda: trivial(scope(), receive, send))
     sc = scope()
-
-    async def token() -> None:
-        ids.identify(sc)
-    item("RequestIds.identify (the request id)")(token)
 
     async def resolve() -> None:
         DISPATCHER.resolve("POST", "/api/v1/execute")
@@ -162,66 +155,40 @@ def _items(outer: Any, engine: Any) -> tuple[dict[str, Item | None], dict[str, I
         await Request(sc, receive, 65536, {}).json_body()
     item("Request(...).json_body()")(body)
 
-    decoder = endpoint._execute_decoder
+    decoder = msgspec.json.Decoder(ExecuteRequest)
 
     async def decode_body() -> None:
-        check_query(engine, decode(decoder, BODY).query)
-    item("msgspec decode of the body + check_query")(decode_body)
-
-    async def validate() -> None:
-        engine._validate(QUERY, "balanced", None)
-    item("engine._validate (incl. ExecutionMode('balanced'))")(validate)
+        decoder.decode(BODY)
+    item("msgspec decode of the body (ExecuteRequest)")(decode_body)
 
     async def match() -> None:
         engine.router.match(QUERY, ExecutionMode.BALANCED)
     item("router.match (Rust matcher; releases the GIL)")(match)
 
-    fingerprint = engine.registry.fingerprint
-
-    async def key_bytes() -> None:
-        cache_key(["default", normalize_query(QUERY), "balanced", b"", fingerprint])
-    item("normalize_query + cache_key, context part b''")(key_bytes)
-
-    async def key_str() -> None:
-        cache_key(["default", normalize_query(QUERY), "balanced", "", fingerprint])
-    item("normalize_query + cache_key, context part '' (as now)")(key_str)
-
-    key = cache_key(["default", normalize_query(QUERY), "balanced", b"", fingerprint])
     pattern = engine.router.match(QUERY, ExecutionMode.BALANCED)
+    if pattern is None:
+        raise SystemExit(f"no pattern matches {QUERY!r}")
+    result = await engine.execute(QUERY, "balanced", None, True)
+    if not result.cache_hit:
+        raise SystemExit(f"not a cache hit: {result}")
+    # A cached result as the result cache keeps it: msgpack bytes, under a key of our own.
+    raw = msgspec.msgpack.encode(result)
+    await engine.cache.put(pattern.pattern_type, "hit-profile", raw, ttl=3600)
 
     async def cache_get() -> None:
-        await engine.cache.get(pattern.pattern_type, key, namespace=None)
+        await engine.cache.get(pattern.pattern_type, "hit-profile", namespace=None)
     item("CacheManager.get (L1 hit)")(cache_get)
 
-    from tmws import engine as engine_module
+    result_decoder = msgspec.msgpack.Decoder(ExecutionResult)
 
-    local = engine.cache.local.get(pattern.pattern_type, key)
-    raw = local[-1] if local is not None else None
-    if raw is not None:
-        template = engine_module._decode(raw)
+    async def decode_hit() -> None:
+        result_decoder.decode(raw)
+    item("msgpack decode of a cached ExecutionResult")(decode_hit)
 
-        async def decode_hit() -> None:
-            engine_module._decode(raw)
-        item("msgpack decode of the cached result (as now)")(decode_hit)
-
-        async def copy_hit() -> None:
-            msgspec.structs.replace(template, tokens_used=0, cache_hit=True,
-                                    metadata={**template.metadata, "cache_tier": "local"})
-        item("structs.replace of a kept decoded result (alternative)")(copy_hit)
-
-    async def lookup() -> None:
-        await engine._lookup(True, pattern, pattern.pattern_type, QUERY,
-                             ExecutionMode.BALANCED, "default", {}, None)
-    item("engine._lookup (handler + key + get + decode + mark)")(lookup)
-
-    result_holder: list[Any] = []
-
-    async def finish() -> None:
-        if not result_holder:
-            result_holder.append(await engine.execute(QUERY, "balanced", None, True))
-        engine._finish(time.perf_counter(), pattern.pattern_type, result_holder[0], "default",
-                       ExecutionMode.BALANCED)
-    item("engine._finish (counters, metrics, audit record)")(finish)
+    async def copy_hit() -> None:
+        msgspec.structs.replace(result, tokens_used=0, cache_hit=True,
+                                metadata={**result.metadata, "cache_tier": "local"})
+    item("structs.replace of a kept decoded result (alternative)")(copy_hit)
 
     async def metrics() -> None:
         engine.metrics.record(pattern.pattern_type, pattern.name, True, 0.0002, 0)
@@ -234,39 +201,39 @@ def _items(outer: Any, engine: Any) -> tuple[dict[str, Item | None], dict[str, I
                                     "mode": "balanced"})
     item("AuditLog.record")(audit)
 
+    encoder = msgspec.json.Encoder()
+
     async def encode() -> None:
-        if not result_holder:
-            result_holder.append(await engine.execute(QUERY, "balanced", None, True))
-        encoder.encode(result_holder[0])
+        encoder.encode(result)
     item("JSON encode of the ExecutionResult")(encode)
     return whole, items
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=15)
-    args = parser.parse_args()
+    add_database_option(parser)
+    args = parse_args(parser, calls=20, rounds=2)
     for name in [k for k in os.environ if k.startswith("TMWS_")]:
         del os.environ[name]
     with tempfile.TemporaryDirectory(prefix="tmws-hit-profile-") as tmp:
-        os.environ["TMWS_DATA_DIR"] = f"{tmp}/data"
+        os.environ.update(server_database_env(args.database_url, f"{tmp}/data"))
         os.environ["TMWS_LOG_LEVEL"] = "WARNING"
         await profile(args, Path(tmp))
 
 
 async def profile(args: argparse.Namespace, tmp: Path) -> None:
-    import msgspec
-
     from tmws.http.app import create_app
 
-    outer: Any = create_app()
-    queue, lifespan = await start(outer)
-    inner = getattr(outer, "app", outer)
-    engine = inner.engine
-    await outer(scope(), receive, send)  # computes and caches
+    app = create_app()
+    assert isinstance(app, TmwsApp), app
+    queue, lifespan = await start(app)
+    engine = app.engine
+    assert engine is not None
+    await app(scope(), receive, send)  # computes and caches
     _sent.clear()
-    await outer(scope(), receive, send)
+    await app(scope(), receive, send)
     answer = msgspec.json.decode(_sent[-1]["body"])
     if not answer.get("cache_hit"):
         raise SystemExit(f"not a cache hit: {answer}")
@@ -275,7 +242,7 @@ async def profile(args: argparse.Namespace, tmp: Path) -> None:
     os.environ["BARE_ASGI_RESULT"] = str(result_file)
     from bench import bare_asgi
 
-    whole, items = _items(outer, engine)
+    whole, items = await _items(app, engine)
 
     async def bare() -> None:
         await bare_asgi.app(scope(), receive, send)

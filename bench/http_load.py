@@ -5,10 +5,11 @@ Servers (all on loopback, one Granian worker each, started once and kept up toge
 - ``bare``: ``bench.bare_asgi:app``, msgspec decode of the request struct and encode of a
   real tmws cache-hit body, nothing else;
 - ``tmws``: ``tmws serve`` without Redis (``TMWS_REDIS_URL`` unset: L1 only);
-- ``tmws+redis``: the same with ``TMWS_REDIS_URL=redis://127.0.0.1:6379/14`` (FLUSHDB first
-  and last; skipped with ``--no-redis`` or when Redis does not answer).
+- ``tmws+redis``: the same with ``TMWS_REDIS_URL=redis://127.0.0.1:6379/14`` (``--redis-url``;
+  FLUSHDB first and last; skipped with ``--no-redis`` or when Redis does not answer).
 
-Both tmws servers share one embedded PostgreSQL in a temporary directory; before timing,
+Both tmws servers share one embedded PostgreSQL in a temporary directory (or
+``--database-url``); before timing,
 ``--memories`` memories (default 300) are stored in namespace ``bench`` through
 ``POST /api/v1/memories``. Cases:
 
@@ -23,8 +24,9 @@ Both tmws servers share one embedded PostgreSQL in a temporary directory; before
 
 wrk ``-t2 -c64 -d{duration}s`` with a Lua script posting the case's body; its ``done()``
 prints requests, non-2xx/socket errors and the 50/95/99th latency percentiles. Every case is
-warmed up once (2 s), then ``--runs`` rounds run every case once each, the order rotating
-from round to round, so that load from elsewhere on the machine falls on all cases alike.
+warmed up once (``--warmup``, 2 s), then ``--runs`` rounds run every case once each, the order
+rotating from round to round, so that load from elsewhere on the machine falls on all cases
+alike.
 Printed: per-round figures (stderr), then medians; ``vs bare`` is the median of the
 per-round ratios of requests/s (the target for (a): at least 60%). Requests/s count every
 response; non-2xx ones (e.g. 504 when a memory pattern passes its 100 ms
@@ -32,7 +34,7 @@ response; non-2xx ones (e.g. 504 when a memory pattern passes its 100 ms
 
     .venv/bin/python bench/http_load.py [--duration 10] [--runs 3] [--connections 64]
         [--no-redis] [--memories 300] [--cases bare,hit,...] [--json results.json]
-        [--tmws-command "python patched_serve.py"]
+        [--tmws-command "python patched_serve.py"] [--redis-url URL] [--smoke]
 
 About 3.5 minutes with the defaults. Needs ``wrk`` (Debian package).
 """
@@ -46,8 +48,6 @@ import os
 import random
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +59,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from bench._postgres import add_database_option, server_database_env
+from bench._smoke import parse_args
+from tests.loopback import base_url, free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -116,13 +120,6 @@ _FILLER = ("the", "issue", "with", "after", "we", "found", "that", "fixed", "by"
            "when", "under", "load", "service", "team", "noted", "incident", "similar", "again")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -134,16 +131,6 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120)
         except httpx.TransportError:
             time.sleep(0.2)
     raise SystemExit(f"{url} not ready after {timeout}s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 def run_wrk(url: str, duration: int, connections: int, script: Path) -> dict[str, float]:
@@ -216,11 +203,11 @@ def check_case(url: str, case: Case) -> dict[str, Any]:
     return body
 
 
-def tmws_command(port: int, data_dir: str, redis_url: str | None, command: str | None = None
-                 ) -> tuple[list[str], dict[str, str]]:
+def tmws_command(port: int, data_dir: str, redis_url: str | None, command: str | None = None,
+                 database_url: str | None = None) -> tuple[list[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TMWS_")}
-    env.update({"TMWS_API_PORT": str(port), "TMWS_DATA_DIR": data_dir,
-                "TMWS_LOG_LEVEL": "WARNING", "TMWS_WORKERS": "1"})
+    env.update({"TMWS_API_PORT": str(port), "TMWS_LOG_LEVEL": "WARNING", "TMWS_WORKERS": "1",
+                **server_database_env(database_url, data_dir)})
     if redis_url is not None:
         env["TMWS_REDIS_URL"] = redis_url
     return (shlex.split(command) if command else [sys.executable, "-m", "tmws", "serve"]), env
@@ -235,13 +222,15 @@ def servers(args: argparse.Namespace, tmp: str, use_redis: bool
     urls: dict[str, str] = {}
     data_dir = f"{tmp}/data"  # one embedded PostgreSQL, shared by both tmws servers
     try:
-        for name, redis_url in (("tmws", None), ("tmws+redis", REDIS_URL if use_redis else None)):
+        for name, redis_url in (("tmws", None),
+                                ("tmws+redis", args.redis_url if use_redis else None)):
             if name == "tmws+redis" and not use_redis:
                 continue
             port = free_port()
-            command, env = tmws_command(port, data_dir, redis_url, args.tmws_command)
+            command, env = tmws_command(port, data_dir, redis_url, args.tmws_command,
+                                        args.database_url)
             processes.append(subprocess.Popen(command, cwd=ROOT, env=env))
-            urls[name] = f"http://127.0.0.1:{port}/api/v1/execute"
+            urls[name] = f"{base_url(port)}/api/v1/execute"
             wait_ready(urls[name], processes[-1])  # one at a time: the first starts PostgreSQL
         httpx.post(urls["tmws"], json=HIT, timeout=5)  # computed once, then cached
         result_file = Path(tmp) / "result.json"
@@ -253,7 +242,7 @@ def servers(args: argparse.Namespace, tmp: str, use_redis: bool
              "--port", str(port), "--workers", "1", "--log-level", "warning",
              "bench.bare_asgi:app"],
             cwd=ROOT, env={**env, "BARE_ASGI_RESULT": str(result_file)}))
-        urls["bare"] = f"http://127.0.0.1:{port}/"
+        urls["bare"] = f"{base_url(port)}/"
         wait_ready(urls["bare"], processes[-1])
         yield urls
     finally:
@@ -276,8 +265,9 @@ def _fmt(f: dict[str, float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of each case first")
     parser.add_argument("--runs", type=int, default=3, help="rounds of every case")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--memories", type=int, default=300, help="memories seeded")
@@ -287,18 +277,21 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--tmws-command", help="run this instead of `python -m tmws serve` "
                         "(A/B tests of a patched copy; same environment)")
-    args = parser.parse_args()
+    parser.add_argument("--redis-url", default=REDIS_URL, help="a database it may flush")
+    add_database_option(parser)
+    args = parse_args(parser, duration=1, warmup=0, runs=1, connections=4, memories=5)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is required: apt-get install wrk")
     wanted = set(args.cases.split(","))
     use_redis = "hit_redis" in wanted and not args.no_redis
-    if use_redis and not redis_reachable(REDIS_URL):
-        print(f"Redis at {REDIS_URL} does not answer: skipping the Redis case", file=sys.stderr)
+    if use_redis and not redis_reachable(args.redis_url):
+        print(f"Redis at {args.redis_url} does not answer: skipping the Redis case",
+              file=sys.stderr)
         use_redis = False
     cases = [c for c in CASES if c.key in wanted and (c.server != "tmws+redis" or use_redis)]
     started = time.monotonic()
     if use_redis:
-        flush_redis(REDIS_URL)
+        flush_redis(args.redis_url)
     rounds: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp, servers(args, tmp, use_redis) as urls:
         base = urls["tmws"].removesuffix("/api/v1/execute")
@@ -311,8 +304,8 @@ def main() -> None:
             if case.server != "bare":
                 httpx.post(urls[case.server], json=case.body, timeout=10)  # fill the cache
                 check_case(urls[case.server], case)
-        for case in cases:
-            run_wrk(urls[case.server], 2, args.connections, scripts[case.key])  # warm-up
+        for case in cases if args.warmup else ():
+            run_wrk(urls[case.server], args.warmup, args.connections, scripts[case.key])
         for n in range(args.runs):
             order = cases[n % len(cases):] + cases[:n % len(cases)]
             figures = {}
@@ -324,7 +317,7 @@ def main() -> None:
             for case in cases:
                 print(f"  {case.label:<28} {_fmt(figures[case.key])}", file=sys.stderr)
     if use_redis:
-        flush_redis(REDIS_URL)
+        flush_redis(args.redis_url)
 
     print(f"wrk -t2 -c{args.connections} -d{args.duration}s --latency, 1 Granian worker, "
           f"loopback; medians of {args.runs} rounds ({time.monotonic() - started:.0f} s in all)")

@@ -1,4 +1,6 @@
-"""The recall ranking before issue 20, kept to compare relevance against.
+"""The recall ranking before stored lexemes and bounded ranking (bench/README.md, Memory
+patterns, "Recall: stored tsvector, scoped index, bounded ranking"), kept to compare relevance
+against.
 
 The statement is ``MemoryStore.search``'s as it was (every readable full-text match ranked
 with ts_rank_cd, the any-word fallback unbounded, the distance bound inside the kNN scan),

@@ -1,19 +1,18 @@
 """Memory patterns at 100,000 memories: tmws vs the bare SQL, and ANN recall@10.
 
-A private embedded PostgreSQL (the tmws[embedded] bundle, pgvector) in a temporary
-directory is migrated with ``upgrade()`` and loaded by binary COPY with generated text:
-topics with their own vocabularies over a shared background vocabulary, tags per topic,
-importance and created_at spread over a year, five namespaces plus shared rows,
-hash-embedder vectors. Then, for the
-ivfflat index (lists 100, probes 10) and the HNSW index (m 16, ef_construction 64,
-ef_search 40), each memory operation runs through the real ``MemoryStore`` on a real
-``Database`` pool and, interleaved in the same loop, as the very statement tmws sent
-(captured in the warm-up pass, same parameters) on a plain psycopg connection held open.
-Prints p50/p95/p99 of both and the p99 ratio (the target: tmws within 1.5x of the bare SQL),
-a breakdown of where tmws's extra time goes, and recall@10 of each index against exact
-search.
+A private embedded PostgreSQL (the tmws[embedded] bundle, pgvector) in a temporary directory
+(or ``--database-url``) is migrated with ``upgrade()`` and loaded by binary COPY with
+generated text: topics with their own vocabularies over a shared background vocabulary, tags
+per topic, importance and created_at spread over a year, five namespaces plus shared rows,
+hash-embedder vectors. Then, for the ivfflat index (lists 100, probes 10) and the HNSW index
+(m 16, ef_construction 64, ef_search 40), each memory operation runs through the real
+``MemoryStore`` on a real ``Database`` pool and, interleaved in the same loop, as the very
+statement tmws sent (captured in the warm-up pass, same parameters) on a plain psycopg
+connection held open. Prints p50/p95/p99 of both and the p99 ratio (the target: tmws within
+1.5x of the bare SQL), a breakdown of where tmws's extra time goes, and recall@10 of each
+index against exact search.
 
-    .venv/bin/python bench/memory_load.py [--rows 100000] [--queries 300]
+    .venv/bin/python bench/memory_load.py [--rows 100000] [--queries 300] [--smoke]
 """
 
 from __future__ import annotations
@@ -38,11 +37,11 @@ import psycopg
 from pgvector import Vector as PgVector
 from pgvector.psycopg import register_vector, register_vector_async
 
+from bench._postgres import add_database_option, postgres
+from bench._smoke import parse_args
 from tmws._native import HashEmbedder
 from tmws.config import Settings
-from tmws.database import Database
-from tmws.database._embedded import EmbeddedPostgres
-from tmws.database._migrate import upgrade
+from tmws.database import Database, upgrade
 from tmws.database._vectors import (
     INDEX_NAME,
     create_index_sql,
@@ -298,7 +297,7 @@ async def run_bare(conn: psycopg.AsyncConnection[Any], query: str, params: Any,
 
 
 async def measure(conninfo: str, settings: Settings, corpus: Corpus, queries: int,
-                  warmup: int) -> dict[str, dict[str, list[float]]]:
+                  warmup: int, round_trips: int = 2000) -> dict[str, dict[str, list[float]]]:
     """Per operation: seconds of the bare SQL, Database.fetch (pre-ping off and on) and the
     MemoryStore call, interleaved with the order rotated every iteration."""
     no_ping = Settings.from_env({"TMWS_VECTOR_INDEX": settings.vector_index,
@@ -340,7 +339,8 @@ async def measure(conninfo: str, settings: Settings, corpus: Corpus, queries: in
                     await step()
                     times[name].append(time.perf_counter() - started)
             results[op] = times
-        results["SELECT 1"] = await measure_select_one(bare, database, database_no_ping)
+        results["SELECT 1"] = await measure_select_one(bare, database, database_no_ping,
+                                                       round_trips)
     finally:
         await bare.close()
         await database.close()
@@ -349,12 +349,12 @@ async def measure(conninfo: str, settings: Settings, corpus: Corpus, queries: in
 
 
 async def measure_select_one(bare: psycopg.AsyncConnection[Any], database: Database,
-                             database_no_ping: Database, n: int = 2000
-                             ) -> dict[str, list[float]]:
+                             database_no_ping: Database, n: int) -> dict[str, list[float]]:
     """The fixed costs: a round trip, and the pool around it with and without pre-ping."""
     times: dict[str, list[float]] = {"bare": [], "fetch_noping": [], "fetch": []}
     # (bare here is one round trip on the held connection; nothing to prepare)
-    for i in range(n + 200):
+    warm = min(200, n)
+    for i in range(n + warm):
         order = [("bare", None), ("fetch_noping", database_no_ping), ("fetch", database)]
         shift = i % 3
         for name, db in order[shift:] + order[:shift]:
@@ -363,7 +363,7 @@ async def measure_select_one(bare: psycopg.AsyncConnection[Any], database: Datab
                 await (await bare.execute("SELECT 1 AS ok")).fetchall()
             else:
                 await db.fetch("SELECT 1 AS ok")
-            if i >= 200:
+            if i >= warm:
                 times[name].append(time.perf_counter() - started)
     return times
 
@@ -455,61 +455,58 @@ async def main_async(args: argparse.Namespace) -> None:
                 ("ivfflat", "hnsw")}
     report: list[str] = []
     latency: dict[str, dict[str, dict[str, list[float]]]] = {}
-    with tempfile.TemporaryDirectory(prefix="tmws-bench-") as tmp:
-        embedded = EmbeddedPostgres(tmp)
-        conninfo = embedded.start()
-        try:
-            with psycopg.connect(conninfo) as conn:
-                server = conn.info.server_version
-            await upgrade(conninfo, settings["ivfflat"])
-            started = time.perf_counter()
-            timings = load(conninfo, corpus, args.rows)
-            with psycopg.connect(conninfo) as conn:
-                pgvector_version = conn.execute(
-                    "SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
-            report.append(
-                f"PostgreSQL {server // 10000}.{server % 10000}, pgvector "
-                f"{pgvector_version[0] if pgvector_version else '?'}")
-            report.append(
-                f"loaded {args.rows:,} memories in {time.perf_counter() - started:.1f}s "
-                f"(generate+embed+COPY {timings['copy']:.1f}s, secondary indexes "
-                f"{timings['indexes']:.1f}s)")
+    with tempfile.TemporaryDirectory(prefix="tmws-bench-") as tmp, \
+            postgres(args.database_url, tmp) as conninfo:
+        with psycopg.connect(conninfo) as conn:
+            server = conn.info.server_version
+        await upgrade(conninfo, settings["ivfflat"])
+        started = time.perf_counter()
+        timings = load(conninfo, corpus, args.rows)
+        with psycopg.connect(conninfo) as conn:
+            pgvector_version = conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        report.append(
+            f"PostgreSQL {server // 10000}.{server % 10000}, pgvector "
+            f"{pgvector_version[0] if pgvector_version else '?'}")
+        report.append(
+            f"loaded {args.rows:,} memories in {time.perf_counter() - started:.1f}s "
+            f"(generate+embed+COPY {timings['copy']:.1f}s, secondary indexes "
+            f"{timings['indexes']:.1f}s)")
+        print(report[-1], flush=True)
+        queries = recall_queries(corpus, args.recall_queries)
+        exact: dict[str, list[list[tuple[int, float]]]] | None = None
+        recall_rows: list[str] = []
+        for kind, cfg in settings.items():
+            built = build_vector_index(conninfo, cfg)
+            knobs = (f"lists {cfg.vector_lists}, probes {cfg.vector_probes}"
+                     if kind == "ivfflat" else
+                     f"m {cfg.hnsw_m}, ef_construction {cfg.hnsw_ef_construction},"
+                     f" ef_search {cfg.hnsw_ef_search}")
+            report.append(f"{kind} ({knobs}): index built + ANALYZE in {built:.1f}s")
             print(report[-1], flush=True)
-            queries = recall_queries(corpus, args.recall_queries)
-            exact: dict[str, list[list[tuple[int, float]]]] | None = None
-            recall_rows: list[str] = []
-            for kind, cfg in settings.items():
-                built = build_vector_index(conninfo, cfg)
-                knobs = (f"lists {cfg.vector_lists}, probes {cfg.vector_probes}"
-                         if kind == "ivfflat" else
-                         f"m {cfg.hnsw_m}, ef_construction {cfg.hnsw_ef_construction},"
-                         f" ef_search {cfg.hnsw_ef_search}")
-                report.append(f"{kind} ({knobs}): index built + ANALYZE in {built:.1f}s")
-                print(report[-1], flush=True)
+            started = time.perf_counter()
+            latency[f"{kind} ({knobs})"] = await measure(conninfo, cfg, corpus,
+                                                         args.queries, args.warmup,
+                                                         args.round_trips)
+            print(f"  latency measured in {time.perf_counter() - started:.0f}s", flush=True)
+            if exact is None:
                 started = time.perf_counter()
-                latency[f"{kind} ({knobs})"] = await measure(conninfo, cfg, corpus,
-                                                             args.queries, args.warmup)
-                print(f"  latency measured in {time.perf_counter() - started:.0f}s", flush=True)
-                if exact is None:
-                    started = time.perf_counter()
-                    exact = exact_neighbours(conninfo, queries)
-                    print(f"\nexact neighbours of {len(queries)} texts in "
-                          f"{time.perf_counter() - started:.1f}s", flush=True)
-                iterative = "; SET hnsw.iterative_scan = strict_order"
-                sweep = ((f"SET ivfflat.probes = {p}", f"ivfflat probes {p}") for p in
-                         (1, 10, 20)) if kind == "ivfflat" else [
-                    (f"SET hnsw.ef_search = {e}", f"hnsw ef_search {e}") for e in (20, 40, 100)
-                ] + [(f"SET hnsw.ef_search = {e}{iterative}", f"hnsw ef {e} iterative")
-                     for e in (20, 40, 100)]
-                for knob_sql, label in sweep:
-                    r = recall_at_10(conninfo, knob_sql, queries, exact)
-                    recall_rows.append(
-                        f"  {label:<20} {r['all_recall']:>8.3f} {r['all_p50_ms']:>9.2f}"
-                        f" {r['namespace_recall']:>12.3f} {r['namespace_short']:>12.0%}"
-                        f" {r['namespace_p50_ms']:>9.2f}")
-                    print(recall_rows[-1], flush=True)
-        finally:
-            embedded.stop()
+                exact = exact_neighbours(conninfo, queries)
+                print(f"\nexact neighbours of {len(queries)} texts in "
+                      f"{time.perf_counter() - started:.1f}s", flush=True)
+            iterative = "; SET hnsw.iterative_scan = strict_order"
+            sweep = ((f"SET ivfflat.probes = {p}", f"ivfflat probes {p}") for p in
+                     (1, 10, 20)) if kind == "ivfflat" else [
+                (f"SET hnsw.ef_search = {e}", f"hnsw ef_search {e}") for e in (20, 40, 100)
+            ] + [(f"SET hnsw.ef_search = {e}{iterative}", f"hnsw ef {e} iterative")
+                 for e in (20, 40, 100)]
+            for knob_sql, label in sweep:
+                r = recall_at_10(conninfo, knob_sql, queries, exact)
+                recall_rows.append(
+                    f"  {label:<20} {r['all_recall']:>8.3f} {r['all_p50_ms']:>9.2f}"
+                    f" {r['namespace_recall']:>12.3f} {r['namespace_short']:>12.0%}"
+                    f" {r['namespace_p50_ms']:>9.2f}")
+                print(recall_rows[-1], flush=True)
     for title, results in latency.items():
         print_latency(title, results, args.queries)
     print("  " + "\n  ".join(f"{k:<16} {v}" for k, v in VARIANTS.items()))
@@ -530,7 +527,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=60)
     parser.add_argument("--recall-queries", type=int, default=200)
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--round-trips", type=int, default=2000, help="SELECT 1 per path")
+    add_database_option(parser)
+    asyncio.run(main_async(parse_args(parser, rows=300, queries=4, warmup=2,
+                                      recall_queries=4, round_trips=20)))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Overload: goodput of memory recall past saturation, and infrastructure beside it.
 
-One ``tmws serve`` (``--workers``, default 1; embedded PostgreSQL; no Redis unless
-``--redis``), ``--memories`` memories seeded, then ``tmws-loadgen`` (``bench/loadgen``:
-latency kept per status) drives:
+One ``tmws serve`` (``--workers``, default 1; embedded PostgreSQL or ``--database-url``; no
+Redis unless ``--redis``), ``--memories`` memories seeded, then ``tmws-loadgen``
+(``bench/loadgen``: latency kept per status) drives:
 
 1. **Peak**: memory recall (``use_cache`` false: full text + vector kNN each time), closed
-   loop at 1, 2, 4, 8, 16 and 32 connections; the peak is the best 2xx requests/s.
-2. **Overload**: the same at 64 and 256 connections, by two kinds of client:
+   loop at 1, 2, 4, 8, 16 and 32 connections (``--peak-levels``); the peak is the best 2xx
+   requests/s.
+2. **Overload**: the same at 64 and 256 connections (``--overload-levels``), by two kinds of
+   client:
    ``polite`` ones honour ``Retry-After`` (with up to 50% jitter), as the 503 asks;
    ``greedy`` ones resend at once, as wrk does. Reported: 2xx requests/s as a share of the
    peak (target >= 90%), p50/p99 of the 2xx ones (target: p99 within
@@ -22,7 +24,7 @@ the database, tmws and the load compete for the same cores. Each figure is measu
 with ``--json``.
 
     .venv/bin/python bench/overload.py [--duration 8] [--runs 3] [--workers 1]
-        [--memories 2000] [--infra-rate 500] [--no-pin] [--json results.json]
+        [--memories 2000] [--infra-rate 500] [--no-pin] [--json results.json] [--smoke]
 
 About 8 minutes with the defaults. Needs cargo (builds ``tmws-loadgen`` once).
 """
@@ -42,37 +44,37 @@ from typing import Any
 
 import httpx
 
+from bench._postgres import add_database_option
+from bench._sla import LOADGEN, build_loadgen
+from bench._smoke import parse_args
 from bench.http_load import (
     NAMESPACE,
     REDIS_URL,
     ROOT,
     flush_redis,
-    free_port,
     seed_memories,
-    stop,
     tmws_command,
 )
+from tests.loopback import base_url, free_port, stop, wait_healthy
 
-LOADGEN = ROOT / "target" / "release" / "tmws-loadgen"
 MEMORY = {"query": "recall memories about authentication tokens", "execution_mode": "balanced",
           "context": {"namespace": NAMESPACE}, "use_cache": False}
 INFRA = {"query": "run tool vector_search", "execution_mode": "balanced", "use_cache": False}
-PEAK_LEVELS = (1, 2, 4, 8, 16, 32)
-OVERLOAD_LEVELS = (64, 256)
+PEAK_LEVELS = "1,2,4,8,16,32"
+OVERLOAD_LEVELS = "64,256"
 CLIENTS = ("polite", "greedy")
 BUDGET_MS = 100  # TMWS_PATTERN_MEMORY_TIMEOUT's default
 
 
-def build_loadgen() -> None:
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "tmws-loadgen"], cwd=ROOT,
-                   check=True)
+def levels(text: str) -> list[int]:
+    return [int(n) for n in text.split(",")]
 
 
 def load(url: str, body: dict[str, Any], duration: float, *, connections: int = 8,
-         rate: float = 0.0, polite: bool = False, cpus: str | None = None
-         ) -> subprocess.Popen[str]:
+         rate: float = 0.0, polite: bool = False, cpus: str | None = None,
+         warmup: float = 1.0) -> subprocess.Popen[str]:
     command = [str(LOADGEN), "--url", url, "--body", json.dumps(body), "--connections",
-               str(connections), "--duration", str(duration), "--warmup", "1"]
+               str(connections), "--duration", str(duration), "--warmup", str(warmup)]
     if rate:
         command += ["--rate", str(rate)]
     if polite:
@@ -109,8 +111,11 @@ def refusals(figures: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each")
+    parser.add_argument("--peak-levels", default=PEAK_LEVELS, help="connections, comma-separated")
+    parser.add_argument("--overload-levels", default=OVERLOAD_LEVELS)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--memories", type=int, default=2000)
@@ -123,43 +128,40 @@ def main() -> None:
                         "tmws serve\")")
     parser.add_argument("--report", type=Path, metavar="JSON",
                         help="print the report of a saved --json run, measure nothing")
-    args = parser.parse_args()
+    add_database_option(parser)
+    args = parse_args(parser, duration=0.2, warmup=0.0, runs=1, memories=5, infra_rate=50.0,
+                      peak_levels="1", overload_levels="4", no_pin=True)
     if args.report:
         saved = json.loads(args.report.read_text())
         for name in ("workers", "memories", "duration", "infra_rate"):
             setattr(args, name, saved[name])
+        args.peak_levels = saved.get("peak_levels", PEAK_LEVELS)
+        args.overload_levels = saved.get("overload_levels", OVERLOAD_LEVELS)
         report(args, saved["pinned"], saved["rounds"], saved.get("seconds", 0.0))
         return
     cpus = os.cpu_count() or 1
-    pin = not args.no_pin and cpus >= 2
+    # Pinning moves the embedded server's processes: a database named by URL stays put.
+    pin = not args.no_pin and cpus >= 2 and args.database_url is None
     app_cpus = f"0-{cpus - 2}" if pin else None
     build_loadgen()
+    peak_levels, overload_levels = levels(args.peak_levels), levels(args.overload_levels)
     started = time.monotonic()
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         data_dir = f"{tmp}/data"
         command, env = tmws_command(port, data_dir, REDIS_URL if args.redis else None,
-                                    args.tmws_command)
+                                    args.tmws_command, args.database_url)
         env["TMWS_WORKERS"] = str(args.workers)
         if app_cpus is not None:
             command = ["taskset", "-c", app_cpus, *command]
         if args.redis:
             flush_redis(REDIS_URL)
         process = subprocess.Popen(command, cwd=ROOT, env=env)
-        base = f"http://127.0.0.1:{port}"
+        base = base_url(port)
         url = f"{base}/api/v1/execute"
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise SystemExit("tmws did not start")
-                time.sleep(0.3)
+            wait_healthy(base, process, path="/health")
             if pin:
                 pin_database(data_dir, cpus - 1)
             seed_memories(base, args.memories)
@@ -171,29 +173,33 @@ def main() -> None:
                     time.sleep(0.5)
                 else:
                     raise SystemExit(f"{body['query']!r}: {check.status_code} {check.text}")
-            result(load(url, MEMORY, 3, cpus=app_cpus))  # warm the plans and the pool
+            if args.warmup:  # warm the plans and the pool
+                result(load(url, MEMORY, 3, cpus=app_cpus, warmup=args.warmup))
             steps: list[tuple[str, str, int]] = (
-                [("peak", "greedy", c) for c in PEAK_LEVELS]
-                + [("overload", mode, c) for mode in CLIENTS for c in OVERLOAD_LEVELS]
+                [("peak", "greedy", c) for c in peak_levels]
+                + [("overload", mode, c) for mode in CLIENTS for c in overload_levels]
                 + [("infra", "", 0)]
-                + [("beside", mode, c) for mode in CLIENTS for c in OVERLOAD_LEVELS])
+                + [("beside", mode, c) for mode in CLIENTS for c in overload_levels])
             for n in range(args.runs):
                 figures: dict[str, Any] = {}
                 for kind, mode, connections in steps[n % len(steps):] + steps[:n % len(steps)]:
                     key = "infra" if kind == "infra" else f"{kind} {mode} {connections}"
                     if kind == "infra":
                         figures[key] = result(load(url, INFRA, args.duration,
-                                                   rate=args.infra_rate, cpus=app_cpus))
+                                                   rate=args.infra_rate, cpus=app_cpus,
+                                                   warmup=args.warmup))
                     elif kind == "beside":
                         memory = load(url, MEMORY, args.duration + 1, connections=connections,
-                                      polite=mode == "polite", cpus=app_cpus)
+                                      polite=mode == "polite", cpus=app_cpus,
+                                      warmup=args.warmup)
                         infra = load(url, INFRA, args.duration, rate=args.infra_rate,
-                                     cpus=app_cpus)
+                                     cpus=app_cpus, warmup=args.warmup)
                         figures[key] = {"infra": result(infra), "memory": result(memory)}
                     else:
                         figures[key] = result(load(url, MEMORY, args.duration,
                                                    connections=connections,
-                                                   polite=mode == "polite", cpus=app_cpus))
+                                                   polite=mode == "polite", cpus=app_cpus,
+                                                   warmup=args.warmup))
                 rounds.append(figures)
                 print(f"round {n + 1} done ({time.monotonic() - started:.0f} s)", file=sys.stderr)
         finally:
@@ -205,6 +211,7 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "rounds": rounds, "workers": args.workers, "memories": args.memories,
             "duration": args.duration, "infra_rate": args.infra_rate, "pinned": pin,
+            "peak_levels": args.peak_levels, "overload_levels": args.overload_levels,
             "seconds": seconds}, indent=1))
     report(args, pin, rounds, seconds)
 
@@ -214,7 +221,8 @@ def report(args: argparse.Namespace, pin: bool, rounds: list[dict[str, Any]],
     def med(values: list[float]) -> float:
         return statistics.median(values)
 
-    peaks = [max(r[f"peak greedy {c}"]["ok"]["rps"] for c in PEAK_LEVELS) for r in rounds]
+    peak_levels, overload_levels = levels(args.peak_levels), levels(args.overload_levels)
+    peaks = [max(r[f"peak greedy {c}"]["ok"]["rps"] for c in peak_levels) for r in rounds]
     where = ("PostgreSQL pinned to the last CPU, tmws and the load to the others" if pin
              else "every CPU shared by PostgreSQL, tmws and the load")
     print(f"tmws-loadgen, {args.workers} Granian worker(s), {args.memories} memories, "
@@ -223,8 +231,8 @@ def report(args: argparse.Namespace, pin: bool, rounds: list[dict[str, Any]],
     print("\nmemory recall (use_cache false), closed loop")
     print(f"{'clients':>8} {'conns':>5} {'2xx/s':>7} {'vs peak':>8} {'p50 2xx':>9} "
           f"{'p99 2xx':>9}  other answers (one round)")
-    rows = [("", "peak greedy", c) for c in PEAK_LEVELS] + \
-        [(mode, f"overload {mode}", c) for mode in CLIENTS for c in OVERLOAD_LEVELS]
+    rows = [("", "peak greedy", c) for c in peak_levels] + \
+        [(mode, f"overload {mode}", c) for mode in CLIENTS for c in overload_levels]
     for label, prefix, c in rows:
         runs = [r[f"{prefix} {c}"] for r in rounds]
         ok = med([f["ok"]["rps"] for f in runs])
@@ -240,7 +248,7 @@ def report(args: argparse.Namespace, pin: bool, rounds: list[dict[str, Any]],
           f"{med(alone):.0f} 2xx/s, p50 {med([r['infra']['ok']['p50_ms'] for r in rounds]):.1f}"
           f" ms, p99 {med([r['infra']['ok']['p99_ms'] for r in rounds]):.1f} ms")
     for mode in CLIENTS:
-        for c in OVERLOAD_LEVELS:
+        for c in overload_levels:
             runs = [r[f"beside {mode} {c}"] for r in rounds]
             ratio = med([f["infra"]["ok"]["rps"] / a if a else 0.0
                          for f, a in zip(runs, alone, strict=True)])

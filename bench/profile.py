@@ -1,15 +1,17 @@
 """Profile a served tmws under load with py-spy: every Granian worker, native frames included.
 
     make profile            # or: .venv/bin/python bench/profile.py [--seconds 15] [--workers 2]
+                            #     [--scenarios l1-hit,miss,recall] [--smoke]
 
-Starts ``tmws serve`` (embedded PostgreSQL in a temporary directory, Redis when reachable at
-TMWS_REDIS_URL), stores memories, and for each scenario — an L1 hit, a miss of an
-infrastructure pattern, a memory recall (a miss every time) — drives ``tmws-loadgen``
-(closed loop) while ``py-spy record --subprocesses`` samples the supervisor and every worker it
-spawned (profiling only the supervisor would show it waiting). Writes into ``--out``
-(default ``.profiles/``) per scenario a flame graph (``.svg``) and a speedscope file
-(``.speedscope.json``, open it at https://www.speedscope.app), and prints the frames with the
-most samples: self time (where the CPU is) and total time (what it is for).
+Starts ``tmws serve`` (embedded PostgreSQL in a temporary directory or ``--database-url``,
+Redis when reachable at TMWS_REDIS_URL), stores memories, and for each scenario — an L1 hit,
+a miss of an infrastructure pattern, a memory recall (a miss every time) — drives
+``tmws-loadgen`` (closed loop) while ``py-spy record --subprocesses`` samples the supervisor
+and every worker it spawned (profiling only the supervisor would show it waiting). Writes
+into ``--out`` (default ``.profiles/``) per scenario a flame graph (``.svg``) and a
+speedscope file (``.speedscope.json``, open it at https://www.speedscope.app), and prints
+the frames with the most samples: self time (where the CPU is) and total time (what it is
+for).
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._postgres import add_database_option, server_database_env  # noqa: E402
 from bench._sla import LOADGEN, build_loadgen  # noqa: E402
+from bench._smoke import parse_args  # noqa: E402
+from tests.loopback import base_url, free_port, stop, wait_healthy  # noqa: E402
 
 SCENARIOS = {
     "l1-hit": ("one query, answered from the in-process cache", False),
@@ -50,20 +55,6 @@ def bodies(scenario: str, count: int) -> list[dict[str, Any]]:
         return [{"query": f"check redis health on node {i}"} for i in range(count)]
     return [{"query": f"recall memories about {rng.choice(TOPICS)} {rng.choice(TOPICS)} {i}"}
             for i in range(count)]
-
-
-def wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"tmws serve exited with {process.returncode}")
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("tmws serve was not ready within 120 s")
 
 
 def seed(base: str, count: int) -> None:
@@ -132,38 +123,44 @@ def _is_plumbing(frame_name: str) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=15, help="per recording")
+    parser.add_argument("--slack", type=float, default=6,
+                        help="seconds the load runs beyond the two recordings")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated subset of: " + ",".join(SCENARIOS))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--memories", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=ROOT / ".profiles")
     parser.add_argument("--top", type=int, default=15)
-    args = parser.parse_args()
+    add_database_option(parser)
+    args = parse_args(parser, seconds=1, slack=1, scenarios="miss", workers=1, connections=2,
+                      memories=5, top=5)
+    scenarios = {name: SCENARIOS[name] for name in args.scenarios.split(",")}
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         raise SystemExit("py-spy is not installed: pip install py-spy (make install-test)")
     build_loadgen()
     args.out.mkdir(parents=True, exist_ok=True)
-    from tests.conftest import free_port
-
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    base = base_url(port)
     with tempfile.TemporaryDirectory(prefix="tmws-profile-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TMWS_")}
         env.update({"TMWS_API_HOST": "127.0.0.1", "TMWS_API_PORT": str(port),
-                    "TMWS_WORKERS": str(args.workers), "TMWS_DATA_DIR": tmp,
+                    "TMWS_WORKERS": str(args.workers),
+                    **server_database_env(args.database_url, tmp),
                     "TMWS_LOG_LEVEL": "WARNING", "TMWS_RATE_LIMIT_ENABLED": "false"})
         if os.environ.get("TMWS_REDIS_URL"):
             env["TMWS_REDIS_URL"] = os.environ["TMWS_REDIS_URL"]
         server = subprocess.Popen([sys.executable, "-m", "tmws", "serve"], env=env,
                                   stdout=subprocess.DEVNULL)
         try:
-            wait_ready(base, server)
+            wait_healthy(base, server)
             seed(base, args.memories)
             print(f"tmws serve pid {server.pid}, {args.workers} worker(s), "
                   f"{args.memories} memories; py-spy {py_spy}", flush=True)
-            for scenario, (what, _) in SCENARIOS.items():
+            for scenario, (what, _) in scenarios.items():
                 count = 200_000
                 body_file = Path(tmp) / f"{scenario}.jsonl"
                 body_file.write_text("".join(json.dumps(b) + "\n"
@@ -171,7 +168,8 @@ def main() -> None:
                 load = subprocess.Popen(
                     [str(LOADGEN), "--url", f"{base}/api/v1/execute", "--bodies",
                      str(body_file), "--connections", str(args.connections), "--warmup", "1",
-                     "--duration", str(2 * args.seconds + 6)], stdout=subprocess.PIPE, text=True)
+                     "--duration", str(2 * args.seconds + args.slack)], stdout=subprocess.PIPE,
+                    text=True)
                 time.sleep(2)
                 outputs = {}
                 for kind, suffix in (("flamegraph", ".svg"), ("speedscope", ".speedscope.json")):
@@ -195,11 +193,7 @@ def main() -> None:
                 for line in top:
                     print("   " + line)
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop(server)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Recall relevance: recall@10 and nDCG@10 of ``MemoryStore.search`` and of the ranking
-before issue 20 (``bench/legacy_recall.py``), on two labelled sets.
+it replaced (``bench/legacy_recall.py``), on two labelled sets.
 
-A private embedded PostgreSQL is loaded with ``bench/memory_load.py``'s generated memories,
-then the hand-written facts of ``bench/retrieval_set.py`` (and their near misses) are stored
-in one namespace through ``MemoryStore.store``, with a private copy of every fact in another
-namespace that no query may return.
+A private embedded PostgreSQL (or ``--database-url``) is loaded with
+``bench/memory_load.py``'s generated memories, then the hand-written facts of
+``bench/retrieval_set.py`` (and their near misses) are stored in one namespace through
+``MemoryStore.store``, with a private copy of every fact in another namespace that no query
+may return.
 
 - topics: generated recall requests (a command phrase and 2-4 words of one topic, as the
   latency benchmark sends). Gain 2 for a readable memory of the query's topic holding every
@@ -13,7 +14,7 @@ namespace that no query may return.
 - facts: the hand-written paraphrased questions; gain 2 for the answering fact, 1 for a
   near miss on the same subject.
 
-    .venv/bin/python bench/retrieval_quality.py [--rows 100000] [--topic-queries 200]
+    .venv/bin/python bench/retrieval_quality.py [--rows 100000] [--topic-queries 200] [--smoke]
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from bench._postgres import add_database_option, postgres
+from bench._smoke import parse_args
 from bench.legacy_recall import legacy_search
 from bench.memory_load import (
     DIM,
@@ -40,9 +43,7 @@ from bench.memory_load import (
 )
 from bench.retrieval_set import FACTS, NEAR_MISSES, PARTIAL, QUESTIONS, ndcg_at, recall_at
 from tmws.config import Settings
-from tmws.database import Database
-from tmws.database._embedded import EmbeddedPostgres
-from tmws.database._migrate import upgrade
+from tmws.database import Database, upgrade
 from tmws.embeddings import HashProvider
 from tmws.memory import MemoryStore, topic_words
 
@@ -142,39 +143,35 @@ async def main_async(args: argparse.Namespace) -> None:
     begun = time.perf_counter()
     corpus = Corpus()
     settings = Settings.from_env({"TMWS_VECTOR_INDEX": args.index})
-    with tempfile.TemporaryDirectory(prefix="tmws-quality-") as tmp:
-        embedded = EmbeddedPostgres(tmp)
-        conninfo = embedded.start()
+    with tempfile.TemporaryDirectory(prefix="tmws-quality-") as tmp, \
+            postgres(args.database_url, tmp) as conninfo:
+        await upgrade(conninfo, settings)
+        load(conninfo, corpus, args.rows)
+        build_vector_index(conninfo, settings)
+        database = Database(conninfo, settings)
+        await database.open()
+        provider = HashProvider(DIM)
+        store = MemoryStore(database, provider,
+                            min_similarity=settings.recall_min_similarity)
         try:
-            await upgrade(conninfo, settings)
-            load(conninfo, corpus, args.rows)
-            build_vector_index(conninfo, settings)
-            database = Database(conninfo, settings)
-            await database.open()
-            provider = HashProvider(DIM)
-            store = MemoryStore(database, provider,
-                                min_similarity=settings.recall_min_similarity)
-            try:
-                fact_ids = {key: await store.store(FACTS_NAMESPACE, text)
-                            for key, text in {**FACTS, **NEAR_MISSES}.items()}
-                other_ids = {await store.store(OTHER_NAMESPACE, text) for text in FACTS.values()}
-                await database.fetch("ANALYZE memories")
+            fact_ids = {key: await store.store(FACTS_NAMESPACE, text)
+                        for key, text in {**FACTS, **NEAR_MISSES}.items()}
+            other_ids = {await store.store(OTHER_NAMESPACE, text) for text in FACTS.values()}
+            await database.fetch("ANALYZE memories")
 
-                async def current(namespace: str, text: str) -> list[int]:
-                    return [r.id for r in await store.search(namespace, text)]
+            async def current(namespace: str, text: str) -> list[int]:
+                return [r.id for r in await store.search(namespace, text)]
 
-                async def before(namespace: str, text: str) -> list[int]:
-                    return await legacy_search(database, provider, namespace, text,
-                                               min_similarity=store.min_similarity)
+            async def before(namespace: str, text: str) -> list[int]:
+                return await legacy_search(database, provider, namespace, text,
+                                           min_similarity=store.min_similarity)
 
-                results = await evaluate({"before (legacy_recall.py)": before,
-                                          "MemoryStore.search": current},
-                                         database, corpus, fact_ids, other_ids,
-                                         args.topic_queries)
-            finally:
-                await database.close()
+            results = await evaluate({"before (legacy_recall.py)": before,
+                                      "MemoryStore.search": current},
+                                     database, corpus, fact_ids, other_ids,
+                                     args.topic_queries)
         finally:
-            embedded.stop()
+            await database.close()
     metrics = list(next(iter(results.values())))
     print(f"{args.rows:,} generated memories + {len(FACTS)} facts, {len(NEAR_MISSES)} near"
           f" misses; {len(QUESTIONS)} fact questions, {args.topic_queries} topic queries;"
@@ -190,7 +187,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--topic-queries", type=int, default=200)
     parser.add_argument("--index", choices=("ivfflat", "hnsw"), default="ivfflat")
-    asyncio.run(main_async(parser.parse_args()))
+    add_database_option(parser)
+    asyncio.run(main_async(parse_args(parser, rows=300, topic_queries=4)))
 
 
 if __name__ == "__main__":

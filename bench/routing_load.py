@@ -1,7 +1,7 @@
 """Routing latency per query: stage 1 (trigger regexes) and stage 2 (example utterances),
 on the default library and on the 1,000-pattern corpus with 5 examples per pattern.
 
-    .venv/bin/python bench/routing_load.py
+    .venv/bin/python bench/routing_load.py [--corpus 1000] [--rounds 3] [--smoke]
 
 Stage 1 is ``router.match`` (the Rust matcher, its result cache disabled so every query
 is matched). Stage 2 is the full ``router.explain`` of a query no trigger matches: the
@@ -15,6 +15,7 @@ microseconds.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
 import statistics
@@ -27,16 +28,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._reference import load
+from bench._reference import SIZES, load
+from bench._smoke import parse_args
 from tests.embedding_server import WORDLLAMA_DIM, embed
+from tests.loopback import base_url, free_port
 from tmws.embeddings import OpenAIProvider
 from tmws.models import ExecutionMode, PatternDefinition, PatternType
 from tmws.patterns import default_library_path, load_pattern_file
 from tmws.registry import PatternRegistry
 from tmws.router import HybridRouter
 
+ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_PER_PATTERN = 5
-ROUNDS = 3
 
 
 def _timed(call: Callable[[str], object], queries: Sequence[str]) -> list[float]:
@@ -55,27 +58,26 @@ def _summary(samples: list[float]) -> str:
     return f"median {statistics.median(ordered):7.2f} us   p99 {p99:8.2f} us"
 
 
-def _measure(label: str, router: HybridRouter, queries: Sequence[str]) -> None:
+def _measure(label: str, patterns: Sequence[PatternDefinition], queries: Sequence[str],
+             rounds: int) -> None:
     mode = ExecutionMode.BALANCED
-    unmatched = [q for q in queries if router.match(q, mode) is None]
-    registry = router.registry
+    # The matcher's result cache off: every query is matched, not looked up.
+    lexical = HybridRouter(PatternRegistry(patterns, match_cache_size=0))
+    with_model = PatternRegistry(patterns, match_cache_size=0)
+    with_model.attach_vectors(embed("wordllama", with_model.example_texts(), WORDLLAMA_DIM), 0.5)
+    blended_router = HybridRouter(with_model)
+    unmatched = [q for q in queries if lexical.match(q, mode) is None]
     vectors = dict(zip(unmatched, embed("wordllama", unmatched, WORDLLAMA_DIM), strict=True))
-    lexical_index = registry._examples
-    registry.attach_vectors(embed("wordllama", registry.example_texts(), WORDLLAMA_DIM), 0.5)
-    blended_index = registry._examples
     stage1: list[float] = []
     stage2: list[float] = []
     blended: list[float] = []
-    for _ in range(ROUNDS):
-        registry._matcher.clear_cache()  # measure matching, not the result cache
-        stage1 += _timed(lambda q: router.match(q, mode), queries)
-        registry._examples = lexical_index
-        stage2 += _timed(lambda q: router.explain(q, mode, None, record=False), unmatched)
-        registry._examples = blended_index
-        blended += _timed(lambda q: router.explain(q, mode, None, record=False,
-                                                   query_vector=vectors[q]), unmatched)
-    print(f"{label}: {len(registry)} patterns, {len(lexical_index[0])} examples, "
-          f"{len(queries)} queries ({len(unmatched)} reach stage 2)")
+    for _ in range(rounds):
+        stage1 += _timed(lambda q: lexical.match(q, mode), queries)
+        stage2 += _timed(lambda q: lexical.explain(q, mode, None, record=False), unmatched)
+        blended += _timed(lambda q: blended_router.explain(q, mode, None, record=False,
+                                                           query_vector=vectors[q]), unmatched)
+    print(f"{label}: {len(lexical.registry)} patterns, {lexical.registry.example_count} "
+          f"examples, {len(queries)} queries ({len(unmatched)} reach stage 2)")
     print(f"  stage 1 (trigger)          {_summary(stage1)}")
     print(f"  stage 2 (examples)         {_summary(stage2)}")
     print(f"  stage 2 + model (blended)  {_summary(blended)}")
@@ -98,14 +100,13 @@ def _measure_query_embedding(queries: Sequence[str]) -> None:
         return samples
 
     # The server in a process of its own, as a real one would be (not sharing our GIL).
-    port = 18765
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "tests.embedding_server", "--port",
-                               str(port)], cwd=Path(__file__).resolve().parents[1],
-                              stdout=subprocess.PIPE, text=True)
+                               str(port)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         server.stdout.readline()  # "serving ..." once the model is loaded
-        http = asyncio.run(over_http(f"http://127.0.0.1:{port}"))
+        http = asyncio.run(over_http(base_url(port)))
     finally:
         server.terminate()
         server.wait()
@@ -115,16 +116,23 @@ def _measure_query_embedding(queries: Sequence[str]) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--corpus", type=int, choices=SIZES, default=1000,
+                        help="the corpus of the second measurement")
+    parser.add_argument("--queries", type=int, default=None,
+                        help="at most this many queries per measurement (default: all)")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parse_args(parser, corpus=15, queries=40, rounds=1)
     library = load_pattern_file(default_library_path())
     default_queries = [q for p in library.patterns for q in p.routing_examples]
-    paraphrases = Path(__file__).resolve().parents[1] / "tests" / "data" / "paraphrases.tsv"
+    paraphrases = ROOT / "tests" / "data" / "paraphrases.tsv"
     default_queries += [line.split("\t", 1)[1] for line in paraphrases.read_text().splitlines()
                         if "\t" in line and not line.startswith("#")]
-    _measure("default library", HybridRouter(PatternRegistry(library.patterns)),
-             default_queries)
+    default_queries = default_queries[:args.queries]
+    _measure("default library", library.patterns, default_queries, args.rounds)
     _measure_query_embedding(default_queries)
 
-    corpus = load(1000)
+    corpus = load(args.corpus)
     # Each pattern's examples: the first queries the corpus expects it to win, topped up
     # to five with corpus queries no pattern matches (same vocabulary, deterministic).
     examples: dict[int, list[str]] = defaultdict(list)
@@ -145,11 +153,11 @@ def main() -> None:
         examples=examples[i])
         for i, (regex, priority) in enumerate(zip(corpus.regexes, corpus.priorities,
                                                    strict=True))]
-    print(f"(corpus N=1000: {from_corpus} patterns have 5 matching corpus queries as "
+    print(f"(corpus N={args.corpus}: {from_corpus} patterns have 5 matching corpus queries as "
           "examples; the others are topped up with unmatched corpus queries)")
     # Some measured queries are also filler examples and find themselves: same cost.
-    _measure("corpus N=1000 x 5 examples", HybridRouter(PatternRegistry(patterns)),
-             corpus.queries)
+    _measure(f"corpus N={args.corpus} x 5 examples", patterns, corpus.queries[:args.queries],
+             args.rounds)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
     .venv/bin/python bench/soak.py [--minutes 10] [--interval 60] [--load 0.5] [--check]
 
 What runs: ``tmws serve`` (``--workers`` Granian workers) on a PostgreSQL + pgvector of its
-own (the embedded bundle, ``--memories`` generated memories and the guide's indexes) and a
+own (the embedded bundle, ``--memories`` generated memories and the migrations' indexes) and a
 redis-server of its own, so both can be restarted. Capacity is measured first (closed loop on
 the traffic mix); then open-loop load at ``--load`` of it (``tmws-loadgen``, latency from the
 scheduled send time): Zipf-popular queries of every pattern type in five namespaces, plus 1%
@@ -34,7 +34,6 @@ import json
 import math
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 from bench._plot import Band, Panel, Series, write_svg  # noqa: E402
 from bench._sla import LOADGEN, build_loadgen, percentile  # noqa: E402
 from bench.memory_load import NAMESPACES, Corpus, build_vector_index, load  # noqa: E402
+from tests.loopback import base_url, free_port, stop  # noqa: E402
 from tmws.config import Settings  # noqa: E402
 from tmws.database import EmbeddedPostgres, upgrade  # noqa: E402
 from tmws.handlers import HANDLERS, resolve_handler  # noqa: E402
@@ -267,6 +267,8 @@ def sample(second: float, base: str, server_pid: int, workers: int, conninfo: st
     pids = process_tree(server_pid)
     rss, fds = rss_and_fds(pids)
     pg_connections: int | None
+    redis_connections: int | None
+    redis_keys: int | None
     try:  # PostgreSQL may be the fault being injected right now
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
             row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
@@ -561,7 +563,6 @@ def main() -> int:
     args = parser.parse_args()
     build_loadgen()
     args.out.mkdir(parents=True, exist_ok=True)
-    from tests.conftest import free_port
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     rows_total = max(2, round(args.minutes * 60 / args.interval))
@@ -580,7 +581,7 @@ def main() -> int:
                 conn.execute("VACUUM ANALYZE memories")
             redis_server.start()
             port = free_port()
-            base = f"http://127.0.0.1:{port}"
+            base = base_url(port)
             env = {k: v for k, v in os.environ.items() if not k.startswith("TMWS_")}
             env.update({"TMWS_API_HOST": "127.0.0.1", "TMWS_API_PORT": str(port),
                         "TMWS_WORKERS": str(args.workers), "TMWS_DATA_DIR": str(tmp / "data"),
@@ -638,12 +639,8 @@ def main() -> int:
             if server.poll() is not None:
                 problems.append(f"tmws serve exited with {server.returncode} during the run")
         finally:
-            if server is not None and server.poll() is None:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    server.kill()
+            if server is not None:
+                stop(server)
             redis_server.kill()
             embedded.stop()
 

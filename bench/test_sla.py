@@ -37,7 +37,9 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench import _sla
 from bench._sla import Figures
+from bench.conftest import timings
 from bench.memory_load import NAMESPACES, Corpus, build_vector_index, load
+from tests.loopback import base_url, free_port, stop, wait_healthy
 from tmws.config import Settings
 from tmws.database._embedded import EmbeddedPostgres
 from tmws.database._migrate import upgrade
@@ -111,7 +113,7 @@ def report(benchmark: BenchmarkFixture, figures: Figures) -> None:
     target = TARGETS[figures.pattern_type]
     seconds = [ms / 1000 for ms in figures.latencies_ms] or [0.0]
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # creates the stats object
-    stats = benchmark.stats.stats  # type: ignore[union-attr]
+    stats = timings(benchmark)
     stats.data = seconds
     benchmark.extra_info.update({
         "requests": len(figures.latencies_ms) + figures.failures,
@@ -131,7 +133,7 @@ def report(benchmark: BenchmarkFixture, figures: Figures) -> None:
 
 @pytest.fixture(scope="session")
 def sla_database() -> Iterator[str]:
-    """An embedded PostgreSQL with MEMORIES generated memories and the guide's indexes."""
+    """An embedded PostgreSQL with MEMORIES generated memories and the migrations' indexes."""
     settings = Settings.from_env({})
     with tempfile.TemporaryDirectory(prefix="tmws-sla-") as tmp:
         embedded = EmbeddedPostgres(tmp)
@@ -216,20 +218,6 @@ class Served:
     namespace_in_context: bool  # False for a deployment: the token names the namespace
 
 
-def _wait_ready(base: str, process: subprocess.Popen[bytes], within: float = 120) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"tmws serve exited with {process.returncode}")
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"tmws serve was not ready within {within} s")
-
-
 @pytest.fixture(scope="module", params=["external"] if EXTERNAL_URL else [1, 2],
                 ids=lambda p: p if p == "external" else f"{p}-worker{'s' if p > 1 else ''}")
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -242,8 +230,6 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     conninfo: str = request.getfixturevalue("sla_database")
     workers = int(request.param)
     flush_redis()
-    from tests.conftest import free_port
-
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TMWS_")}
     env.update(sla_settings(conninfo, str(tmp_path_factory.mktemp("sla-served")),
@@ -251,17 +237,12 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                             TMWS_WORKERS=str(workers)))
     process = subprocess.Popen([sys.executable, "-m", "tmws", "serve"], env=env,
                                stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    base = base_url(port)
     try:
-        _wait_ready(base, process)
+        wait_healthy(base, process)
         yield Served(f"{workers}w", f"{base}/api/v1/execute", (), namespace_in_context=True)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def _body(served: Served, case: Case, words: str | None) -> dict[str, Any]:

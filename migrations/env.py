@@ -16,8 +16,9 @@ from alembic import context
 def _prefer_a_built_tmws() -> None:
     """`python -m alembic` puts the working directory first on sys.path, so from a source
     checkout `import tmws` finds the checkout's sources, which have no compiled core unless
-    it was built in place (an editable install): with tmws installed from a wheel, the
-    guide's `python -m alembic upgrade head` from the repository root would fail. Such a
+    it was built in place (an editable install): with tmws installed from a wheel,
+    `python -m alembic upgrade head` from the repository root (deploy/README.md, Step 4)
+    would fail. Such a
     source tree is taken off the path, so that the installed tmws is imported instead."""
     spec = importlib.util.find_spec("tmws")
     if spec is None or spec.origin is None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,13 +22,16 @@ import pytest
 import redis
 from psycopg import sql
 
+from tests.loopback import free_port
 from tmws.config import Settings
 from tmws.database import EmbeddedPostgres, upgrade
 from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
 from tmws.http.app import TmwsApp
 
-# Fixture plugins (psycopg's tests/fix_*.py): served instances.
-pytest_plugins = ["tests.fix_server", "tests.fix_memory"]
+# Fixture plugins (psycopg's tests/fix_*.py): served instances, a store, scratch databases,
+# a hand-moved clock.
+pytest_plugins = ["tests.fix_server", "tests.fix_memory", "tests.fix_database",
+                  "tests.fix_clock"]
 
 # Database 15 by default; parallel sessions (one per developer) each set their own.
 REDIS_URL = os.environ.get("TESTS_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -107,13 +109,6 @@ def namespace() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 DATA_DIR = Path(__file__).parent / "data"
 
 
@@ -168,14 +163,15 @@ ApiFactory = Callable[..., AbstractAsyncContextManager[tuple[httpx.AsyncClient,
 
 @pytest.fixture
 def make_api(database_url: str) -> ApiFactory:
-    """``async with make_api(auth_enabled="true") as (client, engine)``."""
+    """``async with make_api(auth_enabled="true") as (client, engine)``; ``on=url`` serves a
+    database of the test's own instead of the session's."""
 
     @asynccontextmanager
-    async def build(**overrides: str) -> AsyncIterator[tuple[httpx.AsyncClient,
-                                                             PatternExecutionEngine]]:
+    async def build(*, on: str | None = None, **overrides: str
+                    ) -> AsyncIterator[tuple[httpx.AsyncClient, PatternExecutionEngine]]:
         if overrides.get("auth_enabled") == "true":
             overrides.setdefault("secret_key", SECRET)
-        settings = make_settings(database_url, **overrides)
+        settings = make_settings(on or database_url, **overrides)
         async with await create_pattern_execution_engine(settings) as engine:
             app = TmwsApp(settings)
             app.attach(engine)

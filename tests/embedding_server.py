@@ -30,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tests.loopback import base_url
 from tmws._native import HashEmbedder
 
 __all__ = ["WORDLLAMA_DIM", "EmbeddingServer", "running_server"]
@@ -101,7 +102,7 @@ def running_server(port: int = 0) -> Iterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield base_url(server.server_address[1])
     finally:
         server.shutdown()
         server.server_close()

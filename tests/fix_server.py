@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SECRET, free_port, make_settings, scratch_database
+from tests.conftest import SECRET, make_settings, scratch_database
+from tests.loopback import base_url, free_port
 from tmws.auth import DEFAULT_SCOPES, TokenAuthority
 from tmws.patterns import default_library_path
 
@@ -52,7 +53,7 @@ def start_server(env_overrides: Mapping[str, str], tmp: Path, *, log: Path | Non
     process = subprocess.Popen([sys.executable, "-m", "tmws", "serve"], env=env, stdout=output,
                                stderr=subprocess.STDOUT)
     output.close()  # the child has its own descriptor
-    base = f"http://127.0.0.1:{port}"
+    base = base_url(port)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from tests.conftest import make_settings, scratch_database
 from tmws import PatternDefinition, PatternExecutionEngine, PatternType
 from tmws._request_context import request_id
-from tmws.audit import SYSTEM_ACTOR, AuditLog
+from tmws.audit import ACTIONS, SYSTEM_ACTOR, AuditLog
 from tmws.database import Database, EmbeddedPostgres, available_migrations, upgrade
 from tmws.database._migrate import _ALEMBIC_LOCK, alembic_config
 from tmws.engine import create_pattern_execution_engine
@@ -126,6 +126,7 @@ async def test_engine_operations_audit_from_the_python_api(
     ]
     assert rows[0]["detail"] == {"visibility": "private"}
     assert rows[3]["detail"] == {"deleted": deleted}
+    assert {r["action"] for r in rows} <= set(ACTIONS)  # the documented list keeps up
 
 
 async def test_the_writer_runs_by_itself(engine: PatternExecutionEngine, namespace: str,

@@ -11,6 +11,7 @@ from typing import Any
 import jwt
 import pytest
 
+from tests.fix_clock import START, Clock
 from tmws.auth import LEEWAY_SECONDS, SCOPES, Principal, TokenAuthority, parse_scopes
 from tmws.config import Settings
 from tmws.errors import AuthenticationError, ConfigError, PermissionDeniedError
@@ -18,15 +19,6 @@ from tmws.errors import AuthenticationError, ConfigError, PermissionDeniedError
 # 64 characters: enough even for the HS512 token built to be refused.
 SECRET = "unit-test-secret-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJK"
 OTHER_SECRET = "another-secret-zyxwvutsrqponmlkjihgfedcba9876543"
-START = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def authority(clock: Clock | None = None, **kwargs: Any) -> TokenAuthority:
@@ -68,8 +60,7 @@ def failure(auth: TokenAuthority, token: str) -> AuthenticationError:
 # --- round trip ---------------------------------------------------------------------------
 
 
-def test_round_trip() -> None:
-    clock = Clock()
+def test_round_trip(clock: Clock) -> None:
     auth = authority(clock)
     token = auth.create("team.a:b@c-d_e", ["memories:read", "execute"])
     principal = auth.verify(token)
@@ -273,8 +264,7 @@ def test_unknown_scope_in_a_signed_token_is_named() -> None:
     assert "memories:delete" in str(failure(authority(), token))
 
 
-def test_not_yet_valid() -> None:
-    clock = Clock()
+def test_not_yet_valid(clock: Clock) -> None:
     token = authority(Clock(START + 3600)).create("a", ["execute"])
     error = failure(authority(clock), token)
     assert error.code == "token_invalid" and "clocks" in str(error)
@@ -285,8 +275,7 @@ def test_not_yet_valid() -> None:
 # --- expiry and the cache -----------------------------------------------------------------
 
 
-def test_expired() -> None:
-    clock = Clock()
+def test_expired(clock: Clock) -> None:
     token = authority(clock).create("a", ["execute"], expires_minutes=1)
     clock.now = START + 60 + LEEWAY_SECONDS
     error = failure(authority(clock), token)
@@ -295,15 +284,13 @@ def test_expired() -> None:
     assert "mint a new one" in str(error)
 
 
-def test_expiry_allows_a_little_clock_skew() -> None:
-    clock = Clock()
+def test_expiry_allows_a_little_clock_skew(clock: Clock) -> None:
     token = authority(clock).create("a", ["execute"], expires_minutes=1)
     clock.now = START + 60 + LEEWAY_SECONDS - 0.5
     assert authority(clock).verify(token).namespace == "a"
 
 
-def test_cached_token_is_rejected_once_it_expires() -> None:
-    clock = Clock()
+def test_cached_token_is_rejected_once_it_expires(clock: Clock) -> None:
     auth = authority(clock)
     token = auth.create("a", ["execute"], expires_minutes=1)
     first = auth.verify(token)
@@ -368,8 +355,7 @@ def test_non_ascii_token() -> None:
     assert caught.value.code == "token_invalid"
 
 
-def test_messages_never_contain_the_secret_or_the_token() -> None:
-    clock = Clock()
+def test_messages_never_contain_the_secret_or_the_token(clock: Clock) -> None:
     auth = authority(clock)
     good = auth.create("a", ["execute"], expires_minutes=1)
     header, payload, signature = good.split(".")

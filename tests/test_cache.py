@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from tests.conftest import PrivateRedis
+from tests.fix_clock import Clock
 from tmws.cache import (
     CacheManager,
     CircuitBreaker,
@@ -17,21 +18,12 @@ from tmws.cache import (
 from tmws.errors import RedisUnavailable
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_entries_expire_absolutely() -> None:
-    clock = Clock()
+def test_entries_expire_absolutely(clock: Clock) -> None:
     cache: LocalCache[str] = LocalCache(10, clock=clock)
     cache.put("k", "v", ttl=10)
-    clock.now = 9
+    clock.now += 9
     assert cache.get("k") == "v"  # a hit does not extend the life
-    clock.now = 10
+    clock.now += 1
     assert cache.get("k") is None
     assert (cache.hits, cache.misses) == (1, 1)
 
@@ -64,18 +56,17 @@ def test_tiers_are_separate_and_report_rates() -> None:
     assert stats["hits"] == 1 and stats["misses"] == 1 and stats["hit_rate"] == 50.0
 
 
-def test_circuit_breaker_opens_and_half_opens() -> None:
-    clock = Clock()
+def test_circuit_breaker_opens_and_half_opens(clock: Clock) -> None:
     breaker = CircuitBreaker(failures=2, reset_after=10, clock=clock)
     breaker.failure()
     assert breaker.state == "closed" and breaker.allow()
     breaker.failure()
     assert breaker.state == "open" and not breaker.allow() and breaker.trips == 1
-    clock.now = 10
+    clock.now += 10
     assert breaker.state == "half_open" and breaker.allow()
     breaker.failure()  # the trial failed: open again, for another full period
     assert breaker.state == "open"
-    clock.now = 20
+    clock.now += 10
     breaker.success()
     assert breaker.state == "closed" and breaker.trips == 1
 
@@ -126,7 +117,7 @@ async def test_redis_outage_degrades_and_recovers(private_redis: PrivateRedis) -
     cache = CacheManager(redis_url=private_redis.url, redis_timeout=0.2, breaker_failures=2,
                          breaker_reset=0.5)
     try:
-        assert await cache.ping() == "ok"
+        assert (await cache.ping()).state == "ok"
         assert await cache.put("infrastructure", "k", b"v", ttl=60)
         private_redis.stop()
         assert (await cache.get("infrastructure", "k"))[:2] == (b"v", "local")  # L1 still serves
@@ -138,10 +129,10 @@ async def test_redis_outage_degrades_and_recovers(private_redis: PrivateRedis) -
         started = time.monotonic()
         assert (await cache.get("infrastructure", "more")).value is None
         assert time.monotonic() - started < 0.05  # open circuit: Redis is not even asked
-        assert (await cache.ping()).startswith("unavailable")
+        assert (await cache.ping()).state == "unavailable"
         private_redis.start()
         await asyncio.sleep(0.6)
-        assert await cache.ping() == "ok"
+        assert (await cache.ping()).state == "ok"
         assert cache.breaker.state == "closed"
         assert await cache.generation("ns") is not None
         assert cache.stats()["redis"]["errors"] >= 2
@@ -152,7 +143,7 @@ async def test_redis_outage_degrades_and_recovers(private_redis: PrivateRedis) -
 async def test_slow_redis_times_out_instead_of_stalling(private_redis: PrivateRedis) -> None:
     cache = CacheManager(redis_url=private_redis.url, redis_timeout=0.2, breaker_failures=5)
     try:
-        assert await cache.ping() == "ok"
+        assert (await cache.ping()).state == "ok"
         stall = asyncio.create_task(asyncio.to_thread(
             redis.Redis(port=private_redis.port).execute_command, "DEBUG", "SLEEP", "1"))
         await asyncio.sleep(0.1)  # the server is now asleep for a second
@@ -261,13 +252,14 @@ async def test_redis_losing_its_data_never_revives_a_pre_write_result(
 
 
 def test_tuning_scales_what_the_pattern_file_declares() -> None:
-    # The guide's defaults (300 s, 1000 entries) leave the file's figures as they are.
+    # The defaults (300 s, 1000 entries) leave the file's figures as they are.
     plain = CacheManager(type_sizes={"infrastructure": 500, "memory": 1000, "hybrid": 200})
     assert plain.lifetime(60) == 60 and plain.lifetime(None) == 300
     assert plain.local.stats()["size"] == {"infrastructure": 0, "memory": 0, "hybrid": 0}
     assert [plain.local._caches[k].max_size for k in ("infrastructure", "memory", "hybrid")] == [
         500, 1000, 200]
-    # The guide's "aggressive caching": every declared TTL and size doubles, 0 stays 0.
+    # "Aggressive caching" (deploy/README.md, Performance Tuning): every declared TTL and size
+    # doubles, 0 stays 0.
     tuned = CacheManager(local_ttl=120, redis_ttl=600, max_local_size=2000,
                          type_sizes={"infrastructure": 500, "memory": 1000, "hybrid": 200})
     assert (tuned.lifetime(60), tuned.lifetime(300), tuned.lifetime(None), tuned.lifetime(0)) == (

@@ -27,7 +27,8 @@ ALERT_TESTS = PROMETHEUS / "alerts.test.yml"
 CONFIG = PROMETHEUS / "prometheus.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "tmws-dashboard.json"
 
-# The operations guide's "Alert Rules": name -> (for, severity, summary).
+# The original service's alert rules (deploy/README.md, Monitoring and Alerts):
+# name -> (for, severity, summary).
 GUIDE_ALERTS = {
     "HighExecutionTime": ("5m", "warning", "Pattern execution P95 exceeds 200ms"),
     "CriticalExecutionTime": ("2m", "critical", "Pattern execution P99 exceeds 500ms"),

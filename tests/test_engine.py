@@ -381,15 +381,6 @@ async def test_performance_compares_recent_latencies_with_the_targets(
     assert engine.get_stats()["performance"]["memory"]["samples"] >= 0
 
 
-def test_nearest_rank_percentiles() -> None:
-    from tmws.engine import _nearest_rank
-
-    ordered = [float(i) for i in range(1, 101)]
-    assert [_nearest_rank(ordered, q) for q in ("p50", "p95", "p99")] == [50.0, 95.0, 99.0]
-    assert _nearest_rank([7.0], "p99") == 7.0
-    assert _nearest_rank([], "p50") is None
-
-
 async def test_every_documented_example_query_answers(engine: PatternExecutionEngine,
                                                       namespace: str) -> None:
     """The library's example_queries are what its users copy first: each one executes

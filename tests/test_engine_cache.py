@@ -234,7 +234,7 @@ async def test_the_guides_cache_manager_drives_the_engine(
         again = await engine.execute(query, context={"namespace": namespace})
         assert again.cache_hit and again.metadata["cache_tier"] == "local"
     # The engine did not close a cache it was given: it still answers.
-    assert await cache.ping() == "ok"
+    assert (await cache.ping()).state == "ok"
     async with await create_pattern_execution_engine(settings, cache_manager=cache) as engine:
         hit = await engine.execute(query, context={"namespace": namespace})
         assert hit.cache_hit and hit.metadata["cache_tier"] == "redis"

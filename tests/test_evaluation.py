@@ -23,7 +23,7 @@ from tmws.patterns import PatternLibrary, default_library_path, load_pattern_fil
 from tmws.registry import PatternRegistry
 from tmws.router import HybridRouter
 
-# The bar for the default library on its own example queries.
+# The accuracy the default library must reach on its own example queries.
 REQUIRED_ACCURACY = 0.95
 
 

@@ -1,5 +1,6 @@
-"""The Python calls of the operations guide and of the original service's API documentation,
-as written there (the `src.services.pattern_execution_service` names are `tmws`'s)."""
+"""The Python calls of the original service's operations and API documentation, as written
+there (the `src.services.pattern_execution_service` names are `tmws`'s; README, From Python,
+and deploy/README.md, The guide, chapter by chapter, say where each lands)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tmws.cache import CacheManager
 @pytest.fixture
 def guide_environment(database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
                       ) -> None:
-    """The guide's Step 3 .env, as far as it concerns the Python API."""
+    """Step 3's .env (deploy/env.example), as far as it concerns the Python API."""
     for name, value in {
         "TMWS_DATABASE_URL": database_url, "TMWS_REDIS_URL": redis_url,
         "TMWS_LOG_LEVEL": "info", "TMWS_CACHE_TTL": "300", "TMWS_CACHE_MAX_SIZE": "1000",

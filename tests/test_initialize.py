@@ -1,4 +1,5 @@
-"""tmws initialize: the guide's initialize_patterns step, through the command line."""
+"""tmws initialize: the initialize_patterns step (deploy/README.md, Step 5), through the
+command line."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Recall relevance on the hand-written retrieval set: the ranking is not worse than the one
-before issue 20 (bench/legacy_recall.py), and never returns another namespace's private rows.
+it replaced (bench/legacy_recall.py), and never returns another namespace's private rows.
 
 Figures at 100,000 memories: bench/retrieval_quality.py and bench/README.md.
 """

@@ -49,7 +49,7 @@ __all__ = [
     "logging_dictconfig",
 ]
 
-# The operations guide's rotation: 100 MB per file, 10 files kept.
+# Rotation as deploy/README.md (Monitoring and Alerts) documents it: 100 MB per file, 10 kept.
 MAX_BYTES: Final = 100_000_000
 BACKUP_COUNT: Final = 10
 # Where the database pool logs statements under TMWS_DB_ECHO (never their parameters).

@@ -1,10 +1,10 @@
 """``tmws stats``: the running service's statistics, from outside it.
 
-The guide's diagnosis steps ask the service's own process (``get_pool_stats()``) and the
-database (``pg_stat_statements``). From an operator's shell this gathers the same facts: the
-answering worker's ``/api/v1/stats`` (with its pool), every worker's connections as the
-database sees them (``pg_stat_activity`` by ``application_name``) and, where the server
-has it loaded, the slowest statements.
+The diagnosis steps (deploy/README.md, Troubleshooting) ask the service's own process
+(``get_pool_stats()``) and the database (``pg_stat_statements``). From an operator's shell
+this gathers the same facts: the answering worker's ``/api/v1/stats`` (with its pool), every
+worker's connections as the database sees them (``pg_stat_activity`` by
+``application_name``) and, where the server has it loaded, the slowest statements.
 """
 
 from __future__ import annotations

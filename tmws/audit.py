@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIONS",
     "DEFAULT_CAPACITY",
-    "OUTCOME_FAILURE",
-    "OUTCOME_SUCCESS",
     "SYSTEM_ACTOR",
     "AuditLog",
     "ConstantDetail",
@@ -66,8 +64,6 @@ ACTIONS: Final = ("execute", "pattern.register", "pattern.delete", "pattern.relo
                   "memory.store", "memory.delete", "cache.clear", "verify")
 # The actor of changes nobody in particular asked for (start-up, CLI, pattern sync).
 SYSTEM_ACTOR: Final = "system"
-OUTCOME_SUCCESS: Final = "success"
-OUTCOME_FAILURE: Final = "failure"  # when there is no more precise error code
 
 DEFAULT_CAPACITY: Final = 100_000
 DEFAULT_BATCH_SIZE: Final = 1_000  # wake the writer early once this many are queued

@@ -8,8 +8,9 @@ backup, never restored and never pruned. The row counts in the manifest are read
 very snapshot ``pg_dump`` dumps (``--snapshot``), so they match the dump exactly even while
 the service keeps writing.
 
-Restore never writes over a database that holds tables (the operations guide's script pipes
-a dump into the live database, where every ``CREATE`` fails and nothing is restored):
+Restore never writes over a database that holds tables (piping a dump into the live
+database makes every ``CREATE`` fail and restores nothing; deploy/README.md, Where the guide
+is wrong):
 it creates the target database (or takes an empty one), restores in one transaction, checks
 the row counts, migrates to this version's schema, clears the result cache and runs
 ``tmws verify``. ``--force`` replaces an existing database without destroying it: the backup
@@ -372,8 +373,8 @@ def _is_local(url: str) -> bool:
 
 async def redis_snapshot(url: str, destination: Path, *, timeout: float,
                          socket_timeout: float = 5.0, poll: float = 0.1) -> RedisSnapshot:
-    """BGSAVE, wait until LASTSAVE moves past its value from before the BGSAVE (the guide's
-    loop compares LASTSAVE with itself and never waits), then copy the RDB file."""
+    """BGSAVE, wait until LASTSAVE moves past its value from before the BGSAVE (comparing
+    LASTSAVE with itself would never wait), then copy the RDB file."""
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError, ResponseError
 

@@ -5,13 +5,13 @@ normalised query, mode, relevant context, the pattern set's fingerprint and, for
 read from memory, the memory generations), so entries never need invalidating: a change
 simply makes new keys. Expiry is absolute: a hit never extends an entry's life.
 
-Tuning (the operations guide's ``TMWS_CACHE_TTL``, ``TMWS_CACHE_MAX_SIZE`` and
-``CacheManager(local_ttl=, redis_ttl=, max_local_size=)``) *scales* what the pattern file
-declares instead of capping it: every pattern of the shipped library sets ``cache_ttl``, so a
-default that only applied where a pattern says nothing, or a cap, would make the guide's
-"increase cache TTL / size" advice do nothing. Scaling keeps the file's relative freshness
-(a 60 s health check stays 5x fresher than a 300 s recall) and makes the guide's own
-``TMWS_CACHE_TTL=300`` / ``TMWS_CACHE_MAX_SIZE=1000`` (the defaults) change nothing:
+Tuning (``TMWS_CACHE_TTL``, ``TMWS_CACHE_MAX_SIZE`` and
+``CacheManager(local_ttl=, redis_ttl=, max_local_size=)``; deploy/README.md, Performance
+Tuning) *scales* what the pattern file declares instead of capping it: every pattern of the
+shipped library sets ``cache_ttl``, so a default that only applied where a pattern says
+nothing, or a cap, would make "increase cache TTL / size" do nothing. Scaling keeps the
+file's relative freshness (a 60 s health check stays 5x fresher than a 300 s recall) and
+makes ``TMWS_CACHE_TTL=300`` / ``TMWS_CACHE_MAX_SIZE=1000`` (the defaults) change nothing:
 
 - a result lives ``declared x redis_ttl / 300`` seconds, ``declared`` being the pattern's
   ``cache_ttl``, else its type's ``cache_config`` ttl, else 300 (0 never caches);
@@ -32,11 +32,12 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 from tmws.errors import RedisUnavailable
+from tmws.health import RedisStatus
 
 __all__ = ["BASE_LOCAL_SIZE", "BASE_TTL", "CacheManager", "CircuitBreaker", "Generation",
            "LocalCache", "Lookup", "TieredLocalCache"]
 
-# The reference points of the scaling above: the guide's defaults (TMWS_CACHE_TTL=300,
+# The reference points of the scaling above: the defaults (TMWS_CACHE_TTL=300,
 # TMWS_CACHE_MAX_SIZE=1000), at which the pattern file's figures apply unchanged.
 BASE_TTL: Final = 300
 BASE_LOCAL_SIZE: Final = 1000
@@ -439,17 +440,17 @@ class CacheManager:
         # sweep gets a budget of its own, not one call's.
         return int(await self._call(unlink_results, timeout=_CLEAR_BUDGET))
 
-    async def ping(self) -> str:
-        """'not configured', 'ok', or why not."""
+    async def ping(self) -> RedisStatus:
+        """Whether Redis answers now (not configured is a state, not a failure)."""
         if self._redis is None:
-            return "not configured"
+            return RedisStatus("not configured")
         if not self.breaker.allow():
-            return "unavailable: circuit open"
+            return RedisStatus("unavailable", "circuit open")
         try:
             await self._call(lambda r: r.ping())
         except _Unavailable as exc:
-            return f"unavailable: {type(exc.__cause__).__name__}"
-        return "ok"
+            return RedisStatus("unavailable", type(exc.__cause__).__name__)
+        return RedisStatus("ok")
 
     def stats(self) -> dict[str, Any]:
         local = self.local.stats()

@@ -45,7 +45,7 @@ _FALSE: Final = frozenset({"0", "false", "no", "off", ""})
 
 
 def default_pool_size() -> int:
-    """The guide's sizing rule: ``min(20, cpu_count * 5)``."""
+    """``min(20, cpu_count * 5)`` (deploy/README.md, Performance Tuning)."""
     return min(20, (os.cpu_count() or 1) * 5)
 
 
@@ -76,7 +76,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str | None = None
     data_dir: str = msgspec.field(default_factory=_default_data_dir)
     db_max_connections: int = msgspec.field(default_factory=default_pool_size)
-    db_max_overflow: int = -1  # -1: half the pool size, as the guide recommends
+    db_max_overflow: int = -1  # -1: half the pool size (deploy/README.md, Performance Tuning)
     # Connections each worker opens at start and keeps (-1: all of db_max_connections);
     # the rest up to max + overflow open on demand and close after 10 idle minutes.
     db_min_connections: int = -1
@@ -98,8 +98,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_timeout: float = 5.0
     # Cache. TTL and size scale the pattern file's per-pattern cache_ttl and per-type
     # cache_config sizes (x cache_ttl/300, x cache_max_size/1000) rather than cap them:
-    # every shipped pattern declares a TTL, so a cap or a fallback would leave the guide's
-    # "increase cache TTL / size" without effect (tmws.cache explains the choice).
+    # every shipped pattern declares a TTL, so a cap or a fallback would leave "increase
+    # cache TTL / size" without effect (tmws.cache and deploy/README.md, Performance Tuning).
     cache_ttl: int = BASE_TTL
     cache_max_size: int = BASE_LOCAL_SIZE
     cache_enabled: bool = True
@@ -169,7 +169,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     embedding_timeout: float = 10.0
     embedding_batch_size: int = 64
     vector_index: str = "ivfflat"  # ivfflat | hnsw
-    vector_lists: int = 100  # ivfflat lists, as in the operations guide
+    vector_lists: int = 100  # ivfflat lists at creation; tmws db reindex re-sizes them
     vector_probes: int = 10  # ivfflat lists searched per query
     hnsw_m: int = 16
     hnsw_ef_construction: int = 64
@@ -202,8 +202,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def admission_max_queue(self) -> int:
         return self.admission_queue or 4 * self.admission_limit
 
-    # The original service's settings names (the guide's "Connection Pooling" snippet reads
-    # them). Read-only: settings are fixed at start; set TMWS_DB_* instead.
+    # The original service's settings names, which its connection-pooling snippet reads.
+    # Read-only: settings are fixed at start; set TMWS_DB_* instead.
     @property
     def database_pool_size(self) -> int:
         return self.db_max_connections

@@ -23,13 +23,15 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 import msgspec
 
 from tmws.errors import HandlerCapabilityError, HealthCheckFailed, InvalidRequestError
+from tmws.health import HealthReport
 from tmws.inputs import ExecutionContext, MemoryInput, convert
 from tmws.memory import topic_words
 from tmws.models import ExecutionMode, PatternDefinition, PatternType, RoutingDecision
 
 if TYPE_CHECKING:
-    from tmws.engine import PatternExecutionEngine
+    from tmws._statistics import ServiceStatus
     from tmws.memory import MemoryStore
+    from tmws.registry import PatternRegistry
 
 __all__ = [
     "HANDLERS",
@@ -37,6 +39,7 @@ __all__ = [
     "Capabilities",
     "Handler",
     "HandlerContext",
+    "HandlerServices",
     "check_pattern_handler",
     "resolve_handler",
     "subjects_in",
@@ -83,6 +86,15 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
 PURE: Final = Capabilities()
 
 
+class HandlerServices(NamedTuple):
+    """The engine's parts a handler may reach, each behind the capability it needs: one
+    per engine, shared by every execution. Never the engine itself."""
+
+    memory: MemoryStore
+    registry: PatternRegistry
+    status: ServiceStatus
+
+
 @dataclass(frozen=True)
 class HandlerContext:
     """What a handler gets: the query, the routing decision, the checked context fields
@@ -94,7 +106,7 @@ class HandlerContext:
     pattern: PatternDefinition | None
     params: ExecutionContext
     capabilities: Capabilities
-    _engine: PatternExecutionEngine = field(repr=False)
+    _services: HandlerServices = field(repr=False)
     context: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -116,29 +128,29 @@ class HandlerContext:
     def memory(self) -> MemoryStore:
         """The memory store, for a handler that declared reading or writing memories."""
         self._require(self.capabilities.touches_memory, "memories")
-        return self._engine.memory
+        return self._services.memory
 
     def text_after_trigger(self) -> str:
         """The query's text after its trigger match (all of it without a trigger)."""
         if self.pattern is None:
             return self.query.strip()
-        return self._engine.registry.text_after_trigger(self.pattern, self.query)
+        return self._services.registry.text_after_trigger(self.pattern, self.query)
 
     def statistics(self) -> dict[str, Any]:
         """The service's counters (``GET /api/v1/stats``), for a handler that declared
         reads_stats."""
         self._require(self.capabilities.reads_stats, "service statistics")
-        return self._engine.get_stats()
+        return self._services.status.stats()
 
     def pool_statistics(self) -> dict[str, Any]:
         self._require(self.capabilities.reads_stats, "service statistics")
-        return self._engine.pool_stats()
+        return self._services.status.pool_stats()
 
-    async def health(self) -> dict[str, Any]:
+    async def health(self) -> HealthReport:
         """The health report; the database is probed only by a handler that declared
         database access, and never in fast mode."""
         probe = self.capabilities.database and self.mode is not ExecutionMode.FAST
-        return await self._engine.health(probe_database=probe)
+        return await self._services.status.health(probe_database=probe)
 
     def _require(self, allowed: bool, what: str) -> None:
         if not allowed:
@@ -177,11 +189,10 @@ async def delegate_to_caller(ctx: HandlerContext) -> dict[str, Any]:
 
 async def health_check(ctx: HandlerContext) -> dict[str, Any]:
     report = await ctx.health()
-    if not report["healthy"]:
-        failing = [name for name in ("engine", "database", "cache")
-                   if report[name]["status"] not in ("ok", "not_probed")]
-        raise HealthCheckFailed(f"unhealthy: {', '.join(failing)}", report)
-    return report
+    if not report.healthy:
+        raise HealthCheckFailed(f"unhealthy: {', '.join(report.failing())}",
+                                report.to_builtins())
+    return report.to_builtins()
 
 
 async def engine_statistics(ctx: HandlerContext) -> dict[str, Any]:

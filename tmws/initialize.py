@@ -1,4 +1,4 @@
-"""``tmws initialize``: the guide's ``initialize_patterns`` step.
+"""``tmws initialize``: the ``initialize_patterns`` step (deploy/README.md, Step 5).
 
 Loads and validates the configured pattern file (every trigger compiled by the Rust core,
 every handler bound), builds the matcher and the router's example index as the service
@@ -47,9 +47,8 @@ async def initialize_patterns(settings: Settings, source: str | Path | None = No
     cannot be used, naming the file, the pattern and the problem."""
     from tmws._example_vectors import example_vectors_for
     from tmws.embeddings import create_provider
-    from tmws.engine import require_patterns
     from tmws.handlers import HANDLERS, check_pattern_handler, resolve_handler
-    from tmws.patterns import default_library_path, load_pattern_file
+    from tmws.patterns import default_library_path, load_pattern_file, require_patterns
     from tmws.registry import PatternRegistry
     from tmws.router import HybridRouter
 

@@ -1,12 +1,12 @@
-"""Prometheus metrics, named, labelled and bucketed as the operations guide's dashboards and
-alerts expect.
+"""Prometheus metrics, named, labelled and bucketed as the dashboard and alert rules in
+``deploy/`` expect (deploy/README.md, Monitoring and Alerts).
 
 Label values stay bounded: ``pattern_name`` is a registered pattern's name or ``none``
 (keyword-routed or unmatched queries), never text from the query.
 
 Cache hit rates are counted, not sampled: ``tmws_pattern_cache_lookups_total`` and
 ``tmws_pattern_cache_hits_total`` (by ``cache_type``: ``overall``, ``local``, ``redis``) add up
-over workers like every counter, and the guide's gauge ``tmws_pattern_cache_hit_rate`` is
+over workers like every counter, and the gauge ``tmws_pattern_cache_hit_rate`` is
 computed from those sums when a scrape is answered, by whichever worker answers it, so every
 scrape of an instance gives the same ratio. Alerts and dashboards use
 ``rate(hits) / rate(lookups)``: the gauge is a since-start ratio.

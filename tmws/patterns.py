@@ -27,6 +27,7 @@ __all__ = [
     "default_library_path",
     "load_pattern_file",
     "parse_pattern_library",
+    "require_patterns",
 ]
 
 
@@ -80,6 +81,16 @@ class _Loader(yaml.SafeLoader):
 def default_library_path() -> Path:
     """The library shipped in the package, built from the documented defaults."""
     return Path(str(resources.files("tmws") / "data" / "default_patterns.yaml"))
+
+
+def require_patterns(library: PatternLibrary, allow_empty: bool) -> None:
+    """PatternConfigError for a library without patterns, unless that is wanted: a file
+    emptied by mistake must not silence every instance."""
+    if not library.patterns and not allow_empty:
+        raise PatternConfigError(
+            "defines no patterns; an empty library would answer nothing, so it is refused "
+            "unless asked for explicitly (\"allow_empty\": true on reload, or "
+            "TMWS_PATTERN_ALLOW_EMPTY=true)", source=library.source)
 
 
 def load_pattern_file(path: str | Path, *, limits: PatternLimits | None = None

@@ -15,9 +15,8 @@ import msgspec
 from tmws._logging import granian_log_options
 from tmws.config import Settings
 from tmws.database import open_server
-from tmws.engine import require_patterns
 from tmws.http.app import create_app
-from tmws.patterns import default_library_path, load_pattern_file
+from tmws.patterns import default_library_path, load_pattern_file, require_patterns
 
 __all__ = ["serve"]
 

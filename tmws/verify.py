@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 
 from tmws.config import Settings
 from tmws.errors import AuthenticationError, ConfigError
+from tmws.health import RedisStatus
 from tmws.models import ExecutionMode, PatternDefinition, PatternType
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ class _Target:
         self.library: PatternLibrary | None = None
         self.engine: PatternExecutionEngine | None = None
         self.no_engine = "no engine could be built"
-        self.redis_ping: Callable[[], Awaitable[str]] | None = None
+        self.redis_ping: Callable[[], Awaitable[RedisStatus]] | None = None
 
     def connection(self) -> AbstractAsyncContextManager[Any]:
         if self.connect is None:
@@ -462,7 +463,7 @@ async def _vector_index(target: _Target) -> tuple[Status, str]:
 # -- redis, patterns, token ----------------------------------------------------------------
 
 
-async def _redis_standalone(settings: Settings) -> str:
+async def _redis_standalone(settings: Settings) -> RedisStatus:
     import redis.asyncio as aioredis
 
     assert settings.redis_url is not None
@@ -472,10 +473,10 @@ async def _redis_standalone(settings: Settings) -> str:
         await client.ping()
         info = await client.info("server")
     except Exception as exc:  # redis-py's messages name host and port, never the password
-        return f"unavailable: {_describe(exc)}"
+        return RedisStatus("unavailable", _describe(exc))
     finally:
         await client.aclose()
-    return f"ok: Redis {info.get('redis_version', '?')}"
+    return RedisStatus("ok", version=str(info.get("redis_version", "?")))
 
 
 async def _redis(target: _Target) -> tuple[Status, str]:
@@ -483,15 +484,14 @@ async def _redis(target: _Target) -> tuple[Status, str]:
         return "ok", "not configured, L1 only"
     assert target.redis_ping is not None
     answer = await target.redis_ping()
-    if answer.startswith("ok"):
-        return "ok", answer.removeprefix("ok").lstrip(": ") or "answers PING"
-    return "fail", f"TMWS_REDIS_URL is set but Redis is {answer}"
+    if answer.state == "ok":
+        return "ok", f"Redis {answer.version}" if answer.version else "answers PING"
+    return "fail", f"TMWS_REDIS_URL is set but Redis is unavailable: {answer.error}"
 
 
 async def _patterns(target: _Target) -> tuple[Status, str]:
-    from tmws.engine import require_patterns
     from tmws.handlers import HANDLERS, check_pattern_handler
-    from tmws.patterns import default_library_path, load_pattern_file
+    from tmws.patterns import default_library_path, load_pattern_file, require_patterns
 
     settings = target.settings
     source = settings.pattern_config or default_library_path()

@@ -27,7 +27,7 @@ def upgrade() -> None:
             created_at  timestamptz NOT NULL DEFAULT now(),
             updated_at  timestamptz NOT NULL DEFAULT now()
         )""")
-    # The operations guide's indexes (the vector index arrives with the embedding column).
+    # The indexes tmws verify checks (the vector index arrives with the embedding column).
     op.execute("CREATE INDEX idx_memory_content_pattern ON memories"
                " USING gin (to_tsvector('english', content))")
     op.execute("CREATE INDEX idx_memory_importance_created ON memories"

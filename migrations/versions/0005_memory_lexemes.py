@@ -2,7 +2,7 @@
 
 Recall ranked every full-text match by re-parsing its content with to_tsvector at query
 time (~60 µs a row, most of a recall's time). The column is computed once per write, and
-the guide's index, idx_memory_content_pattern (same name, same GIN method), indexes it.
+the full-text index, idx_memory_content_pattern (same name, same GIN method), indexes it.
 Two more lexemes, 'ns <namespace>' and 'vis <visibility>' (a space: no parsed word has
 one), let one index scan find only the matches a namespace may read, instead of reading
 every match's row to filter it; the namespace filter itself still runs on the rows.

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.loopback import base_url, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/tmws:test"
@@ -178,7 +178,7 @@ def test_image_serves_each_pattern_type_and_drains_on_sigterm(image: str,
            "-p", "127.0.0.1::8000", image)
     try:
         port = published_port(name)
-        base = f"http://127.0.0.1:{port}"
+        base = base_url(port)
         bearer = wait_ready(base, name)
         assert bearer is not None
         execute_each_type(base, bearer)
@@ -233,7 +233,7 @@ def test_compose_file_comes_up_with_podman_compose(image: str) -> None:
     try:
         podman_compose("up", "-d", "--no-build", project=project, variables=variables)
         container = f"{project}_tmws_1"
-        base = f"http://127.0.0.1:{port}"
+        base = base_url(port)
         bearer = wait_ready(base, container, within=180)
         execute_each_type(base, bearer)
         migrate = podman("inspect", "--format", "{{.State.ExitCode}}", f"{project}_migrate_1")
@@ -251,7 +251,7 @@ def test_embedded_trial_image_runs_its_database_as_an_ordinary_user(image: str) 
     name = f"tmws-ci-trial-{uuid.uuid4().hex[:8]}"
     podman("run", "-d", "--name", name, "-p", "127.0.0.1::8000", trial)
     try:
-        base = f"http://127.0.0.1:{published_port(name)}"
+        base = base_url(published_port(name))
         execute_each_type(base, wait_ready(base, name, within=180, auth=False))
         owners = podman("exec", name, "sh", "-c",
                         "stat -c %u /data/pgdata; for s in /proc/[0-9]*/status; do "

@@ -17,7 +17,8 @@ from tmws.errors import DatabaseError
 
 
 def _in_another_process(env: dict[str, str]) -> dict[str, object]:
-    """The guide's snippet, run as it says: a fresh interpreter with no pool of its own."""
+    """The diagnosis snippet of deploy/README.md, Troubleshooting, run as an operator does:
+    a fresh interpreter with no pool of its own."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("TMWS_")}
     done = subprocess.run(
         [sys.executable, "-c", "import json; from tmws.database import get_pool_stats; "
@@ -74,8 +75,8 @@ def test_without_a_server_the_report_says_so(tmp_path: Path) -> None:
 
 
 async def test_pg_stat_statements_on_the_embedded_server(database_url: str) -> None:
-    # The embedded bundle ships no contrib modules: the guide's slow-query list needs an
-    # external server with the extension preloaded, and says so.
+    # The embedded bundle ships no contrib modules: the slow-query list needs an external
+    # server with the extension preloaded (deploy/README.md, Troubleshooting), and says so.
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         shipped = await (await conn.execute(
             "SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_stat_statements'"

@@ -12,7 +12,8 @@ import psycopg
 import pytest
 from alembic import command
 
-from tests.conftest import PLAIN_POSTGRES_URL, free_port, scratch_database
+from tests.conftest import PLAIN_POSTGRES_URL, scratch_database
+from tests.loopback import free_port
 from tmws.database import PGVECTOR_HELP, available_migrations, require_current_schema, upgrade
 from tmws.database._migrate import _ALEMBIC_LOCK, alembic_config
 from tmws.errors import DatabaseError, ExtensionMissingError
@@ -164,9 +165,10 @@ def test_guides_alembic_command_explains_missing_pgvector() -> None:
 
 async def test_alembic_from_a_checkout_with_tmws_installed_from_a_wheel(
         database_url: str, tmp_path: Path) -> None:
-    """The guide's `python -m alembic upgrade head` from the repository root, with tmws
-    installed as a wheel (not editable): the checkout's sources, first on sys.path and
-    without the compiled core, once shadowed the installed package and failed to import."""
+    """`python -m alembic upgrade head` from the repository root (deploy/README.md, Step 4),
+    with tmws installed as a wheel (not editable): the checkout's sources, first on sys.path
+    and without the compiled core, once shadowed the installed package and failed to
+    import."""
     checkout, site = tmp_path / "checkout", tmp_path / "site"
     shutil.copytree(REPO_ROOT / "migrations", checkout / "migrations",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -188,7 +190,7 @@ async def test_alembic_from_a_checkout_with_tmws_installed_from_a_wheel(
 
 
 async def test_stored_lexemes_migrate_a_populated_table(database_url: str) -> None:
-    """0005 on a table with rows: every row gets its tsvector, the guide's index moves onto
+    """0005 on a table with rows: every row gets its tsvector, the full-text index moves onto
     the column, recall finds the old rows, and upgrading again changes nothing."""
     async with scratch_database(database_url) as fresh:
         def to_0004() -> None:

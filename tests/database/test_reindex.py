@@ -153,7 +153,7 @@ async def test_reindex_drops_leftovers_of_an_interrupted_run(filled: str) -> Non
             await conn.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {TEMP_NAME} ON memories"
                                " (namespace)")
         await conn.execute(f"CREATE INDEX {OLD_NAME} ON memories (created_at)")
-        # The live index itself invalid: the guide's CREATE INDEX CONCURRENTLY, cancelled.
+        # The live index itself invalid, as a cancelled CREATE INDEX CONCURRENTLY leaves it.
         await conn.execute("UPDATE pg_index SET indisvalid = false"
                            f" WHERE indexrelid = '{INDEX_NAME}'::regclass")
     assert (TEMP_NAME, False) in [(n, v) for n, _, v in await _catalog(filled)]

@@ -1,24 +1,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import psycopg
 import psycopg.sql
 import pytest
 
-from tests.conftest import make_settings, scratch_database
+from tests.conftest import make_settings
 from tests.test_cli import run as run_cli
 from tmws.database import upgrade
 from tmws.engine import create_pattern_execution_engine
 from tmws.errors import DatabaseError
-
-
-@pytest.fixture
-async def fresh_database(database_url: str) -> AsyncIterator[str]:
-    """An empty database beside the shared test database, dropped afterwards."""
-    async with scratch_database(database_url) as url:
-        yield url
 
 
 async def _index_definition(conninfo: str) -> str:

@@ -18,10 +18,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port
 from tests.fix_server import server_env as _env
 from tests.fix_server import start_server as _start
 from tests.fix_server import stop_server as _stop
+from tests.loopback import free_port
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.loopback import base_url, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DIST = ROOT / "dist"
@@ -110,7 +110,7 @@ def test_install_import_snippet_and_serve(fresh: tuple[str, Path, dict[str, str]
         while True:
             assert server.poll() is None, (tmp_path / "serve.log").read_text()
             try:
-                answer = httpx.post(f"http://127.0.0.1:{port}/api/v1/execute",
+                answer = httpx.post(f"{base_url(port)}/api/v1/execute",
                                     json={"query": "check health"}, timeout=5)
                 break
             except httpx.TransportError:

@@ -1,11 +1,12 @@
 """The running service's database connections, seen from another process.
 
-A pool's own statistics live in the process that owns it; the guide's diagnosis snippet
-(``get_pool_stats()`` in a fresh ``python3 -c``) runs elsewhere. PostgreSQL sees every
+A pool's own statistics live in the process that owns it; the diagnosis snippet of
+deploy/README.md, Troubleshooting (``get_pool_stats()`` in a fresh ``python3 -c``) runs
+elsewhere. PostgreSQL sees every
 connection: each pooled one is named ``tmws/<worker pid>/<role>`` (``application_name``),
 so ``pg_stat_activity`` grouped by name and state shows each worker's pool as the server
-sees it. ``pg_stat_statements`` (the guide's slow-query list) is read the same way when the
-server has it loaded.
+sees it. ``pg_stat_statements`` (the slow-query list, same section) is read the same way
+when the server has it loaded.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def service_connections(conninfo: str | None = None) -> dict[str, Any]:
 
 
 def slow_statements(conninfo: str, limit: int = 10) -> list[dict[str, Any]]:
-    """The guide's diagnosis query: the statements with the highest mean execution time.
+    """The statements with the highest mean execution time (``pg_stat_statements``).
     DatabaseError naming what to do when ``pg_stat_statements`` is not enabled."""
     try:
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=_CONNECT_TIMEOUT,

@@ -1,10 +1,11 @@
 """Schema migrations, run by Alembic from the top-level ``migrations/`` directory.
 
-``tmws db upgrade``, the embedded database's start-up and the operations guide's
-``alembic upgrade head`` all go through :func:`run_alembic_environment` (``migrations/env.py``
-calls it): it refuses a server without pgvector with installation instructions, and holds an
-advisory lock so that instances starting together migrate one at a time. Each revision runs
-in its own transaction; re-running is a no-op.
+``tmws db upgrade``, the embedded database's start-up and ``alembic upgrade head`` from the
+repository root (deploy/README.md, Deployment Guide, Step 4) all go through
+:func:`run_alembic_environment` (``migrations/env.py`` calls it): it refuses a server
+without pgvector with installation instructions, and holds an advisory lock so that
+instances starting together migrate one at a time. Each revision runs in its own
+transaction; re-running is a no-op.
 """
 
 from __future__ import annotations

@@ -69,9 +69,10 @@ request_budget: ContextVar[Budget | None] = ContextVar("tmws_request_budget", de
 
 
 def get_pool_stats() -> dict[str, Any]:
-    """Pool statistics of every open database in this process (the guide's diagnosis call).
+    """Pool statistics of every open database in this process (the diagnosis call of
+    deploy/README.md, Troubleshooting).
 
-    In a process with no pool of its own (the guide runs it in a fresh ``python3 -c``), the
+    In a process with no pool of its own (an operator's fresh ``python3 -c``), the
     running service's connections instead: ``pg_stat_activity`` of the configured database
     (TMWS_DATABASE_URL, or the embedded server if it is running) grouped by
     ``application_name`` (``tmws/<worker pid>/<role>``) and state; see
@@ -92,8 +93,9 @@ class Database:
 
     def __init__(self, conninfo: str, settings: Settings, *, role: str = "service") -> None:
         """``role`` names the pool in ``pg_stat_activity``: every connection's
-        ``application_name`` is ``tmws/<pid>/<role>``, so another process (the guide's
-        ``get_pool_stats()``, an operator's psql) can tell whose connections are whose."""
+        ``application_name`` is ``tmws/<pid>/<role>``, so another process
+        (``get_pool_stats()`` in a shell, an operator's psql) can tell whose connections are
+        whose."""
         self.conninfo = conninfo
         self.application_name = f"{APPLICATION_PREFIX}{os.getpid()}/{role}"
         self._settings = settings

@@ -31,7 +31,7 @@ INDEX_NAME = "idx_memory_embedding"
 
 
 def create_index_sql(settings: Settings) -> str:
-    """``CREATE INDEX`` for the configured kind (ivfflat as in the guide, or HNSW)."""
+    """``CREATE INDEX`` for the configured kind (ivfflat, the default, or HNSW)."""
     if settings.vector_index == "hnsw":
         return (f"CREATE INDEX {INDEX_NAME} ON memories USING hnsw (embedding vector_cosine_ops)"
                 f" WITH (m = {int(settings.hnsw_m)},"

@@ -112,7 +112,7 @@ ROUTES: Final = (
           "lowers healthy)",
           scope=None, response_type=Readiness, errors=(503,), rate_limited=False),
     Route("GET", "/api/v1/health", endpoints.health_detail,
-          "The guide's health check in full: readiness with what is wrong, the engine, "
+          "The health check in full: readiness with what is wrong, the engine, "
           "database and cache reports (503 when not ready)", scope="metrics:read",
           response_type=dict[str, Any], errors=(503,)),
     Route("GET", "/metrics", endpoints.metrics, "Prometheus metrics", scope=None,

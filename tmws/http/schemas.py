@@ -167,7 +167,8 @@ class Health(msgspec.Struct):
 
 
 class Readiness(msgspec.Struct, omit_defaults=True):
-    """The operations guide's health check; ``ready`` is what probes act on."""
+    """The health check's booleans (deploy/README.md, Monitoring and Alerts); ``ready`` is
+    what probes act on."""
 
     pattern_engine: bool
     database: bool

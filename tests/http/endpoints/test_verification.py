@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-import httpx
-
-from tests.conftest import SECRET, ApiFactory, make_settings, scratch_database
+from tests.conftest import SECRET, ApiFactory
 from tmws.auth import TokenAuthority
-from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
-from tmws.http.app import TmwsApp
-
-
-@asynccontextmanager
-async def api_on(url: str, **overrides: str
-                 ) -> AsyncIterator[tuple[httpx.AsyncClient, PatternExecutionEngine]]:
-    """The app in process on a database of its own (make_api serves the shared one, whose
-    vector index other tests fill)."""
-    settings = make_settings(url, **overrides)
-    async with await create_pattern_execution_engine(settings) as engine:
-        app = TmwsApp(settings)
-        app.attach(engine)
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://tmws") as client:
-            yield client, engine
 
 
 async def test_verify_needs_admin_and_reports_on_the_running_engine(
-        database_url: str, redis_url: str) -> None:
+        make_api: ApiFactory, migrated_database: str, redis_url: str) -> None:
     authority = TokenAuthority(SECRET, 60)
     admin = {"authorization": f"Bearer {authority.create('ops', ['patterns:admin'])}"}
     caller = {"authorization": f"Bearer {authority.create('ops', ['execute', 'metrics:read'])}"}
-    async with scratch_database(database_url, migrate=make_settings(database_url)) as url, \
-            api_on(url, auth_enabled="true", secret_key=SECRET,
-                   redis_url=redis_url) as (api, engine):
+    # A database of its own: the session's has a vector index that other tests fill.
+    async with make_api(on=migrated_database, auth_enabled="true",
+                        redis_url=redis_url) as (api, engine):
         assert (await api.get("/api/v1/verify")).status_code == 401
         denied = await api.get("/api/v1/verify", headers=caller)
         assert denied.status_code == 403

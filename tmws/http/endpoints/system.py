@@ -13,7 +13,7 @@ import asyncio
 import time
 import weakref
 from ipaddress import ip_address
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -27,6 +27,7 @@ from tmws.metrics import exposition
 
 if TYPE_CHECKING:
     from tmws.engine import PatternExecutionEngine
+    from tmws.health import HealthReport
 
 __all__ = ["clear_cache", "health", "health_detail", "metrics", "openapi", "ready", "stats"]
 
@@ -54,25 +55,27 @@ async def health_detail(engine: PatternExecutionEngine, request: Request) -> Res
     """The guide's health check in full: the readiness booleans with what is wrong, and
     the engine, database and cache reports; 503 unless healthy."""
     readiness, report = await _check(engine)
-    body = {**report, "healthy": readiness.healthy, "checks": msgspec.to_builtins(readiness)}
+    body = {**report.to_builtins(), "healthy": readiness.healthy,
+            "checks": msgspec.to_builtins(readiness)}
     return Response(200 if readiness.healthy else 503, encoder.encode(body))
 
 
-async def _check(engine: PatternExecutionEngine) -> tuple[Readiness, dict[str, Any]]:
+async def _check(engine: PatternExecutionEngine) -> tuple[Readiness, HealthReport]:
     # Not the health pattern's 30 ms budget: a busy but healthy database must not take the
     # instance out of rotation exactly when it is loaded.
     report = await engine.health(database_timeout=_READY_DATABASE_TIMEOUT)
-    redis = report["cache"]["redis"]
-    database = report["database"]["status"] == "ok"
+    cache = report.cache
+    database = report.database.status == "ok"
+    # Not configured is fine: the service runs on its local cache.
+    redis = cache.redis != "unavailable"
     readiness = Readiness(
-        pattern_engine=report["engine"]["status"] == "ok",
+        pattern_engine=report.engine.status == "ok",
         database=database,
-        # Not configured is fine: the service runs on its local cache.
-        redis=redis in ("ok", "not configured"),
+        redis=redis,
         healthy=False,
         ready=False,
-        database_error=None if database else report["database"]["status"],
-        redis_error=redis if redis.startswith("unavailable") else None)
+        database_error=None if database else f"unavailable: {report.database.reason}",
+        redis_error=None if redis else f"unavailable: {cache.redis_error}")
     readiness.healthy = readiness.pattern_engine and readiness.database and readiness.redis
     # Redis down is a degradation, not an outage: the instance serves from its in-process
     # cache, and a cache outage must not take every instance out of rotation at once.
