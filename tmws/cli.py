@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return verify_command(as_json=args.json, execute=not args.no_execute)
     try:
         settings = Settings.from_env()
-        # serve logs on stdout (the guide's console handler); other commands keep stdout for
+        # serve logs on stdout (deploy/README.md, "Logs"); other commands keep stdout for
         # their output.
         configure_logging(settings, stream="stdout" if args.command == "serve" else "stderr")
         if args.command == "serve":

@@ -497,7 +497,7 @@ async def create_pattern_execution_engine(settings: Settings | CacheManager | No
     migrated; with it, the schema must already be current (``tmws db upgrade``).
 
     ``cache`` (or the original service's ``cache_manager``, also accepted as the first
-    argument) is a :class:`tmws.cache.CacheManager` built by the caller, e.g. the guide's
+    argument) is a :class:`tmws.cache.CacheManager` built by the caller, e.g. the Python API's
     ``CacheManager(redis_url=..., local_ttl=120, redis_ttl=600, max_local_size=2000)``:
     its settings replace TMWS_REDIS_URL, TMWS_CACHE_TTL, TMWS_CACHE_MAX_SIZE and
     TMWS_CACHE_LOCAL_TTL for this engine, which does not close it.

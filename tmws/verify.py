@@ -1,4 +1,4 @@
-"""Installation checks: the operations guide's ``verify_installation``, made real.
+"""Installation checks (``tmws verify``; deploy/README.md, "Deployment Guide").
 
 :func:`run_verification` checks a configuration from outside (``tmws verify``, and ``tmws
 restore`` after a restore): it opens its own connections. :func:`verify_engine` checks a
@@ -55,13 +55,14 @@ _EXECUTE_TIMEOUT_MS: Final = 5000
 CHECK_TIMEOUT: Final = 20.0
 # Executions run in a namespace of their own: they read nothing private and write nothing.
 VERIFY_NAMESPACE: Final = "tmws-verify"
-# The guide's Performance Tuning > Index Creation, by name and access method (the vector
+# The indexes of deploy/README.md's "Performance Tuning", by name and access method (the vector
 # index's method follows TMWS_VECTOR_INDEX); migrations 0001 and 0002 create them.
 GUIDE_INDEXES: Final = ("idx_memory_content_pattern", "idx_memory_importance_created",
                         "idx_memory_tags", "idx_memory_embedding")
 _METHODS: Final = {"idx_memory_content_pattern": "gin", "idx_memory_importance_created": "btree",
                    "idx_memory_tags": "gin"}
-# The guide's metric families (counters without _total, as the parser names them).
+# The metric families of deploy/README.md's "Monitoring and Alerts" (counters without
+# _total, as the parser names them).
 _GUIDE_METRICS: Final = ("tmws_pattern_executions", "tmws_pattern_execution_duration_seconds",
                          "tmws_pattern_cache_hit_rate", "tmws_pattern_tokens_used",
                          "tmws_database_connections_active",
@@ -410,7 +411,7 @@ async def _indexes(target: _Target) -> tuple[Status, str]:
     found = {row["name"]: row for row in rows}
     wanted = {**_METHODS, "idx_memory_embedding": target.settings.vector_index}
     missing = [name for name in GUIDE_INDEXES if name not in found]
-    # Any index of memories, the guide's or not: a failed CREATE INDEX CONCURRENTLY leaves
+    # Any index of memories, documented or not: a failed CREATE INDEX CONCURRENTLY leaves
     # an invalid one that costs every write and serves no read.
     invalid = sorted(name for name, row in found.items() if not (row["valid"] and row["ready"]))
     problems = []

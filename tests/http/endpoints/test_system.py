@@ -95,7 +95,7 @@ async def test_probes_answer_without_a_token_and_say_nothing_more(make_api: ApiF
             assert (await api.get(path)).status_code == 200
         ready = await api.get("/health/ready")
         assert ready.status_code == 200
-        # The guide's booleans only: no error texts, versions, pools or pattern counts.
+        # The readiness booleans only: no error texts, versions, pools or pattern counts.
         assert ready.json() == {"pattern_engine": True, "database": True, "redis": True,
                                 "healthy": True, "ready": True}
         assert (await api.get("/api/v1/health")).status_code == 401

@@ -52,8 +52,9 @@ async def ready(engine: PatternExecutionEngine, request: Request) -> Response:
 
 
 async def health_detail(engine: PatternExecutionEngine, request: Request) -> Response:
-    """The guide's health check in full: the readiness booleans with what is wrong, and
-    the engine, database and cache reports; 503 unless healthy."""
+    """The full health check (deploy/README.md, "Monitoring and Alerts"): the readiness
+    booleans with what is wrong, and the engine, database and cache reports; 503 unless
+    healthy."""
     readiness, report = await _check(engine)
     body = {**report.to_builtins(), "healthy": readiness.healthy,
             "checks": msgspec.to_builtins(readiness)}
