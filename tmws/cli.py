@@ -32,6 +32,7 @@ from tmws.database import (
 from tmws.embeddings import create_provider
 from tmws.errors import TmwsError
 from tmws.inputs import check_namespace
+from tmws.models import ExecutionMode
 
 __all__ = ["main"]
 
@@ -57,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     reindex_.add_argument("--json", action="store_true", help="print the report as JSON")
     execute = commands.add_parser("execute", help="execute one query and print the result")
     execute.add_argument("query")
-    execute.add_argument("--mode", default=None, help="fast, balanced or comprehensive")
+    execute.add_argument("--mode", default=None, choices=[m.value for m in ExecutionMode])
     execute.add_argument("--namespace", default=None)
     memories = commands.add_parser("memories", help="bulk memory operations")
     memory_commands = memories.add_subparsers(dest="memories_command", required=True)
@@ -97,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("file")
     evaluate.add_argument("--patterns", default=None,
                           help="pattern file (default: TMWS_PATTERN_CONFIG or the shipped one)")
-    evaluate.add_argument("--mode", default=None, choices=["fast", "balanced", "comprehensive"])
+    evaluate.add_argument("--mode", default=None, choices=[m.value for m in ExecutionMode])
     evaluate.add_argument("--min-score", type=float, default=None,
                           help="stage-2 threshold (default: TMWS_ROUTER_MIN_SCORE)")
     evaluate.add_argument("--min-margin", type=float, default=None,
