@@ -135,17 +135,8 @@ class PatternChanges:
             else:
                 prepared, propagation = await self.sync.change(
                     mutate, action=action, actor=actor, target=target)
-        except PatternNotFoundError:
-            self._audit.record(actor, action, target=target, outcome="not_found")
-            raise
-        except PatternExistsError:
-            self._audit.record(actor, action, target=target, outcome="exists")
-            raise
-        except PatternError:
-            self._audit.record(actor, action, target=target, outcome="invalid_pattern")
-            raise
-        except DatabaseError:
-            self._audit.record(actor, action, target=target, outcome="database_unavailable")
+        except (PatternError, DatabaseError) as exc:
+            self._audit.record(actor, action, target=target, outcome=_refusal(exc))
             raise
         self._audit.record(actor, action, target=target, outcome="success",
                            detail={**(detail or {}), "version": propagation.version,
@@ -153,3 +144,12 @@ class PatternChanges:
         await self._router.settled()  # its examples count in stage 2 once this returns
         return PatternChange(action=action, target=target, patterns=len(prepared.patterns),
                              propagation=propagation)
+
+
+def _refusal(exc: PatternError | DatabaseError) -> str:
+    """The audit outcome of a refused change (the subclasses first)."""
+    if isinstance(exc, PatternNotFoundError):
+        return "not_found"
+    if isinstance(exc, PatternExistsError):
+        return "exists"
+    return "invalid_pattern" if isinstance(exc, PatternError) else "database_unavailable"
