@@ -120,12 +120,17 @@ def test_audit_prune(database_url: str) -> None:
     assert refused.returncode == 2
 
 
-def test_cache_clear(private_redis: PrivateRedis) -> None:
+def test_cache_clear(private_redis: PrivateRedis, migrated_database: str) -> None:
+    """Clears results only (generations stay), and is audited like the HTTP and Python
+    clears: a success with the count, an unreachable Redis as such."""
+    import psycopg
+
     client = redis.Redis.from_url(private_redis.url)
+    env = {"TMWS_REDIS_URL": private_redis.url, "TMWS_DATABASE_URL": migrated_database}
     try:
         client.set("tmws:r:some-result", b"x")
         client.set("tmws:gen:team", 3)
-        done = run("cache", "clear", env={"TMWS_REDIS_URL": private_redis.url})
+        done = run("cache", "clear", env=env)
         assert done.returncode == 0, done.stderr
         assert "deleted 1 cached results" in done.stdout
         assert client.get("tmws:r:some-result") is None
@@ -133,8 +138,13 @@ def test_cache_clear(private_redis: PrivateRedis) -> None:
     finally:
         client.close()
     private_redis.stop()
-    down = run("cache", "clear", env={"TMWS_REDIS_URL": private_redis.url,
-                                      "TMWS_REDIS_TIMEOUT": "0.5"})
+    down = run("cache", "clear", env={**env, "TMWS_REDIS_TIMEOUT": "0.5"})
     assert down.returncode == 2 and "unreachable" in down.stderr
+    with psycopg.connect(migrated_database) as conn:
+        audited = conn.execute(
+            "SELECT actor, outcome, detail FROM audit_log WHERE action = 'cache.clear'"
+            " ORDER BY id").fetchall()
+    assert audited == [("system", "success", {"deleted": 1}),
+                       ("system", "redis_unavailable", None)]
     local = run("cache", "clear")
     assert local.returncode == 2 and "TMWS_REDIS_URL is not set" in local.stderr

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from tmws.models import ExecutionMode, PatternType
@@ -82,3 +83,41 @@ async def test_thresholds_can_be_overridden_per_call(router: HybridRouter) -> No
     strict = router.explain(query, ExecutionMode.BALANCED, None, min_score=0.99, record=False)
     assert strict.decided_by != "examples"
     assert strict.threshold == 0.99
+
+
+async def test_a_repeated_stage_two_decision_follows_pattern_changes() -> None:
+    """Stage-2 decisions are kept per pattern set: a registration that brings a closer
+    example, a threshold change or a database outage each decide afresh."""
+    library = load_pattern_file(default_library_path())
+    database_up = True
+    router = HybridRouter(PatternRegistry(library.patterns),
+                          database_available=lambda: database_up)
+    query = "tally the orphaned shards across replicas"
+    first = router.explain(query, ExecutionMode.BALANCED, None)
+    again = router.explain(query, ExecutionMode.BALANCED, None)
+    assert again == first and again is not first  # each caller gets its own to mark
+    again.reasoning = "marked by a caller"
+    assert router.explain(query, ExecutionMode.BALANCED, None).reasoning == first.reasoning
+    counted = router.get_stats()["decisions"][first.decided_by]
+    router.explain(query, ExecutionMode.BALANCED, None)
+    assert router.get_stats()["decisions"][first.decided_by] == counted + 1
+
+    template = library.patterns[0]
+    router.registry.register(msgspec.structs.replace(
+        template, name="shard_tally", pattern_type=PatternType.INFRASTRUCTURE,
+        trigger_pattern=r"\bzzqx\b", examples=[query], metadata={}))
+    changed = router.explain(query, ExecutionMode.BALANCED, None)
+    assert changed.decided_by == "examples" and changed.pattern_name == "shard_tally"
+
+    near = "please check the health of the database"
+    assert router.explain(near, ExecutionMode.BALANCED, None).decided_by == "examples"
+    router.min_score = 0.99
+    assert router.explain(near, ExecutionMode.BALANCED, None).decided_by != "examples"
+
+    router.min_score = 0.3
+    recall = "bring back our notes on the outage"
+    assert router.explain(recall, ExecutionMode.BALANCED, None).pattern_type is not (
+        PatternType.INFRASTRUCTURE)
+    database_up = False
+    down = router.explain(recall, ExecutionMode.BALANCED, None)
+    assert down.pattern_type is PatternType.INFRASTRUCTURE

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
@@ -355,12 +356,31 @@ async def _cache_clear(settings: Settings) -> None:
     try:
         deleted = await cache.clear()
     except RedisUnavailable as exc:
+        # Audited as the engine's clear_cache audits it: the attempt is a change request.
+        await _audit(settings, "cache.clear", outcome="redis_unavailable")
         raise TmwsError(f"Redis (TMWS_REDIS_URL) is unreachable: {exc.__cause__ or exc}"
                         ) from None
     finally:
         await cache.close()
+    await _audit(settings, "cache.clear", outcome="success", detail={"deleted": deleted})
     print(f"deleted {deleted} cached results from Redis; running workers' in-process "
           f"entries age out within {settings.cache_local_ttl:g} s (TMWS_CACHE_LOCAL_TTL)")
+
+
+async def _audit(settings: Settings, action: str, *, outcome: str,
+                 detail: dict[str, Any] | None = None) -> None:
+    """One audit record of a change made from the command line, as the service records
+    its own (actor ``system``). A database that cannot take it within the audit log's close
+    timeout leaves it in TMWS_AUDIT_SPILL_DIR, written by the next start."""
+    from tmws.audit import SYSTEM_ACTOR, AuditLog
+
+    if not settings.audit_enabled:
+        return
+    async with configured_server(settings, prepare="none") as server:
+        audit = AuditLog(Database(server.conninfo, settings, role="cli"),
+                         spill_dir=settings.audit_spill_path)
+        audit.record(SYSTEM_ACTOR, action, outcome=outcome, detail=detail)
+        await audit.close()
 
 
 async def _audit_prune(settings: Settings, days: float) -> None:

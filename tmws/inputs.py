@@ -260,18 +260,23 @@ def contains_nul(value: Any) -> bool:
     return False
 
 
+_CONTAINERS: Final = (Mapping, list, tuple)
+
+
 def _too_deep(value: Any, limit: int) -> str | None:
     """The path of the first container below ``limit`` levels, or None."""
+    if not isinstance(value, _CONTAINERS):
+        return None
+    # Only containers are stacked: a flat context of strings costs one pass, no tuples.
     stack: list[tuple[Any, int, str]] = [(value, 1, "")]
     while stack:
         item, depth, path = stack.pop()
-        if isinstance(item, Mapping):
-            children: Any = ((f".{key}", child) for key, child in item.items())
-        elif isinstance(item, list | tuple):
-            children = ((f"[{index}]", child) for index, child in enumerate(item))
-        else:
-            continue
         if depth > limit:
             return path
-        stack.extend((child, depth + 1, path + step) for step, child in children)
+        if isinstance(item, Mapping):
+            stack.extend((child, depth + 1, f"{path}.{key}") for key, child in item.items()
+                         if isinstance(child, _CONTAINERS))
+        else:
+            stack.extend((child, depth + 1, f"{path}[{index}]")
+                         for index, child in enumerate(item) if isinstance(child, _CONTAINERS))
     return None

@@ -208,6 +208,13 @@ class PatternRegistry:
         return True
 
     @property
+    def routing_basis(self) -> object:
+        """What stage-2 decisions depend on: replaced (a new object) whenever the pattern
+        set or its example vectors change, so an identity check tells a kept decision is
+        still current."""
+        return self._examples
+
+    @property
     def vectors_attached(self) -> bool:
         return self._examples[0].vector_dim is not None
 

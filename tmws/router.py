@@ -18,6 +18,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
+
 from tmws.models import (
     ExampleMatch,
     ExecutionMode,
@@ -57,6 +59,9 @@ _KEYWORD_CONFIDENCE_CAP: Final = 0.6
 _EXAMPLE_CONFIDENCE_CAP: Final = 0.9
 _TRIGGER_CONFIDENCE: Final = 0.95
 _CANDIDATES: Final = 5  # stage-2 candidates reported (and compared) per query
+# Stage-2 decisions kept per pattern-set version: a repeated query (every cache hit routed
+# by its examples) skips the scoring and the reasoning text.
+_DECISION_MEMO_SIZE: Final = 4096
 
 
 def _words(text: str) -> set[str]:
@@ -77,6 +82,8 @@ class HybridRouter:
         self.min_margin = min_margin
         self._decisions = {"trigger": 0, "examples": 0, "keywords": 0, "none": 0}
         self._by_type: dict[str, int] = {t.value: 0 for t in PatternType}
+        self._memo: dict[tuple[str, ExecutionMode, bool], RoutingDecision] = {}
+        self._memo_basis: tuple[object, float, float] | None = None
 
     async def route(self, query: str, mode: ExecutionMode | str | None = None,
                     context: Mapping[str, Any] | None = None, *,
@@ -135,10 +142,20 @@ class HybridRouter:
         else:
             # Guesses are weaker than triggers: never send one to a database that is down.
             database_down = only is None and not self._database_available()
-            allowed = [only] if only is not None else (
-                [PatternType.INFRASTRUCTURE] if database_down else _ALL_TYPES)
             if not self.registry.vectors_attached:
                 query_vector = None
+            memo_key = None
+            if (query_vector is None and min_score is None and min_margin is None
+                    and not leave_out):
+                memo_key = (query, mode, database_down)
+                kept = self._memoised(memo_key)
+                if kept is not None:
+                    decision = msgspec.structs.replace(kept)  # the caller may mark its own
+                    if record:
+                        self._count(decision)
+                    return decision
+            allowed = [only] if only is not None else (
+                [PatternType.INFRASTRUCTURE] if database_down else _ALL_TYPES)
             candidates = self.registry.nearest_examples(
                 query, allowed[0] if len(allowed) == 1 else None, _CANDIDATES,
                 leave_out=leave_out, vector=query_vector)
@@ -147,11 +164,29 @@ class HybridRouter:
             decision = (self._example_decision(candidates, allowed, mode, score, margin)
                         or self._keyword_decision(query, allowed, mode, candidates, score))
             decision.scorer = self._scorer(query_vector)
+            if memo_key is not None:
+                if len(self._memo) >= _DECISION_MEMO_SIZE:
+                    del self._memo[next(iter(self._memo))]  # the oldest
+                self._memo[memo_key] = msgspec.structs.replace(decision)
         if record:
-            self._decisions[decision.decided_by] += 1
-            if decision.decided_by != "none":
-                self._by_type[decision.pattern_type] += 1
+            self._count(decision)
         return decision
+
+    def _memoised(self, key: tuple[str, ExecutionMode, bool]) -> RoutingDecision | None:
+        """A kept stage-2 decision, valid while the pattern set (and its example index,
+        vectors included) and the thresholds are the ones it was made under."""
+        basis = (self.registry.routing_basis, self.min_score, self.min_margin)
+        kept = self._memo_basis
+        if kept is None or kept[0] is not basis[0] or kept[1:] != basis[1:]:
+            self._memo.clear()
+            self._memo_basis = basis
+            return None
+        return self._memo.get(key)
+
+    def _count(self, decision: RoutingDecision) -> None:
+        self._decisions[decision.decided_by] += 1
+        if decision.decided_by != "none":
+            self._by_type[decision.pattern_type] += 1
 
     def _scorer(self, query_vector: Sequence[float] | None) -> str:
         if query_vector is not None and self.vectors is not None:
