@@ -61,7 +61,8 @@ def gate(figures: Figures, target: dict[str, float]) -> list[str]:
     """Every broken promise of one case, each naming case, percentile, figure and target."""
     broken = []
     if figures.failures:
-        detail = {k: figures.extra[k] for k in ("status_counts", "transport_errors", "unsent")
+        detail = {k: figures.extra[k] for k in ("status_counts", "transport_errors", "unsent",
+                                                "failure_reasons")
                   if figures.extra.get(k)}
         broken.append(f"{figures.case}: {figures.failures} of "
                       f"{figures.failures + len(figures.latencies_ms)} requests failed"

@@ -188,15 +188,24 @@ async def run_in_process(engine: PatternExecutionEngine, case: Case, hit: bool
         again = await engine.execute(case.query(None), case.mode, context)
         assert again.cache_hit, again
 
+    reasons: dict[str, int] = {}
+
     async def call(i: int) -> bool:
         result = await engine.execute(case.query(words[0] if hit else words[i + 1]),
                                       case.mode, context)
-        return result.success and result.cache_hit is hit
+        if result.success and result.cache_hit is hit:
+            return True
+        # What the gate's message names: the error code and its text, or the wrong tier.
+        reason = (f"{result.error_code}: {result.error}" if not result.success else
+                  f"cache_hit={result.cache_hit}")
+        reasons[reason] = reasons.get(reason, 0) + 1
+        return False
 
     rate = RATES[(case.pattern_type, hit)]
     latencies, failures = await _sla.open_loop(call, REQUESTS, rate)
     return Figures(f"in-process {case.name} {'hit' if hit else 'miss'}", case.pattern_type,
-                   latencies, failures, {"rate_per_s": rate, "path": "in-process"})
+                   latencies, failures, {"rate_per_s": rate, "path": "in-process",
+                                         "failure_reasons": reasons})
 
 
 @pytest.mark.parametrize("hit", [True, False], ids=["hit", "miss"])

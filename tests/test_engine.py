@@ -395,3 +395,37 @@ async def test_every_documented_example_query_answers(engine: PatternExecutionEn
             if not result.success:
                 failed.append(f"{pattern.name}: {query!r}: {result.error}")
     assert not failed, "\n".join(failed)
+
+
+async def test_the_health_probe_gets_the_budget_of_the_mode_it_runs_in(
+        database_url: str) -> None:
+    """The database probe takes 60% of what the execution has left: the infrastructure
+    budget in balanced mode, the hybrid one in comprehensive mode (where a busy moment of
+    30 ms must not call a working database unavailable)."""
+    import re as _re
+    from urllib.parse import urlsplit
+
+    import psycopg
+    from psycopg import sql
+
+    from tests.conftest import make_settings, scratch_database
+
+    async with scratch_database(database_url, migrate=make_settings(database_url)) as url:
+        settings = make_settings(url, pattern_infra_timeout="50", pattern_hybrid_timeout="400")
+        async with await create_pattern_execution_engine(settings) as engine:
+            name = urlsplit(url).path.lstrip("/")
+            async with await psycopg.AsyncConnection.connect(database_url,
+                                                             autocommit=True) as conn:
+                await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)")
+                                   .format(sql.Identifier(name)))
+            probes: dict[str, float] = {}
+            for mode in ("balanced", "comprehensive"):
+                result = await engine.execute("check database health", mode, use_cache=False)
+                assert result.error_code == "health_check_failed", result
+                assert isinstance(result.result, dict)
+                reason = str(result.result["database"]["reason"])
+                found = _re.search(r"within ([0-9.]+) s", reason)
+                assert found is not None, reason
+                probes[mode] = float(found.group(1))
+    assert 0 < probes["balanced"] <= 0.03
+    assert 0.15 < probes["comprehensive"] <= 0.24

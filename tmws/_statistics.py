@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -22,7 +23,7 @@ from tmws._version import __version__
 from tmws.admission import Admission
 from tmws.audit import AuditLog
 from tmws.config import Settings
-from tmws.database import Database
+from tmws.database import Database, request_budget
 from tmws.health import CacheHealth, DatabaseHealth, EngineHealth, HealthReport
 from tmws.models import ExecutionResult, PatternType
 from tmws.patterns import LatencyTargets
@@ -153,13 +154,18 @@ class ServiceStatus:
                      database_timeout: float | None = None) -> HealthReport:
         """Probe the database (unless told not to) and Redis.
 
-        ``database_timeout`` (seconds) bounds the database probe; by default it leaves the
-        health pattern time to report within TMWS_PATTERN_INFRA_TIMEOUT.
+        ``database_timeout`` (seconds) bounds the database probe; by default it is 60% of
+        the time the running execution has left (comprehensive mode runs the health pattern
+        within the hybrid budget), or of TMWS_PATTERN_INFRA_TIMEOUT outside one, so that the
+        report is made in time.
         """
         engine = EngineHealth(patterns=len(self._registry), version=__version__)
         if probe_database:
             if database_timeout is None:
-                database_timeout = 0.6 * self._settings.pattern_infra_timeout / 1000
+                budget = request_budget.get()
+                left = (budget.deadline - time.monotonic() if budget is not None
+                        else self._settings.pattern_infra_timeout / 1000)
+                database_timeout = round(max(0.6 * left, 0.001), 3)
             ok = await self._database.ping(timeout=database_timeout)
             database = DatabaseHealth(
                 status="ok" if ok else "unavailable", pool=self.pool_stats(),
