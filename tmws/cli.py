@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -34,6 +34,9 @@ from tmws.embeddings import create_provider
 from tmws.errors import TmwsError
 from tmws.inputs import check_namespace
 from tmws.models import ExecutionMode
+
+if TYPE_CHECKING:
+    from tmws.auth import Principal
 
 __all__ = ["main"]
 
@@ -170,6 +173,16 @@ def _parser() -> argparse.ArgumentParser:
                         "memories:write)")
     create.add_argument("--expires", type=_positive_int, default=None, metavar="MINUTES",
                         help="lifetime in minutes (default: TMWS_TOKEN_EXPIRE_MINUTES)")
+    mcp = commands.add_parser(
+        "mcp", help="serve MCP (Model Context Protocol) on stdin/stdout for a local agent, "
+        "as one namespace with its scopes (or as a token's)")
+    who = mcp.add_mutually_exclusive_group(required=True)
+    who.add_argument("--namespace", default=None, help="the namespace every tool call acts in")
+    who.add_argument("--token", default=None,
+                     help="act as this bearer token (TMWS_SECRET_KEY verifies it)")
+    mcp.add_argument("--scopes", nargs="+", default=None, metavar="SCOPE",
+                     help="with --namespace: comma- or space-separated (default: execute "
+                     "memories:read memories:write; patterns:admin adds the admin tools)")
     return parser
 
 
@@ -220,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_initialize(asyncio.run(initialize_patterns(settings, args.patterns))))
         elif args.command == "token":
             _token_create(settings, args.namespace, args.scopes, args.expires)
+        elif args.command == "mcp":
+            from tmws.mcp.stdio import serve_stdio
+
+            asyncio.run(serve_stdio(settings, _mcp_principal(settings, args)))
         elif args.command == "backup":
             from tmws.backup import backup_command
 
@@ -236,6 +253,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _mcp_principal(settings: Settings, args: argparse.Namespace) -> Principal:
+    from tmws.auth import DEFAULT_SCOPES, Principal, TokenAuthority, parse_scopes
+
+    if args.token is not None:
+        if args.scopes is not None:
+            raise SystemExit("tmws mcp: error: --scopes goes with --namespace; a token "
+                             "carries its own")
+        return TokenAuthority.from_settings(settings).verify(args.token.strip())
+    namespace = check_namespace(args.namespace, "--namespace")
+    try:
+        scopes = parse_scopes(" ".join(args.scopes)) if args.scopes else DEFAULT_SCOPES
+    except ValueError as exc:
+        raise SystemExit(f"tmws mcp: error: --scopes: {exc}") from None
+    if not scopes:
+        raise SystemExit("tmws mcp: error: --scopes: at least one scope is required")
+    return Principal(namespace, frozenset(scopes))
 
 
 def _stderr_line(message: str) -> None:

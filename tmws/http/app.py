@@ -11,23 +11,20 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from typing import Final
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Final
 
 from tmws._request_context import RequestIds, request_id
 from tmws.config import Settings
 from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
-from tmws.errors import (
-    AuthError,
-    DatabaseError,
-    InvalidRequestError,
-    OverloadedError,
-    PatternError,
-    TmwsError,
-)
 from tmws.http.asgi import ASGIApp, HTTPError, Receive, Request, Scope, Send, error_body, send_json
+from tmws.http.failure import failure
 from tmws.http.guards import Guard, build_guards
 from tmws.http.routes import DISPATCHER
 from tmws.metrics import worker_exited
+
+if TYPE_CHECKING:
+    from tmws.mcp.http import McpEndpoint
 
 __all__ = ["TmwsApp", "create_app"]
 
@@ -44,6 +41,8 @@ class TmwsApp:
         self.engine: PatternExecutionEngine | None = None
         self._guards: list[Guard] = []
         self._request_ids = RequestIds()
+        self._mcp: McpEndpoint | None = None  # /mcp, set up by the lifespan
+        self._lifespan_stack = AsyncExitStack()
 
     def attach(self, engine: PatternExecutionEngine) -> None:
         """Serve an engine built elsewhere (tests, or an application embedding tmws)."""
@@ -72,6 +71,9 @@ class TmwsApp:
             await send_json(send, 503, _NOT_READY, extra)
             return
         try:
+            if scope["path"] == "/mcp" and self._mcp is not None:
+                await self._mcp.handle(scope, receive, send, self._guards)
+                return
             route, params = DISPATCHER.resolve(scope["method"], scope["path"])
             settings = engine.settings
             request = Request(scope, receive, settings.max_body_bytes, params,
@@ -84,7 +86,7 @@ class TmwsApp:
                             exc.headers + extra)
             return
         except Exception as exc:
-            status, body, headers = _failure(exc, scope["path"])
+            status, body, headers = failure(exc, scope["path"])
             await send_json(send, status, body, headers + extra if headers else extra)
             return
         headers = [(b"content-type", response.content_type)]
@@ -100,8 +102,11 @@ class TmwsApp:
             if message["type"] == "lifespan.startup":
                 try:
                     self.attach(await create_pattern_execution_engine(self._settings))
+                    await self._start_mcp()
                 except Exception as exc:
                     logger.error("start-up failed: %s", exc)
+                    await self._lifespan_stack.aclose()
+                    self._mcp = None
                     if self.engine is not None:
                         await self.engine.close()
                         self.engine = None
@@ -117,6 +122,8 @@ class TmwsApp:
             elif message["type"] == "lifespan.shutdown":
                 if self.engine is not None:
                     engine, self.engine = self.engine, None
+                    self._mcp = None
+                    await self._lifespan_stack.aclose()
                     for guard in self._guards:
                         await guard.close()
                     await engine.close()
@@ -125,30 +132,15 @@ class TmwsApp:
                 return
 
 
-def _failure(exc: Exception, path: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """Status, body and headers for an exception an endpoint let through."""
-    if isinstance(exc, AuthError):
-        # RFC 6750: say which scheme, and that the token was the problem.
-        challenge = [(b"www-authenticate", b'Bearer realm="tmws", error="invalid_token"')]
-        return exc.status, error_body(exc.code, str(exc)), challenge if exc.status == 401 else []
-    if isinstance(exc, OverloadedError):
-        return 503, error_body("overloaded", str(exc)), _retry_after(exc.retry_after)
-    if isinstance(exc, DatabaseError):
-        logger.warning("database unavailable on %s: %s", path, exc)
-        return (503, error_body("database_unavailable", f"{exc}; retry shortly"),
-                _retry_after(exc.retry_after))
-    if isinstance(exc, InvalidRequestError | PatternError):
-        return 422, error_body("invalid_request", str(exc)), []
-    if isinstance(exc, TmwsError):
-        logger.warning("request failed on %s: %s", path, exc)
-        return 503, error_body("unavailable", str(exc)), _retry_after(1)
-    logger.exception("unhandled error on %s", path)
-    return 500, error_body("internal_error", "internal error; the server log has the details "
-                           "under this response's X-Request-ID"), []
+    async def _start_mcp(self) -> None:
+        """The MCP endpoint and the SDK's session manager, for the life of the worker
+        (imported here: a process that never serves MCP does not load the SDK)."""
+        from tmws.mcp.http import McpEndpoint
 
-
-def _retry_after(seconds: int) -> list[tuple[bytes, bytes]]:
-    return [(b"retry-after", str(max(1, seconds)).encode())]
+        assert self.engine is not None
+        endpoint = McpEndpoint(self.engine)
+        await self._lifespan_stack.enter_async_context(endpoint.running())
+        self._mcp = endpoint
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
