@@ -29,9 +29,9 @@ from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
 from tmws.http.app import TmwsApp
 
 # Fixture plugins (psycopg's tests/fix_*.py): served instances, a store, scratch databases,
-# a hand-moved clock.
+# a hand-moved clock, MCP clients.
 pytest_plugins = ["tests.fix_server", "tests.fix_memory", "tests.fix_database",
-                  "tests.fix_clock"]
+                  "tests.fix_clock", "tests.fix_mcp"]
 
 # Database 15 by default; parallel sessions (one per developer) each set their own.
 REDIS_URL = os.environ.get("TESTS_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Final
 import mcp_types as types
 import msgspec
 from mcp.server import Server
+from mcp.shared.exceptions import MCPError
+from mcp_types.jsonrpc import INVALID_PARAMS
 
 from tmws._version import __version__
 from tmws.auth import Principal
@@ -55,6 +57,7 @@ PATTERNS_URI: Final = "tmws://patterns"
 RECENT_TEMPLATE: Final = "tmws://memories/{namespace}/recent"
 _RECENT_PREFIX: Final = "tmws://memories/"
 _RECENT_LIMIT: Final = 20
+RESOURCE_NOT_FOUND: Final = -32002  # the MCP specification's code for an unknown resource
 _INSTRUCTIONS: Final = (
     "tmws routes natural-language queries to patterns and keeps memories per namespace. "
     "Use execute for questions, store_memory / recall_memories for long-term memory, and "
@@ -340,6 +343,16 @@ def create_server(engine_source: EngineSource,
     async def read_resource(ctx: Any, params: types.ReadResourceRequestParams
                             ) -> types.ReadResourceResult:
         uri = str(params.uri)
+        try:
+            return await _read(uri)
+        except Exception as exc:
+            # Not a tool: a JSON-RPC error, carrying the same code and message.
+            code, message, _ = _error(exc, "resource")
+            kind = RESOURCE_NOT_FOUND if code == "resource_not_found" else INVALID_PARAMS
+            raise MCPError(kind, f"{code}: {message}", {"code": code, "message": message}
+                           ) from None
+
+    async def _read(uri: str) -> types.ReadResourceResult:
         principal = principal_source()
         engine = ready()
         if uri == PATTERNS_URI:
