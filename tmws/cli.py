@@ -260,16 +260,15 @@ def _mcp_principal(settings: Settings, args: argparse.Namespace) -> Principal:
 
     if args.token is not None:
         if args.scopes is not None:
-            raise SystemExit("tmws mcp: error: --scopes goes with --namespace; a token "
-                             "carries its own")
+            raise TmwsError("--scopes goes with --namespace; a token carries its own")
         return TokenAuthority.from_settings(settings).verify(args.token.strip())
     namespace = check_namespace(args.namespace, "--namespace")
     try:
         scopes = parse_scopes(" ".join(args.scopes)) if args.scopes else DEFAULT_SCOPES
     except ValueError as exc:
-        raise SystemExit(f"tmws mcp: error: --scopes: {exc}") from None
+        raise TmwsError(f"--scopes: {exc}") from None
     if not scopes:
-        raise SystemExit("tmws mcp: error: --scopes: at least one scope is required")
+        raise TmwsError("--scopes: at least one scope is required")
     return Principal(namespace, frozenset(scopes))
 
 
