@@ -9,6 +9,7 @@ inherits.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 from tmws.auth import Principal
-from tmws.http.asgi import Receive, Request, Scope, Send
+from tmws.http.asgi import HTTPError, Message, Receive, Request, Scope, Send
 from tmws.http.dispatch import Route
 from tmws.inputs import DEFAULT_NAMESPACE
 from tmws.mcp.server import create_server
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["MCP_PATH", "MCP_ROUTE", "McpEndpoint"]
 
 MCP_PATH: Final = "/mcp"
+
+logger = logging.getLogger("tmws.mcp.http")
 
 
 async def _never(engine: Any, request: Any) -> Any:  # pragma: no cover - not dispatched
@@ -51,11 +54,16 @@ class McpEndpoint:
         self._manager = StreamableHTTPSessionManager(
             server, stateless=True, json_response=True,
             max_request_body_size=engine.settings.max_body_bytes)
+        self._running = False
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         async with self._manager.run():
-            yield
+            self._running = True
+            try:
+                yield
+            finally:
+                self._running = False
 
     async def handle(self, scope: Scope, receive: Receive, send: Send,
                      guards: Sequence[Guard]) -> None:
@@ -65,11 +73,27 @@ class McpEndpoint:
         request = Request(scope, receive, settings.max_body_bytes, {}, settings.max_json_depth)
         for guard in guards:
             await guard.check(MCP_ROUTE, request)
+        if not self._running:  # a request still arriving while the worker stops
+            raise HTTPError(503, "not_ready", "the service is starting or stopping")
         principal = request.principal
         if principal is None:  # auth off: the default namespace, every scope
             principal = Principal.unrestricted(DEFAULT_NAMESPACE)
         token = _principal.set(principal)
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            await self._manager.handle_request(scope, receive, send)
+            await self._manager.handle_request(scope, receive, tracked)
+        except RuntimeError as exc:
+            # At process exit the loop may finalise the SDK's manager before this
+            # endpoint learns it stopped: answer as any stopping worker does.
+            if started:
+                raise
+            logger.warning("MCP request refused while the session manager is down: %s", exc)
+            raise HTTPError(503, "not_ready", "the service is starting or stopping") from None
         finally:
             _principal.reset(token)
