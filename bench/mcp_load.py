@@ -8,7 +8,10 @@ falls on all alike:
 
 - ``rest``: ``POST /api/v1/execute`` (httpx, one kept-alive connection);
 - ``mcp``: ``POST /mcp`` with the JSON-RPC ``tools/call`` of tool ``execute`` (httpx, one
-  kept-alive connection; stateless, JSON response: what any MCP client sends per call);
+  kept-alive connection; stateless, JSON response: what a handshake-era MCP client, protocol
+  2025-11-25 and older, sends per call);
+- ``mcp 2026``: the same call as a 2026-07-28 single exchange (``_meta`` envelope and the
+  ``Mcp-Method``/``Mcp-Name`` headers), answered by the SDK's own entry;
 - ``mcp sdk``: ``Client.call_tool("execute", ...)`` of the official SDK over Streamable
   HTTP (its own client-side work included).
 
@@ -44,6 +47,11 @@ CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "execute", "arguments": HIT}}
 MCP_HEADERS = {"accept": "application/json, text/event-stream",
                "content-type": "application/json"}
+MODERN_CALL = {**CALL, "params": {"name": "execute", "arguments": HIT, "_meta": {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {}}}}
+MODERN_HEADERS = {**MCP_HEADERS, "mcp-protocol-version": "2026-07-28",
+                  "mcp-method": "tools/call", "mcp-name": "execute"}
 
 _DONE = """
 done = function(summary, latency, requests)
@@ -89,24 +97,26 @@ def check(base: str) -> None:
     """Both ways answer the same cached execution."""
     rest = httpx.post(f"{base}/api/v1/execute", json=HIT).json()
     assert rest["cache_hit"] is True and rest["pattern_name"] == "execute_mcp_tool", rest
-    answer = httpx.post(f"{base}/mcp", json=CALL, headers=MCP_HEADERS).json()
-    result = answer["result"]
-    assert not result.get("isError"), result
-    assert result["structuredContent"]["cache_hit"] is True, result
-    assert result["structuredContent"]["pattern_name"] == "execute_mcp_tool", result
+    for call, headers in ((CALL, MCP_HEADERS), (MODERN_CALL, MODERN_HEADERS)):
+        result = httpx.post(f"{base}/mcp", json=call, headers=headers).json()["result"]
+        assert not result.get("isError"), result
+        assert result["structuredContent"]["cache_hit"] is True, result
+        assert result["structuredContent"]["pattern_name"] == "execute_mcp_tool", result
 
 
 async def sequential(base: str, requests: int) -> dict[str, list[float]]:
     from mcp import Client
 
-    samples: dict[str, list[float]] = {"rest": [], "mcp": [], "mcp sdk": []}
+    samples: dict[str, list[float]] = {"rest": [], "mcp": [], "mcp 2026": [], "mcp sdk": []}
     rest_body = json.dumps(HIT).encode()
     mcp_body = json.dumps(CALL).encode()
+    modern_body = json.dumps(MODERN_CALL).encode()
     async with httpx.AsyncClient(base_url=base) as http, Client(f"{base}/mcp") as sdk:
         for _ in range(200):  # warm-up
             await http.post("/api/v1/execute", content=rest_body,
                             headers={"content-type": "application/json"})
             await http.post("/mcp", content=mcp_body, headers=MCP_HEADERS)
+            await http.post("/mcp", content=modern_body, headers=MODERN_HEADERS)
             await sdk.call_tool("execute", HIT)
         for _ in range(requests):
             started = time.perf_counter_ns()
@@ -117,6 +127,10 @@ async def sequential(base: str, requests: int) -> dict[str, list[float]]:
             started = time.perf_counter_ns()
             response = await http.post("/mcp", content=mcp_body, headers=MCP_HEADERS)
             samples["mcp"].append((time.perf_counter_ns() - started) / 1e6)
+            assert response.status_code == 200
+            started = time.perf_counter_ns()
+            response = await http.post("/mcp", content=modern_body, headers=MODERN_HEADERS)
+            samples["mcp 2026"].append((time.perf_counter_ns() - started) / 1e6)
             assert response.status_code == 200
             started = time.perf_counter_ns()
             result = await sdk.call_tool("execute", HIT)
@@ -154,21 +168,20 @@ def main() -> None:
             samples = asyncio.run(sequential(base, args.requests))
             print(f"sequential, one connection, {args.requests} requests each (ms):")
             for way, values in samples.items():
-                print(f"  {way:8} p50 {pct(values, .5):6.3f}  p95 {pct(values, .95):6.3f}  "
+                print(f"  {way:9} p50 {pct(values, .5):6.3f}  p95 {pct(values, .95):6.3f}  "
                       f"p99 {pct(values, .99):6.3f}")
             rest_p50 = pct(samples["rest"], .5)
-            for way in ("mcp", "mcp sdk"):
+            for way in ("mcp", "mcp 2026", "mcp sdk"):
                 print(f"  {way} / rest at p50: {pct(samples[way], .5) / rest_p50:.2f}x")
             if shutil.which("wrk"):
                 print(f"wrk -t2 -c{args.connections} -d{args.duration}s:")
                 for way, url, body, headers in (
                         ("rest", f"{base}/api/v1/execute", HIT,
                          {"Content-Type": "application/json"}),
-                        ("mcp", f"{base}/mcp", CALL,
-                         {"Content-Type": "application/json",
-                          "Accept": "application/json, text/event-stream"})):
+                        ("mcp", f"{base}/mcp", CALL, MCP_HEADERS),
+                        ("mcp 2026", f"{base}/mcp", MODERN_CALL, MODERN_HEADERS)):
                     f = wrk(url, body, headers, args.duration, args.connections, Path(tmp))
-                    print(f"  {way:8} {f['rps']:8,.0f} req/s  p50 {f['p50_ms']:6.2f}  "
+                    print(f"  {way:9} {f['rps']:8,.0f} req/s  p50 {f['p50_ms']:6.2f}  "
                           f"p95 {f['p95_ms']:6.2f}  p99 {f['p99_ms']:6.2f} ms  "
                           f"non-2xx {f['non_2xx']}")
         finally:

@@ -49,15 +49,17 @@ async def mcp_served(database_url: str, redis_url: str,
 
 @asynccontextmanager
 async def mcp_http(served: Served, namespace: str, *scopes: str,
-                   token: str | None = None) -> AsyncIterator[Client]:
+                   token: str | None = None, mode: str = "auto") -> AsyncIterator[Client]:
     """A client of ``served``'s /mcp with a token for ``namespace`` (``scopes``: default an
-    agent's), or with ``token`` as given."""
+    agent's), or with ``token`` as given; ``mode`` "legacy" for the initialize handshake
+    (protocol 2025-11-25), "auto" for the 2026-07-28 single-exchange protocol."""
     if token is None:
         headers = served.headers(namespace, *scopes)
     else:
         headers = {"authorization": f"Bearer {token}"}
     async with httpx2.AsyncClient(headers=headers, timeout=30) as http, \
-            Client(streamable_http_client(f"{served.base}/mcp", http_client=http)) as client:
+            Client(streamable_http_client(f"{served.base}/mcp", http_client=http),
+                   mode=mode) as client:
         yield client
 
 

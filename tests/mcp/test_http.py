@@ -16,6 +16,9 @@ import mcp_types as types
 import psycopg
 import pytest
 from mcp.shared.exceptions import MCPError
+from mcp_types import DEFAULT_NEGOTIATED_VERSION
+from mcp_types.methods import serialize_server_result
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from tests.conftest import SECRET
 from tests.fix_mcp import mcp_http
@@ -28,6 +31,14 @@ from tmws.mcp.tools import TOOLS, input_schema
 AGENT_TOOLS = {"execute", "explain_route", "store_memory", "recall_memories", "get_memory",
                "delete_memory", "list_patterns"}
 ADMIN_TOOLS = {"register_pattern", "reload_patterns", "evaluate_patterns"}
+
+
+@pytest.fixture(params=["legacy", "auto"], ids=["handshake-era", "2026-era"])
+def era(request: pytest.FixtureRequest) -> str:
+    """The client's protocol: the initialize handshake (tools/call answered by tmws's own
+    single-exchange path) or 2026-07-28 (the SDK's single-exchange entry)."""
+    mode: str = request.param
+    return mode
 
 
 def fresh() -> str:
@@ -52,8 +63,8 @@ def ok(result: types.CallToolResult) -> dict[str, Any]:
     return structured
 
 
-async def test_tools_listed_by_scope_with_the_api_schemas(mcp_served: Served) -> None:
-    async with mcp_http(mcp_served, fresh()) as agent:
+async def test_tools_listed_by_scope_with_the_api_schemas(mcp_served: Served, era: str) -> None:
+    async with mcp_http(mcp_served, fresh(), mode=era) as agent:
         listed = {tool.name: tool for tool in (await agent.list_tools()).tools}
     assert set(listed) == AGENT_TOOLS
     by_name = {tool.name: tool for tool in TOOLS}
@@ -70,16 +81,16 @@ async def test_tools_listed_by_scope_with_the_api_schemas(mcp_served: Served) ->
     assert listed["execute"].input_schema["properties"]["execution_mode"]["anyOf"]
     assert listed["recall_memories"].annotations is not None
     assert listed["recall_memories"].annotations.read_only_hint is True
-    async with mcp_http(mcp_served, fresh(), *SCOPES) as admin:
+    async with mcp_http(mcp_served, fresh(), *SCOPES, mode=era) as admin:
         assert {t.name for t in (await admin.list_tools()).tools} == AGENT_TOOLS | ADMIN_TOOLS
-    async with mcp_http(mcp_served, fresh(), "execute", "memories:read") as reader:
+    async with mcp_http(mcp_served, fresh(), "execute", "memories:read", mode=era) as reader:
         assert {t.name for t in (await reader.list_tools()).tools} == {
             "execute", "explain_route", "recall_memories", "get_memory", "list_patterns"}
 
 
-async def test_every_agent_tool_round_trip(mcp_served: Served) -> None:
+async def test_every_agent_tool_round_trip(mcp_served: Served, era: str) -> None:
     namespace = fresh()
-    async with mcp_http(mcp_served, namespace) as client:
+    async with mcp_http(mcp_served, namespace, mode=era) as client:
         stored = ok(await client.call_tool("store_memory", {
             "content": "the staging database moved to eu-west-3", "tags": ["Infra", "db"],
             "importance": 0.9, "metadata": {"ticket": 42}}))
@@ -113,9 +124,9 @@ async def test_every_agent_tool_round_trip(mcp_served: Served) -> None:
             "memory_not_found"
 
 
-async def test_a_read_only_token_cannot_store(mcp_served: Served) -> None:
+async def test_a_read_only_token_cannot_store(mcp_served: Served, era: str) -> None:
     namespace = fresh()
-    async with mcp_http(mcp_served, namespace, "execute", "memories:read") as reader:
+    async with mcp_http(mcp_served, namespace, "execute", "memories:read", mode=era) as reader:
         error = error_of(await reader.call_tool("store_memory", {"content": "not allowed"}))
         assert error == {"code": "insufficient_scope",
                          "message": "this token lacks the memories:write scope; mint one "
@@ -132,9 +143,9 @@ async def test_a_read_only_token_cannot_store(mcp_served: Served) -> None:
         assert namespace not in {memory["namespace"] for memory in recent}
 
 
-async def test_a_call_never_sees_another_namespace(mcp_served: Served) -> None:
+async def test_a_call_never_sees_another_namespace(mcp_served: Served, era: str) -> None:
     alice, bob = fresh(), fresh()
-    async with mcp_http(mcp_served, alice) as a, mcp_http(mcp_served, bob) as b:
+    async with mcp_http(mcp_served, alice, mode=era) as a, mcp_http(mcp_served, bob, mode=era) as b:
         secret = ok(await a.call_tool("store_memory", {"content": "alice's launch code 7"}))
         shared = ok(await a.call_tool("store_memory", {"content": "alice shares the wiki",
                                                        "visibility": "shared"}))
@@ -163,9 +174,10 @@ async def test_a_call_never_sees_another_namespace(mcp_served: Served) -> None:
         assert "launch code 7" in mine.contents[0].text
 
 
-async def test_bad_arguments_are_tool_errors_and_store_nothing(mcp_served: Served) -> None:
+async def test_bad_arguments_are_tool_errors_and_store_nothing(mcp_served: Served,
+                                                               era: str) -> None:
     namespace = fresh()
-    async with mcp_http(mcp_served, namespace) as client:
+    async with mcp_http(mcp_served, namespace, mode=era) as client:
         cases: list[tuple[str, dict[str, Any], str, str]] = [
             ("store_memory", {"content": "x", "importance": 2}, "validation_error",
              "Expected `float` <= 1.0 - at `$.importance`"),
@@ -192,8 +204,8 @@ async def test_bad_arguments_are_tool_errors_and_store_nothing(mcp_served: Serve
         assert namespace not in {memory["namespace"] for memory in recent}
 
 
-async def test_admin_tools(mcp_served: Served) -> None:
-    async with mcp_http(mcp_served, fresh(), *SCOPES) as admin:
+async def test_admin_tools(mcp_served: Served, era: str) -> None:
+    async with mcp_http(mcp_served, fresh(), *SCOPES, mode=era) as admin:
         name = f"mcp_{uuid.uuid4().hex[:8]}"
         registered = ok(await admin.call_tool("register_pattern", {
             "name": name, "pattern_type": "infrastructure", "priority": 1000,
@@ -216,8 +228,8 @@ async def test_admin_tools(mcp_served: Served) -> None:
             {"expected": name, "query": "x"}]}))["code"] == "unknown_label"
 
 
-async def test_resources(mcp_served: Served) -> None:
-    async with mcp_http(mcp_served, fresh()) as client:
+async def test_resources(mcp_served: Served, era: str) -> None:
+    async with mcp_http(mcp_served, fresh(), mode=era) as client:
         resources = (await client.list_resources()).resources
         assert [str(r.uri) for r in resources] == ["tmws://patterns"]
         templates = (await client.list_resource_templates()).resource_templates
@@ -241,9 +253,9 @@ def test_no_token_is_refused_as_by_the_api(mcp_served: Served) -> None:
     assert response.json()["error"]["code"] == "token_invalid"
 
 
-async def test_calls_are_audited_and_counted(mcp_served: Served) -> None:
+async def test_calls_are_audited_and_counted(mcp_served: Served, era: str) -> None:
     namespace = fresh()
-    async with mcp_http(mcp_served, namespace) as client:
+    async with mcp_http(mcp_served, namespace, mode=era) as client:
         stored = ok(await client.call_tool("store_memory", {"content": "audited"}))
         error_of(await client.call_tool("get_memory", {"id": 0}))
     assert mcp_served.database_url is not None
@@ -260,6 +272,43 @@ async def test_calls_are_audited_and_counted(mcp_served: Served) -> None:
     assert 'tmws_mcp_tool_calls_total{tool="store_memory"}' in metrics
     assert 'tmws_mcp_tool_errors_total{code="validation_error",tool="get_memory"}' in metrics
     assert 'tmws_mcp_tool_duration_seconds_bucket{le="0.05",tool="store_memory"}' in metrics
+
+
+@pytest.mark.parametrize("version", [None, *HANDSHAKE_PROTOCOL_VERSIONS])
+def test_a_raw_handshake_era_call_is_a_valid_answer_of_its_version(
+        mcp_served: Served, version: str | None) -> None:
+    """What a client that never ran the SDK sends: one POST, no session, maybe a version."""
+    headers = {**mcp_served.headers(fresh()), "accept": "application/json, text/event-stream"}
+    if version is not None:
+        headers["mcp-protocol-version"] = version
+    call = {"jsonrpc": "2.0", "id": "call-7", "method": "tools/call",
+            "params": {"name": "execute", "arguments": {"query": "check redis health"}}}
+    response = httpx.post(f"{mcp_served.base}/mcp", json=call, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["ratelimit-remaining"]) >= 0
+    answer = types.JSONRPCResponse.model_validate_json(response.content)
+    assert answer.id == "call-7"
+    expected = serialize_server_result("tools/call", version or DEFAULT_NEGOTIATED_VERSION,
+                                       answer.result)
+    assert answer.result == expected  # nothing outside the version's result surface
+    result = types.CallToolResult.model_validate(answer.result)
+    assert not result.is_error and result.structured_content is not None
+    assert result.structured_content["pattern_name"] == "health_check"
+    # what this path cannot take as it is, the SDK answers (its errors, its statuses)
+    for body, status, code in (
+            ({**call, "params": {"arguments": {}}}, 200, types.INVALID_PARAMS),
+            ({**call, "method": "tools/nonexistent"}, 200, types.METHOD_NOT_FOUND)):
+        response = httpx.post(f"{mcp_served.base}/mcp", json=body, headers=headers, timeout=30)
+        assert response.status_code == status, response.text
+        error = types.JSONRPCError.model_validate_json(response.content)
+        assert error.id == "call-7" and error.error.code == code, error
+    refused = httpx.post(f"{mcp_served.base}/mcp", json=call, timeout=30,
+                         headers={**headers, "accept": "text/html"})
+    assert refused.status_code == 406
+    notification = {k: v for k, v in call.items() if k != "id"}
+    assert httpx.post(f"{mcp_served.base}/mcp", json=notification, headers=headers,
+                      timeout=30).status_code == 202
 
 
 @pytest.fixture
@@ -302,9 +351,16 @@ async def test_outage_is_a_tool_error_and_rate_limits_apply(
     headers = {**served.headers(limited), "accept": "application/json, text/event-stream"}
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     async with httpx.AsyncClient(base_url=served.base, headers=headers) as raw:
-        statuses = [(await raw.post("/mcp", json=body)).status_code for _ in range(22)]
+        answers = [await raw.post("/mcp", json=body) for _ in range(22)]
         refused = await raw.post("/mcp", json=body)
+    statuses = [answer.status_code for answer in answers]
     assert statuses.count(200) >= 1 and statuses[-1] == 429, statuses
+    # an answered /mcp request carries the counts as any API response does
+    answered = answers[statuses.index(200)]
+    assert answered.headers["content-type"].startswith("application/json")
+    assert int(answered.headers["ratelimit-limit"]) == int(answered.headers["x-ratelimit-limit"])
+    assert 0 <= int(answered.headers["ratelimit-remaining"]) < int(
+        answered.headers["ratelimit-limit"])
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "rate_limited"
     assert int(refused.headers["retry-after"]) >= 1

@@ -51,7 +51,8 @@ from tmws.models import PatternType
 if TYPE_CHECKING:
     from tmws.engine import PatternExecutionEngine
 
-__all__ = ["PATTERNS_URI", "RECENT_TEMPLATE", "ToolFailure", "create_server"]
+__all__ = ["PATTERNS_URI", "RECENT_TEMPLATE", "ToolFailure", "ToolHandler", "create_server",
+           "tool_handler"]
 
 PATTERNS_URI: Final = "tmws://patterns"
 RECENT_TEMPLATE: Final = "tmws://memories/{namespace}/recent"
@@ -283,21 +284,19 @@ def _tool(tool: Tool) -> types.Tool:
 _TOOL_DEFINITIONS: Final = {tool.name: _tool(tool) for tool in TOOLS}
 
 
-def create_server(engine_source: EngineSource,
-                  principal_source: PrincipalSource) -> Server[Any]:
-    """An MCP server over the engine ``engine_source`` gives (None: not ready yet), acting
-    for the principal ``principal_source`` gives at each call."""
+def _ready(engine_source: EngineSource) -> PatternExecutionEngine:
+    engine = engine_source()
+    if engine is None:
+        raise ToolFailure("not_ready", "the service is starting or stopping")
+    return engine
 
-    def ready() -> PatternExecutionEngine:
-        engine = engine_source()
-        if engine is None:
-            raise ToolFailure("not_ready", "the service is starting or stopping")
-        return engine
 
-    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
-        scopes = principal_source().scopes
-        return types.ListToolsResult(tools=[_TOOL_DEFINITIONS[tool.name] for tool in TOOLS
-                                            if tool.scope in scopes])
+ToolHandler = Callable[[Any, types.CallToolRequestParams], Awaitable[types.CallToolResult]]
+
+
+def tool_handler(engine_source: EngineSource, principal_source: PrincipalSource) -> ToolHandler:
+    """The ``tools/call`` handler: the server's, and the one ``/mcp`` answers a
+    handshake-era call with in its own task (:mod:`tmws.mcp.http`)."""
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         name = params.name
@@ -311,7 +310,7 @@ def create_server(engine_source: EngineSource,
                                   "lists the ones this token may call")
             principal = principal_source()
             principal.require(tool.scope)
-            engine = ready()
+            engine = _ready(engine_source)
             body = decode(_decoders[name], _encoder.encode(params.arguments or {}))
             value, summary = await _RUN[name](engine, principal, body)
             return types.CallToolResult(content=_text(summary),
@@ -326,6 +325,24 @@ def create_server(engine_source: EngineSource,
                                         structured_content=error, is_error=True)
         finally:
             TOOL_DURATION.labels(label).observe(time.perf_counter() - started)
+
+    return call_tool
+
+
+def create_server(engine_source: EngineSource,
+                  principal_source: PrincipalSource) -> Server[Any]:
+    """An MCP server over the engine ``engine_source`` gives (None: not ready yet), acting
+    for the principal ``principal_source`` gives at each call."""
+
+    def ready() -> PatternExecutionEngine:
+        return _ready(engine_source)
+
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        scopes = principal_source().scopes
+        return types.ListToolsResult(tools=[_TOOL_DEFINITIONS[tool.name] for tool in TOOLS
+                                            if tool.scope in scopes])
+
+    call_tool = tool_handler(engine_source, principal_source)
 
     async def list_resources(ctx: Any, params: Any) -> types.ListResourcesResult:
         return types.ListResourcesResult(resources=[types.Resource(
