@@ -31,6 +31,24 @@ def test_patterns_check_names_the_problem(tmp_path: Path) -> None:
     assert str(bad) in done.stderr and "'p'" in done.stderr
 
 
+def test_patterns_eval_takes_a_lexicon_extension(tmp_path: Path) -> None:
+    labelled = tmp_path / "labelled.tsv"
+    labelled.write_text("NONE\tfetch the zorblax readings\n")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("off_topic: [fetch the zorblax readings please]\n")
+    plain = run("patterns", "eval", str(labelled), "--json")
+    extended = run("patterns", "eval", str(labelled), "--json", "--lexicon", str(mine))
+    by_env = run("patterns", "eval", str(labelled), "--json",
+                 env={"TMWS_ROUTER_LEXICON": str(mine)})
+    assert plain.returncode == extended.returncode == by_env.returncode == 0, extended.stderr
+    assert json.loads(plain.stdout)["evaluation"]["accuracy"] == 0.0
+    assert json.loads(extended.stdout)["evaluation"]["accuracy"] == 1.0
+    assert json.loads(by_env.stdout)["evaluation"]["accuracy"] == 1.0
+    mine.write_text("synonyms: {store: [recall]}\n")  # a variant of another canonical
+    broken = run("patterns", "eval", str(labelled), "--lexicon", str(mine))
+    assert broken.returncode == 2 and str(mine) in broken.stderr and "'recall'" in broken.stderr
+
+
 def test_bad_setting_stops_with_the_variable_named() -> None:
     done = run("patterns", "check", "x", env={"TMWS_API_PORT": "http"})
     assert done.returncode == 2 and "TMWS_API_PORT" in done.stderr

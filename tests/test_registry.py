@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from tests.reference_matcher import ReferenceMatcher
 from tmws.errors import PatternConfigError, PatternError
+from tmws.lexicon import RoutingLexicon
 from tmws.models import PatternDefinition, PatternType
 from tmws.registry import PatternRegistry
 
@@ -121,3 +123,52 @@ def test_stats_count_patterns_and_match_cache() -> None:
     assert stats["total_patterns"] == len(LIBRARY)
     assert stats["patterns_by_type"]["memory"] == 3
     assert stats["match_cache"]["hits"] >= 1
+
+
+def _with_examples(name: str, kind: PatternType, examples: list[str],
+                   negatives: list[str] | None = None) -> PatternDefinition:
+    return PatternDefinition(name=name, pattern_type=kind, trigger_pattern=rf"\b{name}\b",
+                             examples=examples, negative_examples=negatives or [])
+
+
+def test_a_nearer_negative_example_keeps_its_pattern_out_of_stage_two() -> None:
+    store = _with_examples("keep", PatternType.MEMORY, ["store the redis password"],
+                           ["did we store the redis password"])
+    recall = _with_examples("lookup", PatternType.MEMORY, ["did we decide anything on caching"])
+    registry = PatternRegistry([store, recall], lexicon=RoutingLexicon())
+    ranked = registry.stage_two("did we store the redis cluster password").candidates
+    assert [c.pattern for c in ranked] == ["lookup"]
+    # Without the negative, the shared words make "keep" the nearest.
+    plain = PatternRegistry([msgspec.structs.replace(store, negative_examples=[]), recall],
+                            lexicon=RoutingLexicon())
+    assert plain.stage_two("did we store the redis cluster password").candidates[0].pattern \
+        == "keep"
+    # A query nearer to the positive example still goes there.
+    assert registry.stage_two("store the redis password now").candidates[0].pattern == "keep"
+
+
+def test_off_topic_examples_are_scored_apart_in_every_mode() -> None:
+    lexicon = RoutingLexicon(off_topic=["tell me a joke about cats"])
+    registry = PatternRegistry([_with_examples("health", PatternType.INFRASTRUCTURE,
+                                               ["is the cat service healthy"])],
+                               lexicon=lexicon)
+    for kind in (None, PatternType.INFRASTRUCTURE):
+        found = registry.stage_two("tell me a joke about dogs", kind)
+        assert found.off_topic is not None
+        assert found.off_topic.example == "tell me a joke about cats"
+        assert all(c.pattern == "health" for c in found.candidates)
+    assert registry.stage_two("tell me a joke", PatternType.MEMORY).candidates == []
+
+
+def test_the_lexicon_meets_synonyms_in_stage_two() -> None:
+    store = _with_examples("keep", PatternType.MEMORY, ["store this fact"])
+    bare = PatternRegistry([store], lexicon=RoutingLexicon())
+    assert bare.stage_two("jot down: backups at 2am").candidates == []
+    knowing = PatternRegistry([store], lexicon=RoutingLexicon({"store": ["jot down"]}))
+    assert knowing.stage_two("jot down: backups at 2am").candidates[0].pattern == "keep"
+
+
+def test_negative_examples_are_validated_like_examples() -> None:
+    with pytest.raises(PatternConfigError, match="negative_examples"):
+        PatternDefinition.from_config({"name": "p", "pattern_type": "memory",
+                                       "trigger_pattern": "x", "negative_examples": [1]})

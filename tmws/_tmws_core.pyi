@@ -285,6 +285,31 @@ class ExampleIndex:
                 of another length than theirs, or not finite.
         """
 
+    def classify(
+        self,
+        query: str,
+        top_k: int = 5,
+        kind: str | None = None,
+        exclude: int | None = None,
+    ) -> list[tuple[str, float, int, float]]:
+        """The patterns sharing a feature with ``query``, most probable first:
+        ``(pattern name, probability, example, cosine)``, at most ``top_k``.
+
+        Multinomial naive Bayes over the same features and weights as :meth:`score`: a
+        pattern's counts are the summed TF-IDF weights of its examples (words and bigrams
+        weighted 0.7, n-grams 0.3), additive smoothing 0.03, priors by number of examples.
+        Unlike the nearest-example cosine it weighs a word by how it is spread over all
+        the patterns' examples, so subject words many patterns share decide little.
+        Probabilities are over all patterns; ``kind`` only filters which are returned (a
+        pattern's kind is that of its first example). ``example`` and ``cosine`` are the
+        pattern's nearest example and its score as :meth:`score` gives them. Ties go to
+        registration order. ``exclude`` leaves that example out (its counts are removed
+        from its pattern; the idf stays).
+
+        Raises:
+            ValueError: ``top_k`` is negative.
+        """
+
     @property
     def feature_count(self) -> int:
         """Distinct features (words, bigrams and n-grams) over all examples."""

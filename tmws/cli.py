@@ -112,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
                           "(examples scored leave-one-out)")
     evaluate.add_argument("--leave-out", action="store_true",
                           help="score queries that are examples against the other examples")
+    evaluate.add_argument("--lexicon", default=None, metavar="FILE",
+                          help="a lexicon file (synonyms, off_topic) extending the shipped "
+                          "one (default: TMWS_ROUTER_LEXICON)")
     evaluate.add_argument("--fail-under", type=float, default=None, metavar="ACCURACY",
                           help="exit 1 if accuracy (0..1) is below this")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -332,6 +335,7 @@ def _patterns(settings: Settings, args: argparse.Namespace) -> int:
     from tmws import evaluation
     from tmws._example_vectors import example_vectors_for
     from tmws.embeddings import create_provider
+    from tmws.lexicon import RoutingLexicon
     from tmws.models import ExecutionMode
     from tmws.patterns import default_library_path, load_pattern_file
     from tmws.registry import PatternRegistry
@@ -348,7 +352,8 @@ def _patterns(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     library = load_pattern_file(args.patterns or default)
     labelled = evaluation.read_labelled(args.file, (p.name for p in library.patterns))
-    registry = PatternRegistry(library.patterns)
+    lexicon = RoutingLexicon.shipped(args.lexicon or settings.router_lexicon)
+    registry = PatternRegistry(library.patterns, lexicon=lexicon)
     provider = create_provider(settings)
     router = HybridRouter(registry, min_score=settings.router_min_score,
                           min_margin=settings.router_min_margin,

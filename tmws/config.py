@@ -153,12 +153,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pattern_sync_timeout: int = 3000
     # Stage 2 of routing (example utterances, when no trigger matches): the score the best
     # pattern must reach (a pattern's min_score overrides it) and its lead over the next.
-    router_min_score: float = 0.3
-    router_min_margin: float = 0.05
+    # Fitted with `tmws patterns eval --suggest` on the shipped library (bench/README.md).
+    router_min_score: float = 0.1
+    router_min_margin: float = 0.0
+    # A lexicon file (synonyms, off_topic) extending the shipped one (tmws.lexicon).
+    router_lexicon: str | None = None
     # With a real embedding model (not the hash embedder): the share of the embedding cosine
-    # in the stage-2 score (0 turns it off), and the milliseconds a query's embedding may
-    # take before stage 2 scores that query lexically.
-    router_semantic_weight: float = 0.5
+    # in the stage-2 score, and the milliseconds a query's embedding may take before stage 2
+    # scores that query lexically. Off by default: with WordLlama no weight routed the
+    # evaluation sets better than the lexicon alone (bench/README.md, Routing accuracy).
+    router_semantic_weight: float = 0.0
     router_embedding_timeout: int = 200
     # Embeddings and the vector index
     embedding_provider: str = "hash"  # hash | openai | sentence-transformers

@@ -58,6 +58,7 @@ from tmws.handlers import (
 )
 from tmws.health import HealthReport
 from tmws.inputs import MemoryInput
+from tmws.lexicon import RoutingLexicon
 from tmws.memory import MemoryRecord, MemoryStore
 from tmws.metrics import ExecutionMetrics
 from tmws.models import (
@@ -115,7 +116,8 @@ class PatternExecutionEngine:
         self.memory = MemoryStore(database, provider,
                                   min_similarity=settings.recall_min_similarity,
                                   generations=self.cache, limits=settings.input_limits)
-        self.registry = PatternRegistry(library.patterns, limits=settings.pattern_limits)
+        self.registry = PatternRegistry(library.patterns, limits=settings.pattern_limits,
+                                        lexicon=RoutingLexicon.shipped(settings.router_lexicon))
         self.router = HybridRouter(self.registry,
                                    database_available=lambda: database.available,
                                    min_score=settings.router_min_score,

@@ -86,6 +86,9 @@ class Suggestion(msgspec.Struct):
     accuracy: float
     # The best-accuracy plateau the suggestion sits in the middle of.
     min_score_range: tuple[float, float]
+    # Patterns whose own min_score raises the accuracy further (with the global pair).
+    per_pattern: dict[str, float] = msgspec.field(default_factory=dict)
+    accuracy_global: float | None = None  # before the per-pattern thresholds
 
 
 def read_labelled(path: str | Path, known: Iterable[str]) -> list[Labelled]:
@@ -134,7 +137,8 @@ QueryVectors = Mapping[str, Sequence[float] | None]
 def evaluate(router: HybridRouter, labelled: Sequence[Labelled], *,
              mode: ExecutionMode = ExecutionMode.BALANCED, min_score: float | None = None,
              min_margin: float | None = None, leave_out: bool = False,
-             vectors: QueryVectors | None = None) -> Evaluation:
+             vectors: QueryVectors | None = None,
+             thresholds: Mapping[str, float] | None = None) -> Evaluation:
     """Route every query (nothing runs) and compare with its label.
 
     ``leave_out=True``: a query that is itself one of the library's examples is scored
@@ -142,6 +146,7 @@ def evaluate(router: HybridRouter, labelled: Sequence[Labelled], *,
     covered by the rest rather than finding itself (stage 1 is unaffected).
     ``vectors``: the queries' embeddings (``await router.embed_queries(...)``), when the
     router has an embedding model; without them stage 2 scores lexically.
+    ``thresholds``: per-pattern ``min_score`` to try instead of the patterns' own.
     """
     score = router.min_score if min_score is None else min_score
     margin = router.min_margin if min_margin is None else min_margin
@@ -151,7 +156,8 @@ def evaluate(router: HybridRouter, labelled: Sequence[Labelled], *,
     scorers: Counter[str] = Counter()
     for item in labelled:
         decision = router.explain(item.query, mode, router.match(item.query, mode),
-                                  min_score=score, min_margin=margin, record=False,
+                                  min_score=score, min_margin=margin,
+                                  thresholds=thresholds, record=False,
                                   leave_out=leave_out,
                                   query_vector=vectors.get(item.query) if vectors else None)
         stages[decision.decided_by] += 1
@@ -190,33 +196,60 @@ def evaluate(router: HybridRouter, labelled: Sequence[Labelled], *,
 def suggest_thresholds(router: HybridRouter, labelled: Sequence[Labelled], *,
                        mode: ExecutionMode = ExecutionMode.BALANCED,
                        vectors: QueryVectors | None = None) -> Suggestion:
-    """The (min_score, min_margin) that maximise accuracy on ``labelled``, each example
-    scored leave-one-out (else every example would find itself and any threshold fit).
+    """The (min_score, min_margin) that maximise accuracy on ``labelled``, then the
+    per-pattern ``min_score`` that raise it further; each example scored leave-one-out
+    (else every example would find itself and any threshold fit).
 
     Among equally accurate settings it takes the margin with the widest plateau of scores
-    and the middle of that plateau, which is the least fragile choice.
+    and the middle of that plateau, which is the least fragile choice. A pattern gets its
+    own threshold only if that makes at least one more query right; patterns are fitted
+    one at a time, in order, each keeping the ones fitted before it.
     """
-    results: dict[float, list[tuple[float, float]]] = defaultdict(list)  # margin -> [(s, acc)]
+    results: dict[float, list[tuple[float, float]]] = {}  # margin -> [(score, accuracy)]
     for margin in _MARGIN_GRID:
-        for score in _SCORE_GRID:
-            accuracy = evaluate(router, labelled, mode=mode, min_score=score,
-                                min_margin=margin, leave_out=True, vectors=vectors).accuracy
-            results[margin].append((score, accuracy))
+        results[margin] = [(score, evaluate(router, labelled, mode=mode, min_score=score,
+                                            min_margin=margin, leave_out=True,
+                                            vectors=vectors).accuracy)
+                           for score in _SCORE_GRID]
     best = max(acc for rows in results.values() for _, acc in rows)
-    choice: tuple[int, float, float, float, float] | None = None  # (width, -margin, ...)
+    choice: tuple[int, float, tuple[float, float, float]] | None = None
     for margin, rows in results.items():
-        run: list[float] = []
-        for score, accuracy in [*rows, (2.0, -1.0)]:  # sentinel closes the last run
-            if accuracy == best:
-                run.append(score)
-                continue
-            if run and (choice is None or len(run) > choice[0]):
-                choice = (len(run), -margin, run[len(run) // 2], run[0], run[-1])
-            run = []
+        plateau = _widest_plateau(rows, best)
+        if plateau is not None and (choice is None or plateau[0] > choice[0]):
+            choice = (plateau[0], margin, plateau[1:])
     assert choice is not None
-    _, negative_margin, middle, low, high = choice
-    return Suggestion(min_score=middle, min_margin=-negative_margin, accuracy=best,
-                      min_score_range=(low, high))
+    _, min_margin, (middle, low, high) = choice
+    own: dict[str, float] = {}
+    accuracy = best
+    names = sorted({item.expected for item in labelled} - {NONE}
+                   | {p.name for p in router.registry.patterns()})
+    for name in names:
+        rows = [(score, evaluate(router, labelled, mode=mode, min_score=middle,
+                                 min_margin=min_margin, leave_out=True, vectors=vectors,
+                                 thresholds={**own, name: score}).accuracy)
+                for score in _SCORE_GRID]
+        top = max(acc for _, acc in rows)
+        plateau = _widest_plateau(rows, top)
+        if top > accuracy and plateau is not None:
+            own[name] = plateau[1]
+            accuracy = top
+    return Suggestion(min_score=middle, min_margin=min_margin, accuracy=accuracy,
+                      min_score_range=(low, high), per_pattern=own, accuracy_global=best)
+
+
+def _widest_plateau(rows: Sequence[tuple[float, float]], level: float
+                    ) -> tuple[int, float, float, float] | None:
+    """(width, middle, low, high) of the widest run of scores whose accuracy is ``level``."""
+    widest: tuple[int, float, float, float] | None = None
+    run: list[float] = []
+    for score, accuracy in [*rows, (2.0, -1.0)]:  # the sentinel closes the last run
+        if accuracy == level:
+            run.append(score)
+            continue
+        if run and (widest is None or len(run) > widest[0]):
+            widest = (len(run), run[len(run) // 2], run[0], run[-1])
+        run = []
+    return widest
 
 
 def format_report(evaluation: Evaluation, suggestion: Suggestion | None = None) -> str:
@@ -242,9 +275,16 @@ def format_report(evaluation: Evaluation, suggestion: Suggestion | None = None) 
                                       else ")") for m in e.misroutes]
     if suggestion is not None:
         low, high = suggestion.min_score_range
+        overall = (suggestion.accuracy_global if suggestion.accuracy_global is not None
+                   else suggestion.accuracy)
         out += ["", f"suggested: TMWS_ROUTER_MIN_SCORE={suggestion.min_score} "
                 f"TMWS_ROUTER_MIN_MARGIN={suggestion.min_margin} -> leave-one-out accuracy "
-                f"{suggestion.accuracy:.1%} (same accuracy for min_score {low}..{high})"]
+                f"{overall:.1%} (same accuracy for min_score {low}..{high})"]
+        if suggestion.per_pattern:
+            out += [f"and per pattern (min_score in the pattern file) -> "
+                    f"{suggestion.accuracy:.1%}:"]
+            out += [f"  {name}: min_score: {score}"
+                    for name, score in sorted(suggestion.per_pattern.items())]
     return "\n".join(out)
 
 

@@ -16,6 +16,7 @@ import msgspec
 
 from tmws.config import Settings
 from tmws.errors import PatternConfigError
+from tmws.lexicon import RoutingLexicon
 from tmws.models import ExecutionMode
 
 __all__ = ["ActivePattern", "InitializeReport", "format_initialize", "initialize_patterns"]
@@ -59,7 +60,8 @@ async def initialize_patterns(settings: Settings, source: str | Path | None = No
         problem = check_pattern_handler(pattern, HANDLERS)
         if problem is not None:
             raise PatternConfigError(problem, source=library.source, pattern=pattern.name)
-    registry = PatternRegistry(library.patterns, limits=settings.pattern_limits)
+    registry = PatternRegistry(library.patterns, limits=settings.pattern_limits,
+                               lexicon=RoutingLexicon.shipped(settings.router_lexicon))
     provider = create_provider(settings)
     try:
         router = HybridRouter(registry, min_score=settings.router_min_score,

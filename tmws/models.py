@@ -40,7 +40,7 @@ class ExecutionMode(enum.StrEnum):
 
 _PATTERN_FIELDS = frozenset(
     {"name", "pattern_type", "trigger_pattern", "cost_tokens", "priority", "cache_ttl",
-     "handler", "metadata", "examples", "min_score"}
+     "handler", "metadata", "examples", "negative_examples", "min_score"}
 )
 
 
@@ -59,6 +59,9 @@ class PatternDefinition(msgspec.Struct, frozen=True, kw_only=True):
     # metadata.example_queries; and this pattern's own score threshold there.
     examples: list[str] = msgspec.field(default_factory=list)
     min_score: float | None = None
+    # Queries that look like this pattern's but are not for it: nearer to one of them than
+    # to any example, a query never goes to this pattern by its examples.
+    negative_examples: list[str] = msgspec.field(default_factory=list)
 
     @property
     def cacheable(self) -> bool:

@@ -18,9 +18,15 @@ import msgspec
 
 from tmws._native import ExampleIndex, Matcher, cache_key
 from tmws.errors import PatternConfigError
+from tmws.lexicon import RoutingLexicon
 from tmws.models import ExampleMatch, PatternDefinition, PatternLimits, PatternType
 
-__all__ = ["PatternRegistry", "PreparedSet", "fingerprint_of"]
+__all__ = ["OFF_TOPIC", "PatternRegistry", "PreparedSet", "StageTwo", "fingerprint_of"]
+
+# Index names of what is not a pattern: pattern names are letters, digits, "_" and "-".
+OFF_TOPIC = "!off-topic"  # the lexicon's off-topic examples
+_OFF_TOPIC_KIND = "none"
+_NEGATIVE = "!not:"  # + a pattern's name: its negative examples
 
 
 def fingerprint_of(patterns: Iterable[PatternDefinition]) -> str:
@@ -39,14 +45,30 @@ class PreparedSet(NamedTuple):
     positions: dict[str, int]
     fingerprint: str
     digests: dict[str, str]  # per pattern: the content hash of its definition
+    # Normalised word -> examples (of patterns) containing it; the lexicon's words count 1.
+    vocabulary: dict[str, int]
+
+
+class StageTwo(NamedTuple):
+    """A query's stage-2 scores: the patterns by their nearest example, best first (a
+    pattern whose negative example is nearer than its examples left out), and the nearest
+    off-topic example (None if none shares anything with the query)."""
+
+    candidates: list[ExampleMatch]
+    off_topic: ExampleMatch | None
+    # Of the query's content words (tmws.lexicon), the share no pattern example and no
+    # lexicon entry knows; None when it has none.
+    unknown_share: float | None = None
 
 
 class PatternRegistry:
     """Patterns in registration order, matched by the Rust core."""
 
     def __init__(self, patterns: Iterable[PatternDefinition] = (), *,
-                 match_cache_size: int = 10_000, limits: PatternLimits | None = None) -> None:
+                 match_cache_size: int = 10_000, limits: PatternLimits | None = None,
+                 lexicon: RoutingLexicon | None = None) -> None:
         self.limits = limits or PatternLimits()
+        self.lexicon = lexicon if lexicon is not None else RoutingLexicon.shipped()
         self._patterns: dict[str, PatternDefinition] = {}
         self.fingerprint = cache_key([])
         self._digests: dict[str, str] = {}
@@ -54,6 +76,7 @@ class PatternRegistry:
         self._matcher = Matcher([], cache_capacity=match_cache_size)
         self._examples: tuple[ExampleIndex, list[str]] = (ExampleIndex([]), [])
         self._example_positions: dict[str, int] = {}
+        self._vocabulary: dict[str, int] = {}
         self._match_cache_size = match_cache_size
         self._version = 0
         # The shared version this set is (tmws._pattern_sync), None for a local change.
@@ -114,12 +137,21 @@ class PatternRegistry:
         # Stage 2's index is built once per pattern-set version, never per request.
         examples = [(p.name, p.pattern_type.value, text)
                     for p in staged.values() for text in p.routing_examples]
+        examples += [(_NEGATIVE + p.name, p.pattern_type.value, text)
+                     for p in staged.values() for text in p.negative_examples]
+        examples += [(OFF_TOPIC, _OFF_TOPIC_KIND, text) for text in self.lexicon.off_topic]
+        normalize = self.lexicon.normalize
+        vocabulary = dict.fromkeys(self.lexicon.vocabulary, 1)
+        for p in staged.values():
+            for text in p.routing_examples:
+                for word in set(normalize(text).split()):
+                    vocabulary[word] = vocabulary.get(word, 0) + 1
         try:
             # Content, not a version counter, so instances with equal sets share L2.
             fingerprint = fingerprint_of(staged.values())
             digests = {name: cache_key([msgspec.msgpack.encode(p)])
                        for name, p in staged.items()}
-            index = ExampleIndex(examples)
+            index = ExampleIndex([(name, kind, normalize(text)) for name, kind, text in examples])
             matcher = Matcher(specs, cache_capacity=self._match_cache_size, warmup=warmup)
         except OverflowError as exc:  # an integer (priority, metadata) beyond 64 bits
             raise PatternConfigError(f"a number is out of range: {exc}") from None
@@ -127,7 +159,7 @@ class PatternRegistry:
         for position, (_, _, text) in enumerate(examples):
             positions.setdefault(text, position)
         return PreparedSet(staged, matcher, index, [text for _, _, text in examples],
-                           positions, fingerprint, digests)
+                           positions, fingerprint, digests, vocabulary)
 
     def install(self, prepared: PreparedSet, *, shared_version: int | None = None) -> None:
         """Swap a prepared set in (one reference at a time, each atomic under the GIL) and
@@ -138,6 +170,7 @@ class PatternRegistry:
         self._patterns = prepared.patterns
         self._examples = (prepared.examples, prepared.texts)
         self._example_positions = prepared.positions
+        self._vocabulary = prepared.vocabulary
         self.fingerprint = prepared.fingerprint
         self._digests = prepared.digests
         if shared_version is not None:
@@ -221,9 +254,18 @@ class PatternRegistry:
     def nearest_examples(self, query: str, pattern_type: PatternType | None = None,
                          limit: int = 5, *, leave_out: bool = False,
                          vector: Sequence[float] | None = None) -> list[ExampleMatch]:
-        """Patterns ranked by their closest example utterance: lexical TF-IDF cosine,
-        blended with the embedding cosine when ``vector`` is given and the examples have
-        vectors attached (without, ``vector`` is ignored).
+        """Patterns ranked by their closest example utterance (:meth:`stage_two`)."""
+        return self.stage_two(query, pattern_type, limit, leave_out=leave_out,
+                              vector=vector).candidates
+
+    def stage_two(self, query: str, pattern_type: PatternType | None = None,
+                  limit: int = 5, *, leave_out: bool = False,
+                  vector: Sequence[float] | None = None) -> StageTwo:
+        """Up to ``limit`` patterns (of ``pattern_type``, if given) ranked by their closest
+        example utterance, and the closest off-topic example. Texts are compared as the
+        lexicon normalises them: lexical TF-IDF cosine, blended with the embedding cosine
+        when ``vector`` is given and the examples have vectors attached (without,
+        ``vector`` is ignored).
 
         ``leave_out=True`` scores a query that is itself an example against the other
         examples only (leave-one-out calibration).
@@ -234,10 +276,40 @@ class PatternRegistry:
             exclude = self._example_positions.get(query.strip())
         if index.vector_dim is None:
             vector = None
-        found = index.score(query, limit, None if pattern_type is None else pattern_type.value,
-                            exclude, vector)
-        return [ExampleMatch(name, round(score, 4), texts[example])
-                for name, score, example in found]
+        normalized = self.lexicon.normalize(query)
+        # Negatives and off-topic examples take slots; a pattern's negative that beats it
+        # ranks above it, so within these slots whenever the pattern is.
+        wanted = 2 * limit + 1
+        kind = None if pattern_type is None else pattern_type.value
+        found: list[tuple[str, float, int]]
+        if vector is None:
+            found = [(name, p, example) for name, p, example, _ in
+                     index.classify(normalized, wanted, kind, exclude)]
+            if kind is not None:
+                found += [(name, p, example) for name, p, example, _ in
+                          index.classify(normalized, 1, _OFF_TOPIC_KIND, exclude)]
+        else:
+            found = index.score(normalized, wanted, kind, exclude, vector)
+            if kind is not None:
+                found += index.score(normalized, 1, _OFF_TOPIC_KIND, exclude, vector)
+        candidates: list[ExampleMatch] = []
+        beaten: set[str] = set()
+        off_topic: ExampleMatch | None = None
+        for name, score, example in found:
+            match = ExampleMatch(name, round(score, 4), texts[example])
+            if name == OFF_TOPIC:
+                off_topic = match
+            elif name.startswith(_NEGATIVE):
+                beaten.add(name[len(_NEGATIVE):])
+            elif name not in beaten and len(candidates) < limit:
+                candidates.append(match)
+        content = self.lexicon.content_words(normalized)
+        # Left out, the query's own words count once less (its own example is not known).
+        own = 1 if exclude is not None and texts[exclude] == query.strip() else 0
+        vocabulary = self._vocabulary
+        unknown = (sum(vocabulary.get(word, 0) <= own for word in content) / len(content)
+                   if content else None)
+        return StageTwo(candidates, off_topic, unknown)
 
     def captures(self, pattern: PatternDefinition, query: str) -> dict[str, str]:
         return self._matcher.captures(pattern.name, query) or {}

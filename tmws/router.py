@@ -27,7 +27,7 @@ from tmws.models import (
     PatternType,
     RoutingDecision,
 )
-from tmws.registry import PatternRegistry
+from tmws.registry import PatternRegistry, StageTwo
 
 if TYPE_CHECKING:
     from tmws._example_vectors import ExampleVectors
@@ -56,6 +56,13 @@ _KEYWORDS: Final[dict[PatternType, frozenset[str]]] = {
 _ALL_TYPES: Final = list(PatternType)
 # A keyword vote is weaker evidence than a trigger or an example: cap its confidence.
 _KEYWORD_CONFIDENCE_CAP: Final = 0.6
+# A keyword vote picks its type's nearest pattern only if that one scores at least this
+# share of the threshold: keywords narrow the choice, the examples still make it.
+_KEYWORD_FLOOR: Final = 0.5
+# Off-topic by vocabulary: a query most of whose content words no example or lexicon entry
+# knows abstains unless its best pattern is at least this probable.
+_UNKNOWN_SHARE: Final = 0.5
+_CLEAR_FIT: Final = 0.9
 _EXAMPLE_CONFIDENCE_CAP: Final = 0.9
 _TRIGGER_CONFIDENCE: Final = 0.95
 _CANDIDATES: Final = 5  # stage-2 candidates reported (and compared) per query
@@ -73,7 +80,7 @@ class HybridRouter:
 
     def __init__(self, registry: PatternRegistry, *,
                  database_available: Callable[[], bool] = lambda: True,
-                 min_score: float = 0.3, min_margin: float = 0.05,
+                 min_score: float = 0.1, min_margin: float = 0.0,
                  vectors: ExampleVectors | None = None) -> None:
         self.registry = registry
         self.vectors = vectors
@@ -127,12 +134,14 @@ class HybridRouter:
 
     def explain(self, query: str, mode: ExecutionMode, pattern: PatternDefinition | None, *,
                 min_score: float | None = None, min_margin: float | None = None,
+                thresholds: Mapping[str, float] | None = None,
                 record: bool = True, leave_out: bool = False,
                 query_vector: Sequence[float] | None = None) -> RoutingDecision:
         """The full decision, given what :meth:`match` returned for the same query and,
         with an embedding model, the query's vector (:meth:`query_vector`).
 
         For calibration: ``min_score``/``min_margin`` override the router's thresholds,
+        ``thresholds`` the named patterns' own ``min_score``,
         ``leave_out`` scores a query that is an example against the other examples only,
         and ``record=False`` leaves the decision counters alone.
         """
@@ -146,7 +155,7 @@ class HybridRouter:
                 query_vector = None
             memo_key = None
             if (query_vector is None and min_score is None and min_margin is None
-                    and not leave_out):
+                    and thresholds is None and not leave_out):
                 memo_key = (query, mode, database_down)
                 kept = self._memoised(memo_key)
                 if kept is not None:
@@ -156,13 +165,16 @@ class HybridRouter:
                     return decision
             allowed = [only] if only is not None else (
                 [PatternType.INFRASTRUCTURE] if database_down else _ALL_TYPES)
-            candidates = self.registry.nearest_examples(
+            stage_two = self.registry.stage_two(
                 query, allowed[0] if len(allowed) == 1 else None, _CANDIDATES,
                 leave_out=leave_out, vector=query_vector)
             score = self.min_score if min_score is None else min_score
             margin = self.min_margin if min_margin is None else min_margin
-            decision = (self._example_decision(candidates, allowed, mode, score, margin)
-                        or self._keyword_decision(query, allowed, mode, candidates, score))
+            decision = (self._off_topic_decision(stage_two, allowed, mode, score)
+                        or self._example_decision(stage_two.candidates, allowed, mode, score,
+                                                  margin, thresholds or {})
+                        or self._keyword_decision(query, allowed, mode, stage_two.candidates,
+                                                  score, leave_out, query_vector))
             decision.scorer = self._scorer(query_vector)
             if memo_key is not None:
                 if len(self._memo) >= _DECISION_MEMO_SIZE:
@@ -218,8 +230,8 @@ class HybridRouter:
         )
 
     def _example_decision(self, candidates: list[ExampleMatch], allowed: list[PatternType],
-                          mode: ExecutionMode, min_score: float, min_margin: float
-                          ) -> RoutingDecision | None:
+                          mode: ExecutionMode, min_score: float, min_margin: float,
+                          thresholds: Mapping[str, float]) -> RoutingDecision | None:
         """Stage 2: the best candidate, if it clears its threshold and leads by the margin."""
         if not candidates:
             return None
@@ -227,7 +239,9 @@ class HybridRouter:
         pattern = self.registry.get(best.pattern)
         if pattern is None:
             return None
-        threshold = pattern.min_score if pattern.min_score is not None else min_score
+        threshold = thresholds.get(pattern.name, pattern.min_score)
+        if threshold is None:
+            threshold = min_score
         runner_up = candidates[1] if len(candidates) > 1 else None
         margin = round(best.score - (runner_up.score if runner_up else 0.0), 4)
         if best.score < threshold or margin < min_margin:
@@ -250,52 +264,104 @@ class HybridRouter:
             threshold=threshold,
         )
 
+    def _off_topic_decision(self, stage_two: StageTwo, allowed: list[PatternType],
+                            mode: ExecutionMode, min_score: float) -> RoutingDecision | None:
+        """An abstention when the query is at least as close to an off-topic example as to
+        any pattern's, or when most of what it is about is unknown to the library and no
+        pattern is a clear fit."""
+        off_topic, candidates = stage_two.off_topic, stage_two.candidates
+        best = candidates[0].score if candidates else 0.0
+        restriction = _restriction(allowed, mode)
+        if off_topic is not None and off_topic.score >= best:
+            return self._abstention(
+                candidates, allowed, min_score,
+                f"no trigger matched{restriction}; the query is closest to the off-topic "
+                f"example {off_topic.example!r} (score {off_topic.score:.2f}): no pattern "
+                "serves it")
+        unknown = stage_two.unknown_share
+        if unknown is not None and unknown >= _UNKNOWN_SHARE and best < _CLEAR_FIT:
+            return self._abstention(
+                candidates, allowed, min_score,
+                f"no trigger matched{restriction}; {unknown:.0%} of the words it is about "
+                "are unknown to the pattern library and no pattern fits clearly (best score "
+                f"{best:.2f} < {_CLEAR_FIT}): it looks off-topic")
+        return None
+
     def _keyword_decision(self, query: str, allowed: list[PatternType], mode: ExecutionMode,
-                          candidates: list[ExampleMatch], min_score: float
-                          ) -> RoutingDecision:
+                          candidates: list[ExampleMatch], min_score: float, leave_out: bool,
+                          query_vector: Sequence[float] | None) -> RoutingDecision:
+        """Neither stage was sure: keywords that point to one pattern type decide for that
+        type's best candidate, if it scores at least half the threshold; else abstain."""
         words = _words(query)
         votes = {t: len(words & _KEYWORDS[t]) for t in allowed}
         total = sum(votes.values())
         ranked = sorted(votes.items(), key=lambda item: -item[1])
-        near_names = [c.pattern for c in candidates]
         restriction = _restriction(allowed, mode)
-        runner_up = candidates[1].pattern if len(candidates) > 1 else None
-        margin = (round(candidates[0].score - candidates[1].score, 4)
-                  if len(candidates) > 1 else None)
         if candidates:
             best = candidates[0]
             unsure = (f"; the nearest example ({best.pattern!r}, score {best.score:.2f}) is "
                       "not close or clear enough")
         else:
             unsure = "; no example shares a word with it"
-        if total and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]):
-            chosen, count = ranked[0]
-            hits = sorted(words & _KEYWORDS[chosen])
-            costs = [p.cost_tokens for p in self.registry.patterns(chosen)]
-            return RoutingDecision(
-                pattern_type=chosen,
-                confidence=round(_KEYWORD_CONFIDENCE_CAP * count / total, 3),
-                reasoning=(f"no trigger matched{restriction}{unsure}; keywords "
-                           f"{', '.join(hits)} point to the {chosen.value} path"),
-                estimated_cost=min(costs) if costs else 0,
-                alternative_routes=near_names,
-                pattern_name=None,
-                decided_by="keywords",
-                nearest_examples=candidates, runner_up=runner_up, margin=margin,
-                threshold=min_score,
-            )
-        why = "no keyword points to a path" if not total else "keywords are split between paths"
+        if not total or (len(ranked) > 1 and ranked[0][1] == ranked[1][1]):
+            why = ("no keyword points to a path" if not total
+                   else "keywords are split between paths")
+            return self._abstention(candidates, allowed, min_score,
+                                    f"no trigger matched{restriction}{unsure}, and {why}: "
+                                    "no pattern fits")
+        chosen, count = ranked[0]
+        hits = ", ".join(sorted(words & _KEYWORDS[chosen]))
+        of_type = [c for c in candidates if self._type_of(c.pattern) is chosen]
+        if not of_type and len(allowed) > 1:
+            of_type = self.registry.stage_two(query, chosen, 1, leave_out=leave_out,
+                                              vector=query_vector).candidates
+        floor = min_score * _KEYWORD_FLOOR
+        if not of_type or of_type[0].score < floor:
+            return self._abstention(
+                candidates, allowed, min_score,
+                f"no trigger matched{restriction}{unsure}; keywords {hits} point to the "
+                f"{chosen.value} path, but none of its patterns has an example close enough "
+                f"(score >= {floor:.2f}): no pattern fits")
+        pick = of_type[0]
+        pattern = self.registry.get(pick.pattern)
+        assert pattern is not None
+        others = [c for c in candidates if c.pattern != pick.pattern]
+        return RoutingDecision(
+            pattern_type=chosen,
+            confidence=round(min(_KEYWORD_CONFIDENCE_CAP * count / total, pick.score), 3),
+            reasoning=(f"no trigger matched{restriction}{unsure}; keywords {hits} point to the "
+                       f"{chosen.value} path, where pattern {pick.pattern!r} is nearest "
+                       f"(example {pick.example!r}, score {pick.score:.2f})"),
+            estimated_cost=pattern.cost_tokens,
+            alternative_routes=[c.pattern for c in others],
+            pattern_name=pick.pattern,
+            decided_by="keywords",
+            nearest_examples=candidates,
+            runner_up=others[0].pattern if others else None,
+            margin=round(pick.score - others[0].score, 4) if others else None,
+            threshold=min_score,
+        )
+
+    def _abstention(self, candidates: list[ExampleMatch], allowed: list[PatternType],
+                    min_score: float, reasoning: str) -> RoutingDecision:
         return RoutingDecision(
             pattern_type=allowed[0] if len(allowed) == 1 else PatternType.HYBRID,
             confidence=0.0,
-            reasoning=f"no trigger matched{restriction}{unsure}, and {why}: no pattern fits",
+            reasoning=reasoning,
             estimated_cost=0,
-            alternative_routes=near_names,
+            alternative_routes=[c.pattern for c in candidates],
             pattern_name=None,
             decided_by="none",
             abstained=True,
-            nearest_examples=candidates, runner_up=runner_up, margin=margin, threshold=min_score,
-        )
+            nearest_examples=candidates,
+            runner_up=candidates[1].pattern if len(candidates) > 1 else None,
+            margin=(round(candidates[0].score - candidates[1].score, 4)
+                    if len(candidates) > 1 else None),
+            threshold=min_score)
+
+    def _type_of(self, name: str) -> PatternType | None:
+        pattern = self.registry.get(name)
+        return None if pattern is None else pattern.pattern_type
 
     def get_stats(self) -> dict[str, Any]:
         """Decisions per stage and routes per type since start (``total_routes`` and

@@ -57,6 +57,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::bayes::{self, LeftOut, NaiveBayes, Term};
 use crate::embed::{FeatureExtractor, FeatureKind};
 
 /// Share of the word block (words and bigrams) in the score; the char block (n-grams)
@@ -107,6 +108,8 @@ struct Feature {
     start: u32,
     end: u32,
     idf: f64,
+    /// Its id in [`NaiveBayes`].
+    id: u32,
 }
 
 type FeatureMap = HashMap<u64, Feature, BuildHasherDefault<IdentityHasher>>;
@@ -138,6 +141,17 @@ pub struct Candidate {
     pub score: f32,
     /// Index, in the list given to [`ExampleIndex::new`], of the pattern's best example.
     pub example: usize,
+}
+
+/// One pattern as [`ExampleIndex::classify`] ranks it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ranked {
+    pub pattern: usize,
+    /// Its naive Bayes probability for the query, over all patterns.
+    pub probability: f32,
+    /// Input index of its nearest example, and that example's cosine score.
+    pub example: usize,
+    pub cosine: f32,
 }
 
 /// Result order: score descending, then registration order.
@@ -198,6 +212,9 @@ struct Scratch {
     acc: Vec<f32>,
     sparse: SparseScratch,
     candidates: Vec<Candidate>,
+    bayes_terms: Vec<Term>,
+    bayes_counts: Vec<f64>,
+    bayes_out: Vec<f64>,
 }
 
 /// Buffers of [`ExampleIndex::accumulate_sparse`].
@@ -330,6 +347,11 @@ pub struct ExampleIndex {
     example_pattern: Vec<u32>,
     example_kind: Vec<u32>,
     example_input: Vec<u32>,
+    /// Per input example: its internal number.
+    input_internal: Vec<u32>,
+    /// Per internal example: its total count in `bayes` (all features, weighted).
+    example_bayes_total: Vec<f64>,
+    bayes: NaiveBayes,
     /// Feature hash → its postings and idf.
     features: FeatureMap,
     /// The postings of every feature, back to back, each list by ascending internal
@@ -464,15 +486,47 @@ impl ExampleIndex {
                 start: offsets[id],
                 end: offsets[id + 1],
                 idf: idf[id],
+                id: id as u32,
             };
             (hash, feature)
         }));
 
         let word_features = blocks.iter().filter(|&&b| b == 0).count();
+        let bayes_weight = |block: u8| {
+            if block == 0 {
+                bayes::WORD_BLOCK
+            } else {
+                1.0 - bayes::WORD_BLOCK
+            }
+        };
+        let mut example_bayes_total = vec![0.0f64; n];
+        for (feature, range) in offsets.windows(2).enumerate() {
+            for &(example, weight) in &postings[range[0] as usize..range[1] as usize] {
+                example_bayes_total[example as usize] +=
+                    f64::from(weight) * bayes_weight(blocks[feature]);
+            }
+        }
+        let example_class = &example_pattern;
+        let bayes = NaiveBayes::new(
+            patterns.len(),
+            example_class,
+            offsets.windows(2).enumerate().map(|(feature, range)| {
+                let w = bayes_weight(blocks[feature]);
+                postings[range[0] as usize..range[1] as usize]
+                    .iter()
+                    .map(move |&(example, weight)| {
+                        (example_class[example as usize], f64::from(weight) * w)
+                    })
+                    .collect::<Vec<_>>()
+            }),
+        );
         Self {
             patterns,
             pattern_start,
             kinds,
+            input_internal: internal,
+            example_bayes_total,
+            bayes,
             example_pattern,
             example_kind,
             example_input,
@@ -625,6 +679,83 @@ impl ExampleIndex {
         })
     }
 
+    /// The patterns (of `kind`, if given) that share a feature with `query`, ranked by
+    /// their naive Bayes probability (see [`crate::bayes`]), most probable first (ties:
+    /// registration order), at most `top_k`; each with its nearest example as
+    /// [`score`](Self::score) finds it. Probabilities are over all patterns, whatever
+    /// `kind`: a query that belongs to a pattern of another kind leaves little to those of
+    /// `kind`. `exclude`: an input example left out (its counts removed from its pattern;
+    /// the idf stays).
+    pub fn classify(
+        &self,
+        query: &str,
+        top_k: usize,
+        kind: Option<&str>,
+        exclude: Option<usize>,
+    ) -> Vec<Ranked> {
+        if top_k == 0 {
+            return Vec::new();
+        }
+        let exclude_u32 = exclude.map(|e| u32::try_from(e).unwrap_or(u32::MAX));
+        let touched = self.score_with(
+            query,
+            None,
+            self.patterns.len().max(1),
+            kind,
+            exclude_u32,
+            Mode::Auto,
+        );
+        if touched.is_empty() {
+            return Vec::new();
+        }
+        let excluded = exclude.and_then(|e| self.input_internal.get(e).copied());
+        let mut ranked: Vec<Ranked> = SCRATCH.with(|scratch| {
+            let s = &mut *scratch.borrow_mut();
+            // The scratch still holds this query's terms from `score_with`.
+            let cosine_share = [WORD_BLOCK_WEIGHT, 1.0 - WORD_BLOCK_WEIGHT];
+            let bayes_share = [bayes::WORD_BLOCK, 1.0 - bayes::WORD_BLOCK];
+            s.bayes_terms.clear();
+            s.bayes_counts.clear();
+            for term in &s.terms {
+                let block = usize::from(term.block);
+                s.bayes_terms.push(Term {
+                    feature: term.feature.id,
+                    weight: term.weight / cosine_share[block] * bayes_share[block],
+                });
+                if let Some(example) = excluded {
+                    let postings = self.postings_of(term);
+                    let count = postings
+                        .binary_search_by_key(&example, |&(e, _)| e)
+                        .map_or(0.0, |at| f64::from(postings[at].1) * bayes_share[block]);
+                    s.bayes_counts.push(count);
+                }
+            }
+            let left_out = excluded.map(|example| LeftOut {
+                class: self.example_pattern[example as usize],
+                total: self.example_bayes_total[example as usize],
+                counts: &s.bayes_counts,
+            });
+            self.bayes
+                .log_posteriors(&s.bayes_terms, left_out.as_ref(), &mut s.bayes_out);
+            touched
+                .iter()
+                .map(|c| Ranked {
+                    pattern: c.pattern,
+                    probability: s.bayes_out[c.pattern].exp() as f32,
+                    example: c.example,
+                    cosine: c.score,
+                })
+                .collect()
+        });
+        ranked.sort_by(|a, b| {
+            b.probability
+                .total_cmp(&a.probability)
+                .then(a.pattern.cmp(&b.pattern))
+        });
+        ranked.truncate(top_k);
+        ranked
+    }
+
     fn score_mode(
         &self,
         query: &str,
@@ -647,6 +778,8 @@ impl ExampleIndex {
         mode: Mode,
     ) -> Vec<Candidate> {
         let blend = vector.zip(self.semantic.as_ref());
+        // Callers name examples by input index; the accumulators see internal numbers.
+        let exclude = exclude.and_then(|e| self.input_internal.get(e as usize).copied());
         let kind = match kind {
             None => None,
             Some(name) => match self.kinds.iter().position(|k| k == name) {
@@ -716,6 +849,7 @@ impl ExampleIndex {
             start: 0,
             end: 0,
             idf: 0.0,
+            id: 0,
         };
         for &(hash, block) in occurrences.iter() {
             let mut i = hash as usize & (size - 1);
@@ -1234,6 +1368,58 @@ mod tests {
         }
         let only = ExampleIndex::new(vec![("a".into(), "k".into(), "reset".into())]);
         assert!(only.score_without("reset", 5, None, 0).is_empty());
+    }
+
+    #[test]
+    fn classify_weighs_words_by_their_spread_over_patterns() {
+        // "redis" is in one example of each pattern; "healthy" only in health's.
+        let idx = index(&[
+            ("health", "ops", "is redis healthy"),
+            ("health", "ops", "is the cache healthy"),
+            ("compare", "ops", "redis vs memcached for the cache"),
+            ("compare", "ops", "kafka vs rabbitmq"),
+            ("other", "none", "tell me a joke"),
+        ]);
+        let ranked = idx.classify("is rabbitmq healthy", 5, None, None);
+        assert_eq!(idx.pattern_name(ranked[0].pattern), "health");
+        let total: f32 = ranked.iter().map(|r| r.probability).sum();
+        assert!(
+            total <= 1.0 + 1e-5 && ranked[0].probability > 0.5,
+            "{ranked:?}"
+        );
+        // Each carries its nearest example and that example's cosine.
+        assert_eq!(ranked[0].example, 0);
+        let cosine = idx.score("is rabbitmq healthy", 5, Some("ops"));
+        let health = cosine.iter().find(|c| c.pattern == 0).unwrap();
+        assert_eq!(ranked[0].cosine, health.score);
+        // A kind filter only filters; nothing shared, nothing returned.
+        assert!(idx
+            .classify("tell me a joke", 5, Some("ops"), None)
+            .iter()
+            .all(|r| idx.pattern_name(r.pattern) != "other"));
+        assert!(idx.classify("zzqx", 5, None, None).is_empty());
+        assert!(idx.classify("is redis healthy", 0, None, None).is_empty());
+        assert!(idx
+            .classify("is redis healthy", 5, Some("nope"), None)
+            .is_empty());
+    }
+
+    #[test]
+    fn classify_leaves_an_input_example_out() {
+        // Interleaved patterns: input and internal numbers differ.
+        let idx = index(&[
+            ("a", "k", "reset my password"),
+            ("b", "k", "reset password"),
+            ("a", "k", "password reset help"),
+        ]);
+        let all = idx.classify("reset password", 5, None, None);
+        assert_eq!((idx.pattern_name(all[0].pattern), all[0].example), ("b", 1));
+        let without = idx.classify("reset password", 5, None, Some(1));
+        assert!(without.iter().all(|r| r.example != 1), "{without:?}");
+        assert_eq!(idx.pattern_name(without[0].pattern), "a");
+        // The cosine's leave-one-out takes input numbers too.
+        let cosine = idx.score_without("reset password", 5, None, 1);
+        assert!(cosine.iter().all(|c| c.example != 1), "{cosine:?}");
     }
 
     fn vectors(rows: &[&[f32]]) -> Vec<Option<Vec<f32>>> {

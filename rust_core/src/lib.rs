@@ -3,6 +3,7 @@
 //! Plain-Rust modules hold the logic; `python` is a thin PyO3 layer compiled only with the
 //! `pyo3` feature (maturin enables it), so `cargo test` runs without Python.
 
+pub mod bayes;
 pub mod embed;
 pub mod errors;
 pub mod hir;

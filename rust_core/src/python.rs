@@ -325,6 +325,31 @@ impl PyExampleIndex {
         )
     }
 
+    #[pyo3(signature = (query, top_k = 5, kind = None, exclude = None))]
+    fn classify<'py>(
+        &self,
+        py: Python<'py>,
+        query: &str,
+        top_k: i64,
+        kind: Option<&str>,
+        exclude: Option<usize>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let top_k = usize::try_from(top_k)
+            .map_err(|_| PyValueError::new_err(format!("top_k must be >= 0, got {top_k}")))?;
+        let found = py.detach(|| self.inner.classify(query, top_k, kind, exclude));
+        PyList::new(
+            py,
+            found.iter().map(|r| {
+                (
+                    PyString::new(py, self.inner.pattern_name(r.pattern)),
+                    r.probability,
+                    r.example,
+                    r.cosine,
+                )
+            }),
+        )
+    }
+
     #[getter]
     fn feature_count(&self) -> usize {
         self.inner.feature_count()

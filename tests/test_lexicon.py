@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tmws.errors import PatternConfigError
+from tmws.lexicon import RoutingLexicon, shipped_lexicon_path
+
+
+def test_inflections_meet_at_their_stem() -> None:
+    lexicon = RoutingLexicon()
+    assert lexicon.normalize("Configured the Memories") == lexicon.normalize(
+        "configure the memory")
+
+
+def test_the_longest_phrase_wins_and_inflected_variants_match() -> None:
+    lexicon = RoutingLexicon({"store": ["note", "keep in mind"], "summarize": ["roll up"]})
+    assert lexicon.normalize("Keep in mind: rolling up the notes") == \
+        "store summar the store"
+    # Words of a phrase apart are not the phrase.
+    assert lexicon.normalize("keep it in mind") == "keep it in mind"
+
+
+def test_a_variant_of_two_canonicals_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    extra = tmp_path / "mine.yaml"
+    extra.write_text("synonyms:\n  recall: [jot down]\n")
+    with pytest.raises(PatternConfigError, match=r"mine\.yaml.*'jot down'.*already"):
+        RoutingLexicon.shipped(extra)
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("- a list\n", "must be a mapping"),
+    ("synonyms: {store: note}\n", "synonyms must map"),
+    ("synonyms: {two words: [x]}\n", "must be one word"),
+    ("synonyms: {store: ['???']}\n", "1 to 6 words"),
+    ("off_topic: [1, 2]\n", "off_topic must be a list of strings"),
+    ("synonym: {}\n", "unknown key"),
+    ("synonyms: [\n", "invalid YAML"),
+])
+def test_a_bad_lexicon_file_names_the_problem(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(PatternConfigError, match=problem) as caught:
+        RoutingLexicon.load(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(PatternConfigError, match="cannot read"):
+        RoutingLexicon.load(tmp_path / "absent.yaml")
+
+
+def test_an_extension_adds_synonyms_and_off_topic(tmp_path: Path) -> None:
+    extra = tmp_path / "team.yaml"
+    extra.write_text("synonyms:\n  deploy: [ship it]\noff_topic: [order lunch for the team]\n")
+    lexicon = RoutingLexicon.shipped(extra)
+    assert lexicon.normalize("ship it") == "deploy"
+    assert "order lunch for the team" in lexicon.off_topic
+    assert set(RoutingLexicon.shipped().off_topic) < set(lexicon.off_topic)
+    assert len(lexicon) > len(RoutingLexicon.shipped())
+
+
+def test_the_shipped_lexicon_loads_and_knows_the_domain() -> None:
+    lexicon = RoutingLexicon.load(shipped_lexicon_path())
+    assert len(lexicon) >= 100 and len(lexicon.off_topic) >= 50
+    assert lexicon.normalize("jot down") == lexicon.normalize("store")

@@ -1,0 +1,222 @@
+"""Routing language knowledge: a synonym lexicon, stemming and off-topic examples.
+
+Stage 2 of the router compares words. A query phrased in other words than the pattern
+examples ("jot down …" against "make a note that …") shares none of them, so before a text
+enters the example index — examples when the index is built, queries when they are scored —
+it is *normalised*:
+
+1. lowercased and split into words (runs of letters and digits);
+2. every word reduced to its Snowball (Porter 2) English stem, so inflections meet
+   ("configured" = "configure", "memories" = "memory");
+3. the longest lexicon phrase starting at each word replaced by its canonical word
+   ("roll up" → ``summarize``, "keep in mind" → ``store``, "alive" → ``up``).
+
+The shipped lexicon (``tmws/data/routing_lexicon.yaml``) knows the agent-operations domain;
+pattern authors extend it with a file of the same shape (``TMWS_ROUTER_LEXICON``,
+``tmws patterns eval --lexicon``). Its ``off_topic`` examples are indexed as a pseudo
+pattern: a query closest to one of them is off-topic and the router abstains.
+
+Normalising costs a few microseconds per query: stems are memoised per word.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+import snowballstemmer
+import yaml
+
+from tmws.errors import PatternConfigError
+
+__all__ = ["RoutingLexicon", "shipped_lexicon_path"]
+
+_WORD: Final = re.compile(r"[^\W_]+")
+_STEM_MEMO_LIMIT: Final = 100_000  # distinct words remembered; a flood of junk stays bounded
+_MAX_PHRASE_WORDS: Final = 6
+# Words that say nothing about a request's domain (compared after stemming).
+_FUNCTION_WORDS: Final = frozenset(
+    "a an the of to in on for with at by from and or but not no is are was were be been "
+    "being am do does did done have has had i me my mine we our ours us you your yours it "
+    "its they them their he she his her this that these those what which who whom whose "
+    "how when where why can could would should will shall may might must please any all "
+    "some there here about into onto over under just now then than so very too also "
+    "again get got let lets give gimme tell show find make want need like know".split())
+
+
+def shipped_lexicon_path() -> Path:
+    return Path(str(resources.files("tmws") / "data" / "routing_lexicon.yaml"))
+
+
+class _Stemmer:
+    """Snowball English with a bounded memo (the pure-Python stemmer costs ~25 µs a word)."""
+
+    def __init__(self) -> None:
+        self._stemmer = snowballstemmer.stemmer("english")
+        self._memo: dict[str, str] = {}
+
+    def __call__(self, word: str) -> str:
+        stem = self._memo.get(word)
+        if stem is None:
+            stem = self._stemmer.stemWord(word) if len(word) > 3 else word
+            if len(self._memo) >= _STEM_MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[word] = stem
+        return stem
+
+
+_stem = _Stemmer()
+_STEMMED_FUNCTION_WORDS: Final = frozenset(_stem(w) for w in _FUNCTION_WORDS)
+
+
+class RoutingLexicon:
+    """Synonyms (variant phrase → canonical word) and off-topic examples; immutable."""
+
+    def __init__(self, synonyms: Mapping[str, Sequence[str]] | None = None,
+                 off_topic: Sequence[str] = (), *, source: str = "lexicon") -> None:
+        self.source = source
+        self.synonyms: dict[str, tuple[str, ...]] = {}
+        self.off_topic: tuple[str, ...] = tuple(dict.fromkeys(
+            q.strip() for q in off_topic if q.strip()))
+        # Keyed by the variant's stemmed words, so inflections of a variant match too.
+        self._phrases: dict[tuple[str, ...], str] = {}
+        self._first_words: set[str] = set()
+        self._canonicals: dict[str, str] = {}  # stem -> canonical as written
+        for canonical, variants in (synonyms or {}).items():
+            self._add(canonical, variants)
+
+    def _add(self, canonical: str, variants: Iterable[str]) -> None:
+        words = _WORD.findall(canonical.lower())
+        if len(words) != 1:
+            raise PatternConfigError(
+                f"synonyms: canonical {canonical!r} must be one word", source=self.source)
+        target = _stem(words[0])
+        if (target,) in self._phrases:
+            raise PatternConfigError(
+                f"synonyms: canonical {canonical!r} is already a variant of "
+                f"{self._canonicals[self._phrases[(target,)]]!r}", source=self.source)
+        self._canonicals.setdefault(target, canonical)
+        kept = list(self.synonyms.get(canonical, ()))
+        for variant in variants:
+            if not isinstance(variant, str):
+                raise PatternConfigError(
+                    f"synonyms: {canonical!r}: variants must be strings, got {variant!r}",
+                    source=self.source)
+            key = tuple(_stem(w) for w in _WORD.findall(variant.lower()))
+            if not key or len(key) > _MAX_PHRASE_WORDS:
+                raise PatternConfigError(
+                    f"synonyms: {canonical!r}: variant {variant!r} must have 1 to "
+                    f"{_MAX_PHRASE_WORDS} words", source=self.source)
+            if key == (target,):
+                continue  # the canonical itself, inflected
+            if len(key) == 1 and key[0] in self._canonicals:
+                raise PatternConfigError(
+                    f"synonyms: variant {variant!r} of {canonical!r} is itself a canonical "
+                    "word", source=self.source)
+            known = self._phrases.get(key)
+            if known is not None and known != target:
+                raise PatternConfigError(
+                    f"synonyms: variant {variant!r} of {canonical!r} is already a variant "
+                    f"of {self._canonicals[known]!r}", source=self.source)
+            self._phrases[key] = target
+            self._first_words.add(key[0])
+            kept.append(variant)
+        self.synonyms[canonical] = tuple(kept)
+
+    @classmethod
+    def from_mapping(cls, document: Any, *, source: str) -> RoutingLexicon:
+        """A lexicon from a parsed YAML document: ``synonyms`` (canonical → variants) and
+        ``off_topic`` (a list of queries); PatternConfigError names what is wrong."""
+        if document is None:
+            document = {}
+        if not isinstance(document, Mapping):
+            raise PatternConfigError("a lexicon file must be a mapping with synonyms and "
+                                     "off_topic", source=source)
+        unknown = sorted(set(document) - {"synonyms", "off_topic"})
+        if unknown:
+            raise PatternConfigError(f"unknown key(s) {', '.join(map(str, unknown))}; "
+                                     "allowed: off_topic, synonyms", source=source)
+        synonyms = document.get("synonyms") or {}
+        if not isinstance(synonyms, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, list) for k, v in synonyms.items()):
+            raise PatternConfigError("synonyms must map a canonical word to a list of "
+                                     "variants", source=source)
+        off_topic = document.get("off_topic") or []
+        if not isinstance(off_topic, list) or not all(isinstance(q, str) for q in off_topic):
+            raise PatternConfigError("off_topic must be a list of strings", source=source)
+        return cls(synonyms, off_topic, source=source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RoutingLexicon:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PatternConfigError(f"cannot read the lexicon: {exc.strerror or exc}",
+                                     source=str(path)) from None
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise PatternConfigError(f"invalid YAML: {exc}", source=str(path)) from None
+        return cls.from_mapping(document, source=str(path))
+
+    @classmethod
+    def shipped(cls, extra: str | Path | None = None) -> RoutingLexicon:
+        """The shipped lexicon, extended by the file ``extra`` if given."""
+        base = _shipped()
+        return base if extra is None else base.extended(cls.load(extra))
+
+    def extended(self, other: RoutingLexicon) -> RoutingLexicon:
+        """This lexicon with ``other``'s synonyms and off-topic examples added; a variant
+        the two map to different canonicals is an error naming ``other``'s file."""
+        merged = RoutingLexicon(self.synonyms, self.off_topic, source=other.source)
+        for canonical, variants in other.synonyms.items():
+            merged._add(canonical, variants)
+        merged.off_topic = tuple(dict.fromkeys((*self.off_topic, *other.off_topic)))
+        return merged
+
+    def normalize(self, text: str) -> str:
+        """``text`` as the example index sees it: stemmed words, lexicon phrases replaced
+        by their canonical word, joined by spaces."""
+        words = [_stem(w) for w in _WORD.findall(text.lower())]
+        if not self._phrases:
+            return " ".join(words)
+        out: list[str] = []
+        i, n = 0, len(words)
+        while i < n:
+            if words[i] in self._first_words:
+                for length in range(min(_MAX_PHRASE_WORDS, n - i), 0, -1):
+                    target = self._phrases.get(tuple(words[i:i + length]))
+                    if target is not None:
+                        out.append(target)
+                        i += length
+                        break
+                else:
+                    out.append(words[i])
+                    i += 1
+            else:
+                out.append(words[i])
+                i += 1
+        return " ".join(out)
+
+    @property
+    def vocabulary(self) -> frozenset[str]:
+        """Every stemmed word the synonyms know (canonicals and the words of variants)."""
+        return frozenset(self._canonicals) | {w for key in self._phrases for w in key}
+
+    def content_words(self, normalized: str) -> list[str]:
+        """The words of a :meth:`normalize` output that can say what the text is about:
+        not function words, not numbers, at least three letters."""
+        return [w for w in normalized.split()
+                if len(w) > 2 and not w.isdigit() and w not in _STEMMED_FUNCTION_WORDS]
+
+    def __len__(self) -> int:
+        return len(self._phrases)
+
+
+@cache
+def _shipped() -> RoutingLexicon:
+    return RoutingLexicon.load(shipped_lexicon_path())
