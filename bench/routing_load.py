@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import random
 import statistics
 import subprocess
@@ -73,8 +74,11 @@ def _measure(label: str, patterns: Sequence[PatternDefinition], queries: Sequenc
     blended: list[float] = []
     for _ in range(rounds):
         stage1 += _timed(lambda q: lexical.match(q, mode), queries)
-        stage2 += _timed(lambda q: lexical.explain(q, mode, None, record=False), unmatched)
+        # min_score given: past the router's decision memo, so every query is scored.
+        stage2 += _timed(lambda q: lexical.explain(q, mode, None, record=False,
+                                                   min_score=lexical.min_score), unmatched)
         blended += _timed(lambda q: blended_router.explain(q, mode, None, record=False,
+                                                           min_score=blended_router.min_score,
                                                            query_vector=vectors[q]), unmatched)
     print(f"{label}: {len(lexical.registry)} patterns, {lexical.registry.example_count} "
           f"examples, {len(queries)} queries ({len(unmatched)} reach stage 2)")
@@ -116,6 +120,7 @@ def _measure_query_embedding(queries: Sequence[str]) -> None:
 
 
 def main() -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per embedding request
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--corpus", type=int, choices=SIZES, default=1000,
                         help="the corpus of the second measurement")

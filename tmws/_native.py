@@ -18,6 +18,7 @@ from tmws._tmws_core import (
     cache_key,
     json_too_deep,
     normalize_query,
+    stemmed_words,
 )
 from tmws._tmws_core import Matcher as _NativeMatcher
 from tmws.errors import PatternCompileError
@@ -34,6 +35,7 @@ __all__ = [
     "cache_key",
     "json_too_deep",
     "normalize_query",
+    "stemmed_words",
 ]
 
 

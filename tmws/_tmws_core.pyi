@@ -340,6 +340,11 @@ def normalize_query(query: str) -> str:
     Queries that differ only in case or spacing share result-cache entries.
     """
 
+def stemmed_words(text: str) -> list[str]:
+    """The words of ``text`` (maximal runs of Unicode alphanumeric characters), lowercased,
+    each of at least 4 characters reduced to its English stem (Snowball Porter 2):
+    ``stemmed_words("Configured memories")`` is ``["configur", "memori"]``."""
+
 def cache_key(parts: Sequence[str | bytes]) -> str:
     """A 128-bit key of ``parts`` (XXH3-128 over length-prefixed parts), as 32 hex digits.
 

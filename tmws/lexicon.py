@@ -5,9 +5,9 @@ examples ("jot down …" against "make a note that …") shares none of them, so
 enters the example index — examples when the index is built, queries when they are scored —
 it is *normalised*:
 
-1. lowercased and split into words (runs of letters and digits);
-2. every word reduced to its Snowball (Porter 2) English stem, so inflections meet
-   ("configured" = "configure", "memories" = "memory");
+1. lowercased and split into words (runs of letters and digits), every word of four or
+   more characters reduced to its Snowball (Porter 2) English stem, so inflections meet
+   ("configured" = "configure", "memories" = "memory") — in Rust, :func:`stemmed_words`;
 3. the longest lexicon phrase starting at each word replaced by its canonical word
    ("roll up" → ``summarize``, "keep in mind" → ``store``, "alive" → ``up``).
 
@@ -16,27 +16,24 @@ pattern authors extend it with a file of the same shape (``TMWS_ROUTER_LEXICON``
 ``tmws patterns eval --lexicon``). Its ``off_topic`` examples are indexed as a pseudo
 pattern: a query closest to one of them is off-topic and the router abstains.
 
-Normalising costs a few microseconds per query: stems are memoised per word.
+Normalising costs a few microseconds per query.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-import snowballstemmer
 import yaml
 
+from tmws._native import stemmed_words
 from tmws.errors import PatternConfigError
 
 __all__ = ["RoutingLexicon", "shipped_lexicon_path"]
 
-_WORD: Final = re.compile(r"[^\W_]+")
-_STEM_MEMO_LIMIT: Final = 100_000  # distinct words remembered; a flood of junk stays bounded
 _MAX_PHRASE_WORDS: Final = 6
 # Words that say nothing about a request's domain (compared after stemming).
 _FUNCTION_WORDS: Final = frozenset(
@@ -52,25 +49,7 @@ def shipped_lexicon_path() -> Path:
     return Path(str(resources.files("tmws") / "data" / "routing_lexicon.yaml"))
 
 
-class _Stemmer:
-    """Snowball English with a bounded memo (the pure-Python stemmer costs ~25 µs a word)."""
-
-    def __init__(self) -> None:
-        self._stemmer = snowballstemmer.stemmer("english")
-        self._memo: dict[str, str] = {}
-
-    def __call__(self, word: str) -> str:
-        stem = self._memo.get(word)
-        if stem is None:
-            stem = self._stemmer.stemWord(word) if len(word) > 3 else word
-            if len(self._memo) >= _STEM_MEMO_LIMIT:
-                self._memo.clear()
-            self._memo[word] = stem
-        return stem
-
-
-_stem = _Stemmer()
-_STEMMED_FUNCTION_WORDS: Final = frozenset(_stem(w) for w in _FUNCTION_WORDS)
+_STEMMED_FUNCTION_WORDS: Final = frozenset(stemmed_words(" ".join(_FUNCTION_WORDS)))
 
 
 class RoutingLexicon:
@@ -90,11 +69,11 @@ class RoutingLexicon:
             self._add(canonical, variants)
 
     def _add(self, canonical: str, variants: Iterable[str]) -> None:
-        words = _WORD.findall(canonical.lower())
+        words = stemmed_words(canonical)
         if len(words) != 1:
             raise PatternConfigError(
                 f"synonyms: canonical {canonical!r} must be one word", source=self.source)
-        target = _stem(words[0])
+        target = words[0]
         if (target,) in self._phrases:
             raise PatternConfigError(
                 f"synonyms: canonical {canonical!r} is already a variant of "
@@ -106,7 +85,7 @@ class RoutingLexicon:
                 raise PatternConfigError(
                     f"synonyms: {canonical!r}: variants must be strings, got {variant!r}",
                     source=self.source)
-            key = tuple(_stem(w) for w in _WORD.findall(variant.lower()))
+            key = tuple(stemmed_words(variant))
             if not key or len(key) > _MAX_PHRASE_WORDS:
                 raise PatternConfigError(
                     f"synonyms: {canonical!r}: variant {variant!r} must have 1 to "
@@ -181,7 +160,7 @@ class RoutingLexicon:
     def normalize(self, text: str) -> str:
         """``text`` as the example index sees it: stemmed words, lexicon phrases replaced
         by their canonical word, joined by spaces."""
-        words = [_stem(w) for w in _WORD.findall(text.lower())]
+        words = stemmed_words(text)
         if not self._phrases:
             return " ".join(words)
         out: list[str] = []

@@ -19,6 +19,7 @@ pub mod pyre_tables;
 #[cfg(feature = "pyo3")]
 mod python;
 pub mod regex_set;
+pub mod stem;
 
 pub use embed::HashEmbedder;
 pub use errors::CompileError;

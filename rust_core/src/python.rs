@@ -17,6 +17,7 @@ use crate::json;
 use crate::keys;
 use crate::lexical::ExampleIndex;
 use crate::matcher::{Matcher, PatternSpec};
+use crate::stem;
 
 create_exception!(
     _tmws_core,
@@ -403,6 +404,12 @@ fn normalize_query(query: &str) -> String {
     keys::normalize_query(query)
 }
 
+/// See [`crate::stem::stemmed_words`].
+#[pyfunction]
+fn stemmed_words(text: &str) -> Vec<String> {
+    stem::stemmed_words(text)
+}
+
 /// See [`crate::keys::cache_key`]; parts are `str` (UTF-8) or `bytes`.
 #[pyfunction]
 fn cache_key(parts: Vec<KeyPart>) -> String {
@@ -444,6 +451,7 @@ pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyHashEmbedder>()?;
     m.add_class::<PyExampleIndex>()?;
     m.add_function(wrap_pyfunction!(normalize_query, m)?)?;
+    m.add_function(wrap_pyfunction!(stemmed_words, m)?)?;
     m.add_function(wrap_pyfunction!(cache_key, m)?)?;
     m.add_function(wrap_pyfunction!(json_too_deep, m)?)?;
     Ok(())
