@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from tmws._native import stemmed_words
 from tmws.errors import PatternConfigError
-from tmws.lexicon import RoutingLexicon, shipped_lexicon_path
+from tmws.lexicon import RoutingLexicon, TypoCorrector, shipped_lexicon_path
 
 
 def test_inflections_meet_at_their_stem() -> None:
@@ -65,3 +66,34 @@ def test_the_shipped_lexicon_loads_and_knows_the_domain() -> None:
     lexicon = RoutingLexicon.load(shipped_lexicon_path())
     assert len(lexicon) >= 100 and len(lexicon.off_topic) >= 50
     assert lexicon.normalize("jot down") == lexicon.normalize("store")
+
+
+@pytest.mark.parametrize(("typo", "term"), [
+    ("summraize", "summarize"),  # swap
+    ("contarst", "contrast"),  # swap
+    ("recomend", "recommend"),  # deletion
+    ("configgure", "configure"),  # insertion
+    ("analyxe", "analyze"),  # substitution
+])
+def test_a_typo_one_edit_from_a_term_is_corrected(typo: str, term: str) -> None:
+    corrector = TypoCorrector({"summarize": 1, "contrast": 1, "recommend": 1,
+                               "configure": 1, "analyze": 1})
+    assert corrector.correct(f"Please {typo} it") == f"please {term} it"
+
+
+def test_known_short_and_distant_words_stay() -> None:
+    corrector = TypoCorrector({"shopping": 1, "recent": 1}, known=["shipping"])
+    # Known to the examples, shorter than six characters, or two edits away.
+    assert corrector.correct("shipping recnt rcnet xyzzyx") == "shipping recnt rcnet xyzzyx"
+    assert corrector.correct("recnet") == "recent"
+
+
+def test_the_more_frequent_term_wins_a_tie() -> None:
+    corrector = TypoCorrector({"latest": 1, "lattes": 5})
+    assert corrector.correct("lattest") in {"latest", "lattes"}
+    assert TypoCorrector({"latest": 9, "lattes": 5}).correct("lattest") == "latest"
+
+
+def test_stems_come_from_the_rust_core() -> None:
+    assert stemmed_words("Configured MEMORIES, n+1") == ["configur", "memori", "n", "1"]
+    assert stemmed_words("") == []

@@ -21,6 +21,7 @@ Normalising costs a few microseconds per query.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from importlib import resources
@@ -32,9 +33,12 @@ import yaml
 from tmws._native import stemmed_words
 from tmws.errors import PatternConfigError
 
-__all__ = ["RoutingLexicon", "shipped_lexicon_path"]
+__all__ = ["RoutingLexicon", "TypoCorrector", "shipped_lexicon_path"]
 
 _MAX_PHRASE_WORDS: Final = 6
+_WORD: Final = re.compile(r"[^\W_]+")
+# Shorter words have too many real words one edit away ("batch" / "match").
+_MIN_CORRECTED_CHARS: Final = 6
 # Words that say nothing about a request's domain (compared after stemming).
 _FUNCTION_WORDS: Final = frozenset(
     "a an the of to in on for with at by from and or but not no is are was were be been "
@@ -182,6 +186,12 @@ class RoutingLexicon:
         return " ".join(out)
 
     @property
+    def terms(self) -> frozenset[str]:
+        """Every word of the synonyms as written (lowercased): the domain's terms."""
+        texts = [*self.synonyms, *(v for vs in self.synonyms.values() for v in vs)]
+        return frozenset(w for text in texts for w in _WORD.findall(text.lower()))
+
+    @property
     def vocabulary(self) -> frozenset[str]:
         """Every stemmed word the synonyms know (canonicals and the words of variants)."""
         return frozenset(self._canonicals) | {w for key in self._phrases for w in key}
@@ -194,6 +204,73 @@ class RoutingLexicon:
 
     def __len__(self) -> int:
         return len(self._phrases)
+
+
+class TypoCorrector:
+    """Replaces a query word by a domain term one edit away ("summraize" → "summarize",
+    "contarst" → "contrast"): a deletion, insertion, substitution or swap of adjacent
+    letters. The terms are the lexicon's words (their frequency: how many examples use
+    them); a word the examples, the lexicon or its off-topic examples use, or shorter
+    than six characters, stays. Without a
+    dictionary of English, correcting towards any word the examples use would turn real
+    words into others ("shipping" → "shopping"). Among several terms the most frequent
+    wins (then the first in alphabetical order). Candidates are found through
+    single-character deletions (the SymSpell idea): each term is indexed under itself and
+    its deletions, and an unknown word looks up the same."""
+
+    def __init__(self, frequencies: dict[str, int], known: Iterable[str] = ()) -> None:
+        """``frequencies``: the terms a word may be corrected to, with their weight;
+        ``known``: words never corrected (they are real: the examples use them)."""
+        self._terms = frequencies
+        self._known = frozenset(known) | frozenset(frequencies)
+        index: dict[str, str] = {}
+        for word in sorted(frequencies, key=lambda w: (-frequencies[w], w)):
+            if len(word) < _MIN_CORRECTED_CHARS - 1:
+                continue
+            for key in (word, *_deletions(word)):
+                index.setdefault(key, word)
+        self._index = index
+
+    @staticmethod
+    def words_of(text: str) -> list[str]:
+        """The lowercased words of ``text``, as :meth:`correct` sees them."""
+        return _WORD.findall(text.lower())
+
+    def correct(self, text: str) -> str:
+        """``text`` lowercased, as words joined by spaces, unknown words corrected."""
+        return " ".join(self._corrected(w) for w in _WORD.findall(text.lower()))
+
+    def _corrected(self, word: str) -> str:
+        if len(word) < _MIN_CORRECTED_CHARS or word in self._known or word.isdigit():
+            return word
+        index = self._index
+        best: str | None = None
+        for key in (word, *_deletions(word)):
+            found = index.get(key)
+            if found is not None and _one_edit(word, found) and (
+                    best is None or (-self._terms[found], found) < (-self._terms[best], best)):
+                best = found
+        return word if best is None else best
+
+
+def _deletions(word: str) -> list[str]:
+    return [word[:i] + word[i + 1:] for i in range(len(word))]
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """True if ``a`` and ``b`` differ by exactly one insertion, deletion, substitution or
+    swap of adjacent characters."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    if len(a) < len(b):
+        return a[i:] == b[i + 1:]
+    return a[i + 1:] == b[i + 1:] or (
+        i + 1 < len(a) and a[i] == b[i + 1] and a[i + 1] == b[i] and a[i + 2:] == b[i + 2:])
 
 
 @cache

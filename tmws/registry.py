@@ -18,7 +18,7 @@ import msgspec
 
 from tmws._native import ExampleIndex, Matcher, cache_key
 from tmws.errors import PatternConfigError
-from tmws.lexicon import RoutingLexicon
+from tmws.lexicon import RoutingLexicon, TypoCorrector
 from tmws.models import ExampleMatch, PatternDefinition, PatternLimits, PatternType
 
 __all__ = ["OFF_TOPIC", "PatternRegistry", "PreparedSet", "StageTwo", "fingerprint_of"]
@@ -47,6 +47,7 @@ class PreparedSet(NamedTuple):
     digests: dict[str, str]  # per pattern: the content hash of its definition
     # Normalised word -> examples (of patterns) containing it; the lexicon's words count 1.
     vocabulary: dict[str, int]
+    corrector: TypoCorrector  # query words one edit from a known word
 
 
 class StageTwo(NamedTuple):
@@ -77,6 +78,7 @@ class PatternRegistry:
         self._examples: tuple[ExampleIndex, list[str]] = (ExampleIndex([]), [])
         self._example_positions: dict[str, int] = {}
         self._vocabulary: dict[str, int] = {}
+        self._corrector = TypoCorrector({})
         self._match_cache_size = match_cache_size
         self._version = 0
         # The shared version this set is (tmws._pattern_sync), None for a local change.
@@ -142,10 +144,17 @@ class PatternRegistry:
         examples += [(OFF_TOPIC, _OFF_TOPIC_KIND, text) for text in self.lexicon.off_topic]
         normalize = self.lexicon.normalize
         vocabulary = dict.fromkeys(self.lexicon.vocabulary, 1)
+        terms = dict.fromkeys(self.lexicon.terms, 1)
+        seen = set(terms) | {w for text in self.lexicon.off_topic
+                             for w in TypoCorrector.words_of(text)}
         for p in staged.values():
             for text in p.routing_examples:
                 for word in set(normalize(text).split()):
                     vocabulary[word] = vocabulary.get(word, 0) + 1
+                for word in TypoCorrector.words_of(text):
+                    seen.add(word)
+                    if word in terms:
+                        terms[word] += 1
         try:
             # Content, not a version counter, so instances with equal sets share L2.
             fingerprint = fingerprint_of(staged.values())
@@ -159,7 +168,8 @@ class PatternRegistry:
         for position, (_, _, text) in enumerate(examples):
             positions.setdefault(text, position)
         return PreparedSet(staged, matcher, index, [text for _, _, text in examples],
-                           positions, fingerprint, digests, vocabulary)
+                           positions, fingerprint, digests, vocabulary,
+                           TypoCorrector(terms, seen))
 
     def install(self, prepared: PreparedSet, *, shared_version: int | None = None) -> None:
         """Swap a prepared set in (one reference at a time, each atomic under the GIL) and
@@ -171,6 +181,7 @@ class PatternRegistry:
         self._examples = (prepared.examples, prepared.texts)
         self._example_positions = prepared.positions
         self._vocabulary = prepared.vocabulary
+        self._corrector = prepared.corrector
         self.fingerprint = prepared.fingerprint
         self._digests = prepared.digests
         if shared_version is not None:
@@ -276,7 +287,7 @@ class PatternRegistry:
             exclude = self._example_positions.get(query.strip())
         if index.vector_dim is None:
             vector = None
-        normalized = self.lexicon.normalize(query)
+        normalized = self.lexicon.normalize(self._corrector.correct(query))
         # Negatives and off-topic examples take slots; a pattern's negative that beats it
         # ranks above it, so within these slots whenever the pattern is.
         wanted = 2 * limit + 1

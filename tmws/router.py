@@ -1,15 +1,27 @@
-"""The router: which pattern (or at least which path) a query takes, and why.
+"""The router: which pattern a query takes, or that none does, and why.
 
 Stage 1: a trigger match decides outright (Rust, deterministic, cached). Stage 2, only
-without one: the query is scored against every pattern's example utterances (a lexical
-TF-IDF index built once per pattern-set version); the best pattern wins when its score
-reaches the threshold (``TMWS_ROUTER_MIN_SCORE`` or the pattern's ``min_score``) and leads
-the runner-up by ``TMWS_ROUTER_MIN_MARGIN``. When neither stage is confident, a keyword
-vote may still pick the pattern *type*; with no keyword either, the router abstains and
-reports the nearest candidates with their scores.
+without one: the query, normalised by the lexicon (:mod:`tmws.lexicon`: typos one edit
+from a domain term corrected, stems, synonyms), is compared with every pattern's example
+utterances in the Rust example index, which ranks the patterns that share a feature with
+it by their naive Bayes probability and names each one's nearest example. Then, in order:
 
-With a real embedding model configured (:mod:`tmws._example_vectors`), stage 2 blends the
-lexical score with the embedding cosine; the same thresholds and margin apply.
+1. **Off-topic:** the query abstains if an off-topic example (the lexicon's) is at least as
+   probable as every pattern, or if most of its content words are unknown to the library
+   and no pattern is a clear fit.
+2. **Examples:** the most probable pattern wins when its probability reaches the threshold
+   (``TMWS_ROUTER_MIN_SCORE`` or the pattern's ``min_score``) and leads the runner-up by
+   ``TMWS_ROUTER_MIN_MARGIN``. A pattern whose negative example is more probable than it
+   is out of the running.
+3. **Keywords:** a keyword vote that names one pattern type picks that type's most
+   probable pattern, if it reaches half the threshold.
+4. Otherwise the router abstains and reports the nearest candidates with their scores.
+
+A decision therefore ends in a pattern to run or an abstention, never in a type alone.
+
+With a real embedding model configured and ``TMWS_ROUTER_SEMANTIC_WEIGHT`` above 0
+(:mod:`tmws._example_vectors`), stage 2 scores the blend of the examples' lexical cosine
+and the embedding cosine instead; recalibrate the thresholds for it (``--suggest``).
 """
 
 from __future__ import annotations
