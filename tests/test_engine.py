@@ -136,15 +136,21 @@ async def test_comprehensive_runs_handler_and_retrieval(engine: PatternExecution
     assert related and "grafana" in related[0]["content"]
 
 
-async def test_keyword_routing_when_no_trigger_matches(engine: PatternExecutionEngine,
-                                                       namespace: str) -> None:
-    result = await engine.execute("anything in memory on rollbacks please",
-                                  context={"namespace": namespace})
+@pytest.mark.parametrize("query", [
+    "call the summarizer function with the last message",
+    "analyze why latency spiked in the api",
+    "anything in memory on rollbacks please",
+])
+async def test_no_trigger_still_runs_a_pattern_never_a_type(
+        engine: PatternExecutionEngine, namespace: str, query: str) -> None:
+    assert engine.router.match(query, ExecutionMode.BALANCED) is None
+    result = await engine.execute(query, context={"namespace": namespace})
     assert result.success, result.error
     routing = result.metadata["routing"]
-    assert routing["decided_by"] == "keywords"
-    assert routing["pattern_type"] == "memory"
-    assert "memory" in routing["reasoning"]
+    assert routing["decided_by"] in ("examples", "keywords")
+    assert result.pattern_name is not None and routing["pattern_name"] == result.pattern_name
+    pattern = engine.registry.get(result.pattern_name)
+    assert pattern is not None and pattern.pattern_type.value == routing["pattern_type"]
 
 
 async def test_nothing_fits_gives_nearest_candidates(engine: PatternExecutionEngine) -> None:

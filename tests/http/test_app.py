@@ -240,9 +240,16 @@ def test_metrics_add_up_across_workers(database_url: str, tmp_path: Path) -> Non
             def execute(query: str) -> None:  # a new connection each: both workers get some
                 response = client.post(base + "/api/v1/execute", json={"query": query},
                                        headers={"connection": "close"})
-                assert response.status_code == 200, response.text
-                expected = "execute_mcp_tool" if query in matched else None  # label "none"
-                assert response.json()["pattern_name"] == expected, response.text
+                if query in matched:
+                    assert response.status_code == 200, response.text
+                    assert response.json()["pattern_name"] == "execute_mcp_tool"
+                    return
+                # Garbage abstains (label "none") or lands on a registered pattern, which
+                # may refuse it with a clear 4xx; either way the label is bounded.
+                assert response.status_code in (200, 422), response.text
+                body = response.json()
+                named = (body["result"] if response.status_code == 422 else body)["pattern_name"]
+                assert named is None or named in names, response.text
 
             for query in matched + garbage:
                 execute(query)
