@@ -119,7 +119,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="exit 1 if accuracy (0..1) is below this")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     examples = pattern_commands.add_parser(
-        "examples", help="print a labelled file of a pattern file's example queries")
+        "examples", help="print a labelled file of a pattern file's example queries and the "
+        "routing lexicon's off-topic queries (labelled NONE)")
     examples.add_argument("file", nargs="?", default=None)
     stats = commands.add_parser(
         "stats", help="the running service's /api/v1/stats, its database connections "
@@ -348,7 +349,10 @@ def _patterns(settings: Settings, args: argparse.Namespace) -> int:
     default = settings.pattern_config or default_library_path()
     if args.patterns_command == "examples":
         library = load_pattern_file(args.file or default)
-        sys.stdout.write(evaluation.examples_tsv(library.patterns, library.off_topic_examples))
+        # The router's off-topic examples too: leave-one-out scores each against the rest.
+        off_topic = dict.fromkeys((*library.off_topic_examples,
+                                   *RoutingLexicon.shipped(settings.router_lexicon).off_topic))
+        sys.stdout.write(evaluation.examples_tsv(library.patterns, list(off_topic)))
         return 0
     library = load_pattern_file(args.patterns or default)
     labelled = evaluation.read_labelled(args.file, (p.name for p in library.patterns))

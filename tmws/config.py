@@ -154,7 +154,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Stage 2 of routing (example utterances, when no trigger matches): the score the best
     # pattern must reach (a pattern's min_score overrides it) and its lead over the next.
     # Fitted with `tmws patterns eval --suggest` on the shipped library (bench/README.md).
-    router_min_score: float = 0.1
+    router_min_score: float = 0.2
     router_min_margin: float = 0.0
     # A lexicon file (synonyms, off_topic) extending the shipped one (tmws.lexicon).
     router_lexicon: str | None = None

@@ -92,7 +92,7 @@ class HybridRouter:
 
     def __init__(self, registry: PatternRegistry, *,
                  database_available: Callable[[], bool] = lambda: True,
-                 min_score: float = 0.1, min_margin: float = 0.0,
+                 min_score: float = 0.2, min_margin: float = 0.0,
                  vectors: ExampleVectors | None = None) -> None:
         self.registry = registry
         self.vectors = vectors
