@@ -52,6 +52,24 @@ def test_a_keyword_vote_decides_for_the_nearest_pattern_of_its_type() -> None:
     assert "none of its patterns" in lonely.reasoning
 
 
+@pytest.mark.parametrize(("query", "expected"), [
+    ("check redis health for the payments cluster in frankfurt", "health_check"),
+    ("check redis health bafuzo mikavi 0", "health_check"),  # bench/test_sla.py's misses
+    ("recall memories about the vorpal snickersnee migration", "recall_memory"),
+    ("summarize all findings on the glorp flange", "aggregate_insights"),
+])
+def test_clear_intent_with_unknown_subject_words_still_routes(
+        router: HybridRouter, query: str, expected: str) -> None:
+    # Most content words are unknown, but two or more known ones say what is wanted.
+    decision = router.route_sync(query)
+    assert decision.pattern_name == expected, decision.reasoning
+
+
+def test_mostly_unknown_words_with_one_known_abstain(router: HybridRouter) -> None:
+    decision = router.route_sync("set up a playdate with grandma saturday")
+    assert decision.abstained, decision.reasoning
+
+
 def _labelled_queries() -> list[str]:
     rows = []
     for name in ("paraphrases.tsv", "routing_dev.tsv"):

@@ -58,8 +58,9 @@ class StageTwo(NamedTuple):
     candidates: list[ExampleMatch]
     off_topic: ExampleMatch | None
     # Of the query's content words (tmws.lexicon), the share no pattern example and no
-    # lexicon entry knows; None when it has none.
+    # lexicon entry knows (None when it has none), and how many are known.
     unknown_share: float | None = None
+    known_words: int = 0
 
 
 class PatternRegistry:
@@ -318,9 +319,9 @@ class PatternRegistry:
         # Left out, the query's own words count once less (its own example is not known).
         own = 1 if exclude is not None and texts[exclude] == query.strip() else 0
         vocabulary = self._vocabulary
-        unknown = (sum(vocabulary.get(word, 0) <= own for word in content) / len(content)
-                   if content else None)
-        return StageTwo(candidates, off_topic, unknown)
+        unknown_words = sum(vocabulary.get(word, 0) <= own for word in content)
+        unknown = unknown_words / len(content) if content else None
+        return StageTwo(candidates, off_topic, unknown, len(content) - unknown_words)
 
     def captures(self, pattern: PatternDefinition, query: str) -> dict[str, str]:
         return self._matcher.captures(pattern.name, query) or {}

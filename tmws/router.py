@@ -72,9 +72,11 @@ _KEYWORD_CONFIDENCE_CAP: Final = 0.6
 # share of the threshold: keywords narrow the choice, the examples still make it.
 _KEYWORD_FLOOR: Final = 0.5
 # Off-topic by vocabulary: a query most of whose content words no example or lexicon entry
-# knows abstains unless its best pattern is at least this probable.
+# knows abstains, unless its best pattern is at least this probable or it has this many
+# known content words ("check redis health for the zorblax cluster" says what it wants).
 _UNKNOWN_SHARE: Final = 0.5
 _CLEAR_FIT: Final = 0.9
+_KNOWN_WORDS: Final = 2
 _EXAMPLE_CONFIDENCE_CAP: Final = 0.9
 _TRIGGER_CONFIDENCE: Final = 0.95
 _CANDIDATES: Final = 5  # stage-2 candidates reported (and compared) per query
@@ -279,8 +281,8 @@ class HybridRouter:
     def _off_topic_decision(self, stage_two: StageTwo, allowed: list[PatternType],
                             mode: ExecutionMode, min_score: float) -> RoutingDecision | None:
         """An abstention when the query is at least as close to an off-topic example as to
-        any pattern's, or when most of what it is about is unknown to the library and no
-        pattern is a clear fit."""
+        any pattern's, or when most of what it is about is unknown to the library, at most
+        one of its words is known and no pattern is a clear fit."""
         off_topic, candidates = stage_two.off_topic, stage_two.candidates
         best = candidates[0].score if candidates else 0.0
         restriction = _restriction(allowed, mode)
@@ -291,7 +293,8 @@ class HybridRouter:
                 f"example {off_topic.example!r} (score {off_topic.score:.2f}): no pattern "
                 "serves it")
         unknown = stage_two.unknown_share
-        if unknown is not None and unknown >= _UNKNOWN_SHARE and best < _CLEAR_FIT:
+        if (unknown is not None and unknown >= _UNKNOWN_SHARE and best < _CLEAR_FIT
+                and stage_two.known_words < _KNOWN_WORDS):
             return self._abstention(
                 candidates, allowed, min_score,
                 f"no trigger matched{restriction}; {unknown:.0%} of the words it is about "
