@@ -72,7 +72,7 @@ def test_mostly_unknown_words_with_one_known_abstain(router: HybridRouter) -> No
 
 def _labelled_queries() -> list[str]:
     rows = []
-    for name in ("paraphrases.tsv", "routing_dev.tsv"):
+    for name in ("paraphrases.tsv", "routing_dev.tsv", "routing_heldout.tsv"):
         path = Path(__file__).parent / "data" / name
         rows += [line.split("\t", 1)[1] for line in path.read_text().splitlines()
                  if line.strip() and not line.startswith("#")]

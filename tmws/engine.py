@@ -351,7 +351,7 @@ class PatternExecutionEngine:
             return self._finish(started, decision.pattern_type, ExecutionResult(
                 pattern_name=None, success=False, error_code=ErrorCode.NO_PATTERN_MATCHED,
                 error=f"no pattern matched the query{hint}", metadata=meta), namespace, mode)
-        if pattern is None:  # routed by its examples, or by keywords to the type's default
+        if pattern is None:  # routed by its examples, or by keywords to a pattern of a type
             pattern = (self.registry.get(decision.pattern_name)
                        if decision.pattern_name is not None else None)
             handler_name, bound, slot = await self._lookup(

@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 NONE: Final = "NONE"  # the label of a query no pattern should take
-_KEYWORDS: Final = "(type only)"  # a keyword vote picked a path but no pattern
 _SCORE_GRID: Final = [round(0.05 + 0.025 * i, 3) for i in range(37)]  # 0.05 .. 0.95
 _MARGIN_GRID: Final = [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2]
 
@@ -163,7 +162,7 @@ def evaluate(router: HybridRouter, labelled: Sequence[Labelled], *,
         stages[decision.decided_by] += 1
         if decision.scorer is not None:
             scorers[decision.scorer] += 1
-        predicted = decision.pattern_name or (NONE if decision.abstained else _KEYWORDS)
+        predicted = decision.pattern_name or NONE  # a decision names a pattern or abstains
         confusion[item.expected][predicted] += 1
         if predicted != item.expected:
             best = decision.nearest_examples[0].score if decision.nearest_examples else None
@@ -175,7 +174,7 @@ def evaluate(router: HybridRouter, labelled: Sequence[Labelled], *,
     predicted_counts: Counter[str] = Counter()
     for row in confusion.values():
         predicted_counts.update(row)
-    names = sorted((set(expected_counts) | set(predicted_counts)) - {NONE, _KEYWORDS})
+    names = sorted((set(expected_counts) | set(predicted_counts)) - {NONE})
     per_pattern = [PatternScore(
         name,
         _ratio(confusion[name][name], predicted_counts[name]),

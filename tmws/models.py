@@ -174,8 +174,9 @@ class RoutingDecision(msgspec.Struct, kw_only=True):
 
     ``decided_by`` names the stage that decided: ``trigger`` (a trigger regex matched),
     ``examples`` (no trigger; the nearest example utterances cleared the threshold and the
-    margin), ``keywords`` (neither; a keyword vote picked the path only) or ``none`` (the
-    router abstained).
+    margin), ``keywords`` (neither; a keyword vote picked the type, and that type's most
+    probable pattern runs) or ``none`` (the router abstained). Every decision but ``none``
+    names a pattern.
     """
 
     pattern_type: PatternType

@@ -143,14 +143,14 @@ class PatternRegistry:
         examples += [(_NEGATIVE + p.name, p.pattern_type.value, text)
                      for p in staged.values() for text in p.negative_examples]
         examples += [(OFF_TOPIC, _OFF_TOPIC_KIND, text) for text in self.lexicon.off_topic]
-        normalize = self.lexicon.normalize
+        normalized = {text: self.lexicon.normalize(text) for _, _, text in examples}
         vocabulary = dict.fromkeys(self.lexicon.vocabulary, 1)
         terms = dict.fromkeys(self.lexicon.terms, 1)
         seen = set(terms) | {w for text in self.lexicon.off_topic
                              for w in TypoCorrector.words_of(text)}
         for p in staged.values():
             for text in p.routing_examples:
-                for word in set(normalize(text).split()):
+                for word in set(normalized[text].split()):
                     vocabulary[word] = vocabulary.get(word, 0) + 1
                 for word in TypoCorrector.words_of(text):
                     seen.add(word)
@@ -161,7 +161,7 @@ class PatternRegistry:
             fingerprint = fingerprint_of(staged.values())
             digests = {name: cache_key([msgspec.msgpack.encode(p)])
                        for name, p in staged.items()}
-            index = ExampleIndex([(name, kind, normalize(text)) for name, kind, text in examples])
+            index = ExampleIndex([(name, kind, normalized[text]) for name, kind, text in examples])
             matcher = Matcher(specs, cache_capacity=self._match_cache_size, warmup=warmup)
         except OverflowError as exc:  # an integer (priority, metadata) beyond 64 bits
             raise PatternConfigError(f"a number is out of range: {exc}") from None

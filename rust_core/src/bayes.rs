@@ -66,6 +66,10 @@ pub struct NaiveBayes {
     class_examples: Vec<u32>,
     examples: u32,
     vocabulary: f64,
+    /// Per class, fixed per query: `ln n_c` (`-inf` without examples) and
+    /// `ln(N_c + α·V)`; only a left-out example's class recomputes them.
+    log_examples: Vec<f64>,
+    log_norm: Vec<f64>,
 }
 
 impl NaiveBayes {
@@ -104,18 +108,22 @@ impl NaiveBayes {
         for &class in example_class {
             class_examples[class as usize] += 1;
         }
+        let vocabulary = (cell_start.len() - 1) as f64;
+        let log_examples = class_examples.iter().map(|&n| f64::from(n).ln()).collect();
+        let log_norm = class_total
+            .iter()
+            .map(|&total| (total + ALPHA * vocabulary).ln())
+            .collect();
         Self {
-            vocabulary: (cell_start.len() - 1) as f64,
+            vocabulary,
             cell_start,
             cells,
             class_total,
             class_examples,
             examples: example_class.len() as u32,
+            log_examples,
+            log_norm,
         }
-    }
-
-    pub fn classes(&self) -> usize {
-        self.class_total.len()
     }
 
     /// `log P(c | q)` of every class into `out` (normalised over all classes); all equal
@@ -130,23 +138,22 @@ impl NaiveBayes {
         out.clear();
         let total_query: f64 = terms.iter().map(|t| t.weight).sum();
         let n = f64::from(self.examples) - f64::from(u8::from(left_out.is_some()));
-        let smoothing = ALPHA * self.vocabulary;
-        for (class, (&count, &examples)) in self
-            .class_total
-            .iter()
-            .zip(&self.class_examples)
-            .enumerate()
-        {
-            let (count, examples) = match left_out {
-                Some(l) if l.class as usize == class => (count - l.total, examples - 1),
-                _ => (count, examples),
+        let (log_n, log_alpha) = (n.ln(), ALPHA.ln());
+        out.extend(self.log_examples.iter().zip(&self.log_norm).map(
+            |(&log_examples, &log_norm)| {
+                log_examples - log_n + total_query * (log_alpha - log_norm)
+            },
+        ));
+        if let Some(l) = left_out {
+            let class = l.class as usize;
+            let examples = self.class_examples[class] - 1;
+            out[class] = if examples == 0 {
+                f64::NEG_INFINITY
+            } else {
+                let total = (self.class_total[class] - l.total).max(0.0);
+                f64::from(examples).ln() - log_n
+                    + total_query * (log_alpha - (total + ALPHA * self.vocabulary).ln())
             };
-            if examples == 0 {
-                out.push(f64::NEG_INFINITY);
-                continue;
-            }
-            let prior = (f64::from(examples) / n).ln();
-            out.push(prior + total_query * (ALPHA.ln() - (count.max(0.0) + smoothing).ln()));
         }
         for (i, term) in terms.iter().enumerate() {
             let range = self.cell_start[term.feature as usize] as usize
@@ -187,6 +194,10 @@ mod tests {
         NaiveBayes::new(3, &[0, 0, 1, 2], postings)
     }
 
+    fn t(feature: u32, weight: f64) -> Term {
+        Term { feature, weight }
+    }
+
     fn posteriors(m: &NaiveBayes, terms: &[Term], left_out: Option<&LeftOut<'_>>) -> Vec<f64> {
         let mut out = Vec::new();
         m.log_posteriors(terms, left_out, &mut out);
@@ -196,40 +207,17 @@ mod tests {
     #[test]
     fn probabilities_sum_to_one_and_follow_the_features() {
         let m = model();
-        let p = posteriors(
-            &m,
-            &[Term {
-                feature: 0,
-                weight: 1.0,
-            }],
-            None,
-        );
+        let p = posteriors(&m, &[t(0, 1.0)], None);
         assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9);
         assert!(p[0] > 0.9, "{p:?}");
-        let p = posteriors(
-            &m,
-            &[Term {
-                feature: 1,
-                weight: 1.0,
-            }],
-            None,
-        );
+        let p = posteriors(&m, &[t(1, 1.0)], None);
         assert!(p[1] > 0.8 && p[1] > p[0] + p[2], "{p:?}");
     }
 
     #[test]
     fn a_feature_every_class_has_decides_nothing_against_a_distinctive_one() {
         let m = model();
-        let both = [
-            Term {
-                feature: 1,
-                weight: 0.5,
-            },
-            Term {
-                feature: 2,
-                weight: 0.5,
-            },
-        ];
+        let both = [t(1, 0.5), t(2, 0.5)];
         let p = posteriors(&m, &both, None);
         assert!(p[1] > p[0] && p[1] > p[2], "{p:?}");
     }
@@ -248,16 +236,7 @@ mod tests {
     fn leaving_out_equals_a_model_without_the_example() {
         let full = model();
         // Leave out class 0's second example (count 0.7 of feature 0, nothing else).
-        let terms = [
-            Term {
-                feature: 0,
-                weight: 0.6,
-            },
-            Term {
-                feature: 2,
-                weight: 0.4,
-            },
-        ];
+        let terms = [t(0, 0.6), t(2, 0.4)];
         let left = LeftOut {
             class: 0,
             total: 0.7,
@@ -289,14 +268,7 @@ mod tests {
             total: 0.3,
             counts: &[0.3],
         };
-        let p = posteriors(
-            &m,
-            &[Term {
-                feature: 2,
-                weight: 1.0,
-            }],
-            Some(&left),
-        );
+        let p = posteriors(&m, &[t(2, 1.0)], Some(&left));
         assert_eq!(p[2], 0.0);
         assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9);
     }

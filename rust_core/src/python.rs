@@ -268,6 +268,13 @@ impl PyHashEmbedder {
 }
 
 /// Lexical TF-IDF index over pattern example utterances; see `tmws/_tmws_core.pyi`.
+/// `top_k` as given from Python: signed, so a negative one is a ValueError, not an
+/// OverflowError.
+fn top_k_arg(top_k: i64) -> PyResult<usize> {
+    usize::try_from(top_k)
+        .map_err(|_| PyValueError::new_err(format!("top_k must be >= 0, got {top_k}")))
+}
+
 #[pyclass(frozen, name = "ExampleIndex", module = "tmws._tmws_core")]
 pub struct PyExampleIndex {
     inner: ExampleIndex,
@@ -304,9 +311,7 @@ impl PyExampleIndex {
         exclude: Option<usize>,
         vector: Option<Vec<f32>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        // Signed so a negative top_k is a ValueError, not OverflowError.
-        let top_k = usize::try_from(top_k)
-            .map_err(|_| PyValueError::new_err(format!("top_k must be >= 0, got {top_k}")))?;
+        let top_k = top_k_arg(top_k)?;
         let found = py
             .detach(|| match (&vector, exclude) {
                 (Some(v), _) => self.inner.score_blended(query, v, top_k, kind, exclude),
@@ -335,8 +340,7 @@ impl PyExampleIndex {
         kind: Option<&str>,
         exclude: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let top_k = usize::try_from(top_k)
-            .map_err(|_| PyValueError::new_err(format!("top_k must be >= 0, got {top_k}")))?;
+        let top_k = top_k_arg(top_k)?;
         let found = py.detach(|| self.inner.classify(query, top_k, kind, exclude));
         PyList::new(
             py,
