@@ -153,6 +153,30 @@ async def test_no_trigger_still_runs_a_pattern_never_a_type(
     assert pattern is not None and pattern.pattern_type.value == routing["pattern_type"]
 
 
+async def test_a_write_trigger_on_an_everyday_request_stores_nothing(
+        engine: PatternExecutionEngine, namespace: str) -> None:
+    query = "remember to pick up the dry cleaning on thursday"
+    fired = engine.router.match(query, ExecutionMode.BALANCED)
+    assert fired is not None and fired.name == "store_memory"
+    for _ in range(2):  # and nothing cached makes the second one run it
+        result = await engine.execute(query, context={"namespace": namespace})
+        assert not result.success and result.error_code == "no_pattern_matched"
+        assert result.metadata["routing"]["decided_by"] == "none"
+    assert await engine.memory.count(namespace) == 0
+
+
+async def test_a_misspelled_write_trigger_stores_the_text_after_it(
+        engine: PatternExecutionEngine, namespace: str) -> None:
+    result = await engine.execute("stroe the kafka retention is seven days",
+                                  context={"namespace": namespace})
+    assert result.success and result.pattern_name == "store_memory", result.error
+    assert result.metadata["routing"]["decided_by"] == "trigger"
+    recalled = await engine.execute("recall memories about kafka retention",
+                                    context={"namespace": namespace})
+    assert [m["content"] for m in recalled.result["memories"]] == [
+        "the kafka retention is seven days"]
+
+
 async def test_nothing_fits_gives_nearest_candidates(engine: PatternExecutionEngine) -> None:
     result = await engine.execute("what is the weather in paris tomorrow")
     assert not result.success

@@ -82,10 +82,42 @@ def test_a_typo_one_edit_from_a_term_is_corrected(typo: str, term: str) -> None:
 
 
 def test_known_short_and_distant_words_stay() -> None:
-    corrector = TypoCorrector({"shopping": 1, "recent": 1}, known=["shipping"])
-    # Known to the examples, shorter than six characters, or two edits away.
-    assert corrector.correct("shipping recnt rcnet xyzzyx") == "shipping recnt rcnet xyzzyx"
+    corrector = TypoCorrector({"shopping": 1, "recent": 1, "share": 1},
+                              known={"shipping": 1})
+    # Known to the examples, two edits away, or a short word a substitution away from a
+    # term (often a real word: "shark").
+    assert corrector.correct("shipping rcnet xyzzyx shark") == "shipping rcnet xyzzyx shark"
     assert corrector.correct("recnet") == "recent"
+
+
+@pytest.mark.parametrize(("typo", "term", "substituted"), [
+    ("lable", "label", "labek"), ("hihg", "high", "hogh"), ("stroe", "store", "stora")])
+def test_a_short_word_is_corrected_for_swapped_letters_only(typo: str, term: str,
+                                                            substituted: str) -> None:
+    corrector = TypoCorrector({"label": 1, "high": 1, "store": 1})
+    assert corrector.correct(typo) == term
+    assert corrector.correct(substituted) == substituted
+
+
+def test_an_inflection_of_a_term_is_not_a_typo() -> None:
+    corrector = TypoCorrector({"count": 1, "configure": 1})
+    assert corrector.correct("counts configured") == "counts configured"
+
+
+def test_a_left_out_text_does_not_vouch_for_its_own_words() -> None:
+    # "sumary" is known only because one text (the one left out) uses it.
+    corrector = TypoCorrector({"summary": 1}, known={"sumary": 1, "kafka": 2})
+    assert corrector.correct("sumary of kafka") == "sumary of kafka"
+    left_out = "sumary of kafka lag"
+    assert corrector.correct("sumary of kafka", left_out=left_out) == "summary of kafka"
+    assert corrector.repair("Sumary of Kafka!", left_out=left_out) == "summary of Kafka!"
+
+
+def test_repair_corrects_in_place_and_keeps_the_rest() -> None:
+    corrector = TypoCorrector({"install": 1, "recent": 1})
+    assert corrector.repair("Please instal numpy, now!") == "Please install numpy, now!"
+    assert corrector.repair("  recnet: changes? ") == "  recent: changes? "
+    assert corrector.repair("nothing to fix here") == "nothing to fix here"
 
 
 def test_the_more_frequent_term_wins_a_tie() -> None:

@@ -187,3 +187,55 @@ async def test_a_repeated_stage_two_decision_follows_pattern_changes() -> None:
     database_up = False
     down = router.explain(recall, ExecutionMode.BALANCED, None)
     assert down.pattern_type is PatternType.INFRASTRUCTURE
+
+
+@pytest.mark.parametrize("query", [
+    "install the new ceiling fan in the bedroom",
+    "save me a seat at the concert",
+    "what's the recent news in tennis",
+    "record the football game tonight",
+    "count the calories in my lunch",
+])
+def test_a_trigger_on_an_everyday_request_yields_to_the_off_topic_examples(
+        router: HybridRouter, query: str) -> None:
+    fired = router.match(query, ExecutionMode.BALANCED)
+    assert fired is not None  # the regular expression alone would take it
+    decision = router.route_sync(query)
+    assert decision.abstained and decision.pattern_name is None, decision.reasoning
+    assert f"trigger of pattern {fired.name!r} matched, but the query reads as off-topic" in (
+        decision.reasoning)
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("save postgres vacuum settings tuned", "store_memory"),
+    ("remember that the redis failover script needs sudo", "store_memory"),
+    ("install numpy on the ci runner", "system_command"),
+    ("recent changes to the auth service", "temporal_analysis"),
+    ("calculate the p95 latency of the api", "quick_calculation"),
+    ("check health of the payments service", "health_check"),
+])
+def test_a_trigger_on_a_domain_request_stands(router: HybridRouter, query: str,
+                                              expected: str) -> None:
+    decision = router.route_sync(query)
+    assert decision.decided_by == "trigger" and decision.pattern_name == expected
+
+
+def test_a_trigger_of_a_pattern_with_few_examples_is_never_overruled() -> None:
+    """Two examples cannot speak for a pattern against hundreds of off-topic ones."""
+    home = PatternDefinition(name="home_install", pattern_type=PatternType.INFRASTRUCTURE,
+                             trigger_pattern=r"\binstall\b",
+                             examples=["install the agent", "install the exporter"])
+    router = HybridRouter(PatternRegistry([home], lexicon=RoutingLexicon.shipped()))
+    decision = router.route_sync("install the new ceiling fan in the bedroom")
+    assert decision.decided_by == "trigger" and decision.pattern_name == "home_install"
+
+
+def test_a_misspelled_trigger_word_still_fires_its_trigger(router: HybridRouter) -> None:
+    query = "Please insatll numpy on the CI runner"
+    assert router.match(query, ExecutionMode.BALANCED) is None
+    decision = router.route_sync(query)
+    assert decision.decided_by == "trigger" and decision.pattern_name == "system_command"
+    assert decision.captures == {"target": "numpy"}
+    assert "'Please install numpy on the CI runner'" in decision.reasoning
+    recent = router.route_sync("recnet changes to the api gateway")
+    assert recent.decided_by == "trigger" and recent.pattern_name == "temporal_analysis"

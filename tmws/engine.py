@@ -321,7 +321,8 @@ class PatternExecutionEngine:
         namespace = params.namespace
         caching = use_cache and self._caching
         # A trigger match alone fixes the pattern, so a cache hit skips the full routing
-        # explanation (the cached result carries the one made when it was computed).
+        # explanation (the cached result carries the one made when it was computed; a query
+        # whose trigger yields to the off-topic examples abstains, so nothing is cached).
         pattern = self.router.match(query, mode)
         slot: CacheSlot | None = None
         if pattern is not None:

@@ -39,6 +39,8 @@ _MAX_PHRASE_WORDS: Final = 6
 _WORD: Final = re.compile(r"[^\W_]+")
 # Shorter words have too many real words one edit away ("batch" / "match").
 _MIN_CORRECTED_CHARS: Final = 6
+_MIN_SWAPPED_CHARS: Final = 4
+_ALWAYS_KNOWN: Final = 1 << 30  # a lexicon term: known however many texts are left out
 # Words that say nothing about a request's domain (compared after stemming).
 _FUNCTION_WORDS: Final = frozenset(
     "a an the of to in on for with at by from and or but not no is are was were be been "
@@ -218,14 +220,18 @@ class TypoCorrector:
     single-character deletions (the SymSpell idea): each term is indexed under itself and
     its deletions, and an unknown word looks up the same."""
 
-    def __init__(self, frequencies: dict[str, int], known: Iterable[str] = ()) -> None:
+    def __init__(self, frequencies: dict[str, int], known: Mapping[str, int] | None = None
+                 ) -> None:
         """``frequencies``: the terms a word may be corrected to, with their weight;
-        ``known``: words never corrected (they are real: the examples use them)."""
+        ``known``: words never corrected (they are real: the examples use them), with the
+        number of texts using each (so a left-out text's own words can be discounted)."""
         self._terms = frequencies
-        self._known = frozenset(known) | frozenset(frequencies)
+        self._known = dict(known or {})
+        for word in frequencies:
+            self._known[word] = _ALWAYS_KNOWN
         index: dict[str, str] = {}
         for word in sorted(frequencies, key=lambda w: (-frequencies[w], w)):
-            if len(word) < _MIN_CORRECTED_CHARS - 1:
+            if len(word) < _MIN_SWAPPED_CHARS:
                 continue
             for key in (word, *_deletions(word)):
                 index.setdefault(key, word)
@@ -236,18 +242,38 @@ class TypoCorrector:
         """The lowercased words of ``text``, as :meth:`correct` sees them."""
         return _WORD.findall(text.lower())
 
-    def correct(self, text: str) -> str:
-        """``text`` lowercased, as words joined by spaces, unknown words corrected."""
-        return " ".join(self._corrected(w) for w in _WORD.findall(text.lower()))
+    def correct(self, text: str, *, left_out: str | None = None) -> str:
+        """``text`` lowercased, as words joined by spaces, unknown words corrected.
+        ``left_out``: a known text scored as if it were not known (leave-one-out), so the
+        words only it uses count as unknown."""
+        own = set(self.words_of(left_out)) if left_out is not None else set()
+        return " ".join(self._corrected(w, w in own) for w in _WORD.findall(text.lower()))
 
-    def _corrected(self, word: str) -> str:
-        if len(word) < _MIN_CORRECTED_CHARS or word in self._known or word.isdigit():
+    def repair(self, text: str, *, left_out: str | None = None) -> str:
+        """``text`` with each misspelled word replaced in place by its correction (case,
+        punctuation and spacing kept): what the triggers are tried on when the text as
+        written matches none. ``left_out``: as :meth:`correct`."""
+        own = set(self.words_of(left_out)) if left_out is not None else set()
+
+        def repaired(match: re.Match[str]) -> str:
+            word = match.group().lower()
+            fixed = self._corrected(word, word in own)
+            return match.group() if fixed == word else fixed
+
+        return _WORD.sub(repaired, text)
+
+    def _corrected(self, word: str, own: bool = False) -> str:
+        if (len(word) < _MIN_SWAPPED_CHARS or word.isdigit()
+                or self._known.get(word, 0) > own):
             return word
         index = self._index
         best: str | None = None
+        # A short word one edit from a term is often another real word ("shark", "share");
+        # two swapped letters rarely make one ("lable", "hihg").
+        edited = _one_edit if len(word) >= _MIN_CORRECTED_CHARS else _swapped
         for key in (word, *_deletions(word)):
             found = index.get(key)
-            if found is not None and _one_edit(word, found) and (
+            if found is not None and edited(word, found) and not _inflected(word, found) and (
                     best is None or (-self._terms[found], found) < (-self._terms[best], best)):
                 best = found
         return word if best is None else best
@@ -255,6 +281,21 @@ class TypoCorrector:
 
 def _deletions(word: str) -> list[str]:
     return [word[:i] + word[i + 1:] for i in range(len(word))]
+
+
+def _inflected(word: str, term: str) -> bool:
+    """True if ``word`` is ``term`` with an inflection added ("counts", "configured"): a
+    real word, not a typo."""
+    return word.startswith(term) and word[len(term):] in ("s", "d")
+
+
+def _swapped(a: str, b: str) -> bool:
+    """True if ``a`` is ``b`` with two adjacent letters swapped."""
+    if len(a) != len(b) or a == b:
+        return False
+    diff = [i for i in range(len(a)) if a[i] != b[i]]
+    return (len(diff) == 2 and diff[1] == diff[0] + 1
+            and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
 
 
 def _one_edit(a: str, b: str) -> bool:

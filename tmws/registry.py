@@ -11,6 +11,7 @@ engine (``engine.register_pattern`` and friends, :mod:`tmws._pattern_sync`).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -146,14 +147,15 @@ class PatternRegistry:
         normalized = {text: self.lexicon.normalize(text) for _, _, text in examples}
         vocabulary = dict.fromkeys(self.lexicon.vocabulary, 1)
         terms = dict.fromkeys(self.lexicon.terms, 1)
-        seen = set(terms) | {w for text in self.lexicon.off_topic
-                             for w in TypoCorrector.words_of(text)}
+        seen: Counter[str] = Counter()  # how many texts use each word
+        for text in self.lexicon.off_topic:
+            seen.update(set(TypoCorrector.words_of(text)))
         for p in staged.values():
             for text in p.routing_examples:
                 for word in set(normalized[text].split()):
                     vocabulary[word] = vocabulary.get(word, 0) + 1
-                for word in TypoCorrector.words_of(text):
-                    seen.add(word)
+                for word in set(TypoCorrector.words_of(text)):
+                    seen[word] += 1
                     if word in terms:
                         terms[word] += 1
         try:
@@ -226,6 +228,14 @@ class PatternRegistry:
         name = self._matcher.best(query, None if pattern_type is None else pattern_type.value)
         return None if name is None else self._patterns.get(name)
 
+    def repaired(self, query: str, *, leave_out: bool = False) -> str:
+        """``query`` with misspelled domain terms corrected in place (the typo corrector
+        of the current pattern set); ``query`` itself when nothing was corrected.
+        ``leave_out``: as :meth:`stage_two`."""
+        own = self._example_positions.get(query.strip()) if leave_out else None
+        return self._corrector.repair(
+            query, left_out=self._examples[1][own] if own is not None else None)
+
     def all_matches(self, query: str, pattern_type: PatternType | None = None
                     ) -> list[PatternDefinition]:
         names = self._matcher.all(query, None if pattern_type is None else pattern_type.value)
@@ -288,7 +298,8 @@ class PatternRegistry:
             exclude = self._example_positions.get(query.strip())
         if index.vector_dim is None:
             vector = None
-        normalized = self.lexicon.normalize(self._corrector.correct(query))
+        left_out = texts[exclude] if exclude is not None else None
+        normalized = self.lexicon.normalize(self._corrector.correct(query, left_out=left_out))
         # Negatives and off-topic examples take slots; a pattern's negative that beats it
         # ranks above it, so within these slots whenever the pattern is.
         wanted = 2 * limit + 1
@@ -317,7 +328,7 @@ class PatternRegistry:
                 candidates.append(match)
         content = self.lexicon.content_words(normalized)
         # Left out, the query's own words count once less (its own example is not known).
-        own = 1 if exclude is not None and texts[exclude] == query.strip() else 0
+        own = 1 if left_out == query.strip() else 0
         vocabulary = self._vocabulary
         unknown_words = sum(vocabulary.get(word, 0) <= own for word in content)
         unknown = unknown_words / len(content) if content else None
@@ -329,6 +340,9 @@ class PatternRegistry:
     def text_after_trigger(self, pattern: PatternDefinition, query: str) -> str:
         """The query's text after the pattern's first trigger match (all of it if none)."""
         span = self._matcher.span(pattern.name, query)
+        if span is None:  # it fired on the query with its typos corrected
+            query = self.repaired(query)
+            span = self._matcher.span(pattern.name, query)
         return query[span[1]:].strip() if span is not None else query.strip()
 
     def get_stats(self) -> dict[str, Any]:

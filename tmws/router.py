@@ -1,7 +1,11 @@
 """The router: which pattern a query takes, or that none does, and why.
 
-Stage 1: a trigger match decides outright (Rust, deterministic, cached). Stage 2, only
-without one: the query, normalised by the lexicon (:mod:`tmws.lexicon`: typos one edit
+Stage 1: a trigger match decides (Rust, deterministic, cached); a query that fires no
+trigger as written is tried again with its misspelled domain terms corrected. On a cache
+miss, a trigger of a pattern with enough examples yields to an abstention when the
+lexicon's off-topic examples are clearly more probable than the pattern's own (a regular
+expression cannot tell "save me a seat" from "save this decision"). Stage 2, only
+without a trigger: the query, normalised by the lexicon (:mod:`tmws.lexicon`: typos one edit
 from a domain term corrected, stems, synonyms), is compared with every pattern's example
 utterances in the Rust example index, which ranks the patterns that share a feature with
 it by their naive Bayes probability and names each one's nearest example. Then, in order:
@@ -77,6 +81,12 @@ _KEYWORD_FLOOR: Final = 0.5
 _UNKNOWN_SHARE: Final = 0.5
 _CLEAR_FIT: Final = 0.9
 _KNOWN_WORDS: Final = 2
+# A trigger yields to the off-topic examples (HybridRouter._off_topic_trigger) if they
+# hold the majority and are this many times as probable as its pattern's, whose examples
+# number at least this.
+_OFF_TOPIC_MAJORITY: Final = 0.5
+_OFF_TOPIC_RATIO: Final = 1.5
+_REVIEW_MIN_EXAMPLES: Final = 10
 _EXAMPLE_CONFIDENCE_CAP: Final = 0.9
 _TRIGGER_CONFIDENCE: Final = 0.95
 _CANDIDATES: Final = 5  # stage-2 candidates reported (and compared) per query
@@ -160,12 +170,18 @@ class HybridRouter:
         and ``record=False`` leaves the decision counters alone.
         """
         only = self._type_filter(mode)
-        if pattern is not None:
-            decision = self._trigger_decision(query, pattern, only)
+        repaired = None
+        if pattern is None:
+            # A misspelled trigger word ("recnet changes") still fires its trigger.
+            repaired = self.registry.repaired(query, leave_out=leave_out)
+            pattern = self.registry.best_match(repaired, only) if repaired != query else None
+        if pattern is not None and len(pattern.routing_examples) < _REVIEW_MIN_EXAMPLES:
+            decision = self._trigger_decision(query, pattern, only, repaired)
         else:
             # Guesses are weaker than triggers: never send one to a database that is down.
-            database_down = only is None and not self._database_available()
-            if not self.registry.vectors_attached:
+            database_down = (pattern is None and only is None
+                             and not self._database_available())
+            if pattern is not None or not self.registry.vectors_attached:
                 query_vector = None
             memo_key = None
             if (query_vector is None and min_score is None and min_margin is None
@@ -184,12 +200,17 @@ class HybridRouter:
                 leave_out=leave_out, vector=query_vector)
             score = self.min_score if min_score is None else min_score
             margin = self.min_margin if min_margin is None else min_margin
-            decision = (self._off_topic_decision(stage_two, allowed, mode, score)
-                        or self._example_decision(stage_two.candidates, allowed, mode, score,
-                                                  margin, thresholds or {})
-                        or self._keyword_decision(query, allowed, mode, stage_two.candidates,
-                                                  score, leave_out, query_vector))
-            decision.scorer = self._scorer(query_vector)
+            if pattern is not None:
+                decision = (self._off_topic_trigger(pattern, stage_two, allowed, score)
+                            or self._trigger_decision(query, pattern, only, repaired))
+            else:
+                decision = (self._off_topic_decision(stage_two, allowed, mode, score)
+                            or self._example_decision(stage_two.candidates, allowed, mode,
+                                                      score, margin, thresholds or {})
+                            or self._keyword_decision(query, allowed, mode,
+                                                      stage_two.candidates, score, leave_out,
+                                                      query_vector))
+                decision.scorer = self._scorer(query_vector)
             if memo_key is not None:
                 if len(self._memo) >= _DECISION_MEMO_SIZE:
                     del self._memo[next(iter(self._memo))]  # the oldest
@@ -224,10 +245,15 @@ class HybridRouter:
         return PatternType.INFRASTRUCTURE if mode is ExecutionMode.FAST else None
 
     def _trigger_decision(self, query: str, pattern: PatternDefinition,
-                          only: PatternType | None) -> RoutingDecision:
-        others = [p.name for p in self.registry.all_matches(query, only) if p.name != pattern.name]
+                          only: PatternType | None, repaired: str | None = None
+                          ) -> RoutingDecision:
+        """``repaired``: the query with its typos corrected, when only that fired it."""
+        text = repaired if repaired is not None else query
+        others = [p.name for p in self.registry.all_matches(text, only) if p.name != pattern.name]
         reasoning = (f"trigger of pattern {pattern.name!r} ({pattern.pattern_type.value}, "
                      f"priority {pattern.priority}) matched")
+        if repaired is not None:
+            reasoning += f" the query with its typos corrected ({repaired!r})"
         if others:
             reasoning += f"; it outranks {len(others)} other matching pattern(s)"
         return RoutingDecision(
@@ -239,9 +265,31 @@ class HybridRouter:
             pattern_name=pattern.name,
             decided_by="trigger",
             trigger_pattern=pattern.trigger_pattern,
-            captures=self.registry.captures(pattern, query),
+            captures=self.registry.captures(pattern, text),
             runner_up=others[0] if others else None,
         )
+
+    def _off_topic_trigger(self, pattern: PatternDefinition, stage_two: StageTwo,
+                           allowed: list[PatternType], min_score: float
+                           ) -> RoutingDecision | None:
+        """An abstention when a trigger fired on an everyday request ("save me a seat at
+        the concert", "install the new dishwasher"): the off-topic examples hold the
+        majority of the probability and ``_OFF_TOPIC_RATIO`` times the pattern's own.
+        A trigger is a regular expression, blind to what its words are about; only a
+        pattern with enough examples to speak for it is checked (on a cache miss; a hit
+        was computed under the same decision)."""
+        candidates, off = stage_two.candidates, stage_two.off_topic
+        if off is None or off.score < _OFF_TOPIC_MAJORITY:
+            return None
+        own = next((c.score for c in candidates if c.pattern == pattern.name),
+                   candidates[-1].score if len(candidates) == _CANDIDATES else 0.0)
+        if off.score <= _OFF_TOPIC_RATIO * own:
+            return None
+        return self._abstention(
+            candidates, allowed, min_score,
+            f"trigger of pattern {pattern.name!r} matched, but the query reads as "
+            f"off-topic: the off-topic example {off.example!r} scores {off.score:.2f}, the "
+            f"pattern's own examples {own:.2f}: no pattern serves it")
 
     def _example_decision(self, candidates: list[ExampleMatch], allowed: list[PatternType],
                           mode: ExecutionMode, min_score: float, min_margin: float,
