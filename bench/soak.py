@@ -30,10 +30,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import contextlib
 import json
 import math
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -255,10 +257,18 @@ class Row:
     audit_pending: int | None
     workers_seen: int
     events: list[str] = field(default_factory=list)
+    # Per worker: "limit/pressure"; and refusals + expiries so far, all workers (admission).
+    admission: str = "-"
+    refused: int | None = None
+    # Execution failures other than abstentions since the previous row: "code pattern" -> n.
+    failures: dict[str, int] = field(default_factory=dict)
 
     @property
-    def server_errors(self) -> int:
-        return sum(n for code, n in self.statuses.items() if code.startswith("5"))
+    def server_errors(self) -> int:  # "503" from executions, "write 503" from writes
+        return sum(n for code, n in self.statuses.items() if code.split()[-1].startswith("5"))
+
+
+_NO_LOAD: dict[str, Any] = {"status": {}, "errors": 0, "rps": 0.0}
 
 
 def sample(second: float, base: str, server_pid: int, workers: int, conninfo: str,
@@ -286,10 +296,18 @@ def sample(second: float, base: str, server_pid: int, workers: int, conninfo: st
     stats = worker_stats(base, workers)
     l1 = sum(sum(s["cache_stats"]["local"]["size"].values()) for s in stats.values())
     pending = sum(s["audit_stats"]["pending"] for s in stats.values())
+    admissions = [s["admission_stats"] for _, s in sorted(stats.items())]
+    failures: dict[str, int] = {}
+    for worker in stats.values():
+        for code, by_pattern in worker.get("failures_by_code", {}).items():
+            if code != "no_pattern_matched":  # the router abstaining is an answer
+                for name, n in by_pattern.items():
+                    failures[f"{code} {name}"] = failures.get(f"{code} {name}", 0) + n
     statuses: dict[str, int] = {}
-    for report in (execute, writes):
+    for prefix, report in (("", execute), ("write ", writes)):
         for code, summary in report["status"].items():
-            statuses[code] = statuses.get(code, 0) + summary["count"]
+            key = code if code.startswith("2") else prefix + code
+            statuses[key] = statuses.get(key, 0) + summary["count"]
         if report["errors"]:
             statuses["socket errors"] = statuses.get("socket errors", 0) + report["errors"]
     latencies = sorted(us / 1000 for us in execute.get("ok_latencies_us", []))
@@ -300,7 +318,11 @@ def sample(second: float, base: str, server_pid: int, workers: int, conninfo: st
                pg_connections=pg_connections, redis_connections=redis_connections,
                l1_entries=l1 if stats else None, redis_keys=redis_keys,
                audit_pending=pending if stats else None, workers_seen=len(stats),
-               events=events)
+               events=events,
+               admission=" ".join(f"{a['limit']}/{a['pressure']:.1f}" for a in admissions)
+               or "-",
+               refused=sum(a["refused"] + a["expired"] for a in admissions) if stats else None,
+               failures=failures)
 
 
 # --- faults and changes ---------------------------------------------------------------------
@@ -462,8 +484,10 @@ def verdict(rows: list[Row], interval: float, faults: list[Fault]) -> list[str]:
                         f"{P99_DRIFT:g}x)")
     for row in rows:
         if row.server_errors and not in_fault(row.second - interval, row.second, faults):
-            codes = {c: n for c, n in row.statuses.items() if c.startswith("5")}
-            problems.append(f"5xx outside the fault windows at {row.second:.0f}s: {codes}")
+            codes = {c: n for c, n in row.statuses.items() if c.split()[-1].startswith("5")}
+            which = f" (failed executions: {row.failures})" if row.failures else ""
+            problems.append(f"5xx outside the fault windows at {row.second:.0f}s: {codes}"
+                            f"{which}")
         if row.statuses.get("socket errors"):
             problems.append(f"connection errors at {row.second:.0f}s: "
                             f"{row.statuses['socket errors']}")
@@ -499,8 +523,9 @@ def _num(value: float | int | None, digits: int = 0) -> str:
 
 def table(rows: list[Row], interval: float, faults: list[Fault]) -> list[str]:
     lines = ["| time | req/s | p50 ms | p99 ms | non-2xx | RSS MiB | fds | PG conns | "
-             "Redis conns | L1 entries | Redis keys | audit backlog | events |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Redis conns | L1 entries | Redis keys | audit backlog | admission limit/pressure "
+             "| refused | failed executions | events |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         other = ", ".join(f"{c}: {n}" for c, n in sorted(row.statuses.items())
                           if not c.startswith("2")) or "0"
@@ -510,6 +535,8 @@ def table(rows: list[Row], interval: float, faults: list[Fault]) -> list[str]:
             f"{_num(row.p99_ms, 1)} | {other} | {row.rss_mib:.0f} | {row.fds} | "
             f"{_num(row.pg_connections)} | {_num(row.redis_connections)} | "
             f"{_num(row.l1_entries)} | {_num(row.redis_keys)} | {_num(row.audit_pending)} | "
+            f"{row.admission} | {_num(row.refused)} | "
+            f"{', '.join(f'{k}: {n}' for k, n in sorted(row.failures.items())) or '0'} | "
             f"{'; '.join(row.events)} |")
     return lines
 
@@ -618,6 +645,8 @@ def main() -> int:
                                 rows_total * args.interval, args.pattern_every)
             scenario.start()
             rows: list[Row] = []
+            seen_failures = sample(scenario.now(), base, server.pid, args.workers, conninfo,
+                                   redis_server, _NO_LOAD, _NO_LOAD, []).failures
             for index in range(rows_total):
                 per_row = int(rate * args.interval * 1.2) + 10
                 reads = write_bodies(tmp / "reads.jsonl", universe, per_row, seed=100 + index)
@@ -631,6 +660,10 @@ def main() -> int:
                 execute, written = finish(execute_load), finish(write_load)
                 row = sample(scenario.now(), base, server.pid, args.workers, conninfo,
                              redis_server, execute, written, scenario.take_events())
+                cumulative, row.failures = row.failures, {
+                    key: n - seen_failures.get(key, 0) for key, n in row.failures.items()
+                    if n > seen_failures.get(key, 0)}
+                seen_failures = cumulative
                 rows.append(row)
                 print("  " + table([row], args.interval, scenario.faults)[-1], flush=True)
             scenario.join()
@@ -641,6 +674,8 @@ def main() -> int:
         finally:
             if server is not None:
                 stop(server)
+                with contextlib.suppress(OSError):  # the workers' warnings, for the report
+                    shutil.copyfile(tmp / "serve.log", args.out / f"soak-{stamp}-serve.log")
             redis_server.kill()
             embedded.stop()
 

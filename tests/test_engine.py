@@ -228,6 +228,8 @@ async def test_timeouts_are_failed_results(database_url: str) -> None:
         assert "timed out after 30 ms" in result.error and "TMWS_PATTERN_INFRA_TIMEOUT" in \
             result.error
         assert eng.get_stats()["failed_executions"] == 1
+        # Which failures, and where: operators (and bench/soak.py) read this.
+        assert eng.get_stats()["failures_by_code"] == {"pattern_timeout": {"slow_tool": 1}}
         healthy = await eng.execute("check health")
         assert healthy.success
 

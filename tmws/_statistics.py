@@ -40,8 +40,8 @@ class ExecutionStatistics:
     """This process's execution counters, in total and per pattern type, and the latest
     execution times per type for the percentiles."""
 
-    __slots__ = ("by_type", "cache_hits", "failed", "recent_ms", "successful", "time_ms",
-                 "tokens", "total")
+    __slots__ = ("by_type", "cache_hits", "failed", "failures_by_code", "recent_ms",
+                 "successful", "time_ms", "tokens", "total")
 
     def __init__(self) -> None:
         self.total = self.successful = self.failed = self.cache_hits = 0
@@ -51,6 +51,8 @@ class ExecutionStatistics:
             t.value: {"executions": 0, "failures": 0} for t in PatternType}
         self.recent_ms: dict[str, deque[float]] = {
             t.value: deque(maxlen=_LATENCY_WINDOW) for t in PatternType}
+        # error code -> pattern (or "none") -> failures: which failures, and where
+        self.failures_by_code: dict[str, dict[str, int]] = {}
 
     def record(self, pattern_type: PatternType, result: ExecutionResult,
                elapsed_ms: float) -> None:
@@ -67,6 +69,9 @@ class ExecutionStatistics:
         else:
             self.failed += 1
             type_counts["failures"] += 1
+            by_pattern = self.failures_by_code.setdefault(result.error_code or "unknown", {})
+            name = result.pattern_name or "none"
+            by_pattern[name] = by_pattern.get(name, 0) + 1
 
     def performance(self, targets: Mapping[PatternType, LatencyTargets]
                     ) -> dict[str, dict[str, Any]]:
@@ -133,6 +138,7 @@ class ServiceStatus:
             "success_rate": round(100.0 * c.successful / c.total, 2) if c.total else 0.0,
             "cache_hit_rate": round(100.0 * c.cache_hits / c.total, 2) if c.total else 0.0,
             "executions_by_type": {k: dict(v) for k, v in c.by_type.items()},
+            "failures_by_code": {code: dict(v) for code, v in c.failures_by_code.items()},
             "cache_stats": self._results.stats(),
             "registry_stats": {
                 **registry,

@@ -242,25 +242,38 @@ class TypoCorrector:
         """The lowercased words of ``text``, as :meth:`correct` sees them."""
         return _WORD.findall(text.lower())
 
-    def correct(self, text: str, *, left_out: str | None = None) -> str:
-        """``text`` lowercased, as words joined by spaces, unknown words corrected.
+    def corrections(self, text: str, *, left_out: str | None = None) -> dict[str, str]:
+        """The misspelled words of ``text`` (lowercased), each with its correction.
         ``left_out``: a known text scored as if it were not known (leave-one-out), so the
         words only it uses count as unknown."""
         own = set(self.words_of(left_out)) if left_out is not None else set()
-        return " ".join(self._corrected(w, w in own) for w in _WORD.findall(text.lower()))
+        fixes = {}
+        for word in set(_WORD.findall(text.lower())):
+            fixed = self._corrected(word, word in own)
+            if fixed != word:
+                fixes[word] = fixed
+        return fixes
 
-    def repair(self, text: str, *, left_out: str | None = None) -> str:
+    def correct(self, text: str, *, left_out: str | None = None,
+                corrections: Mapping[str, str] | None = None) -> str:
+        """``text`` lowercased, as words joined by spaces, unknown words corrected
+        (``corrections``: :meth:`corrections` of ``text``, if already known)."""
+        if corrections is None:
+            corrections = self.corrections(text, left_out=left_out)
+        words = _WORD.findall(text.lower())
+        return " ".join([corrections.get(w, w) for w in words] if corrections else words)
+
+    def repair(self, text: str, *, left_out: str | None = None,
+               corrections: Mapping[str, str] | None = None) -> str:
         """``text`` with each misspelled word replaced in place by its correction (case,
         punctuation and spacing kept): what the triggers are tried on when the text as
-        written matches none. ``left_out``: as :meth:`correct`."""
-        own = set(self.words_of(left_out)) if left_out is not None else set()
-
-        def repaired(match: re.Match[str]) -> str:
-            word = match.group().lower()
-            fixed = self._corrected(word, word in own)
-            return match.group() if fixed == word else fixed
-
-        return _WORD.sub(repaired, text)
+        written matches none. ``left_out`` and ``corrections``: as :meth:`correct`."""
+        if corrections is None:
+            corrections = self.corrections(text, left_out=left_out)
+        if not corrections:
+            return text
+        fixes = corrections
+        return _WORD.sub(lambda m: fixes.get(m.group().lower(), m.group()), text)
 
     def _corrected(self, word: str, own: bool = False) -> str:
         if (len(word) < _MIN_SWAPPED_CHARS or word.isdigit()

@@ -81,6 +81,7 @@ class PatternRegistry:
         self._example_positions: dict[str, int] = {}
         self._vocabulary: dict[str, int] = {}
         self._corrector = TypoCorrector({})
+        self._last_corrections: tuple[tuple[str, bool, TypoCorrector], dict[str, str]] | None = None
         self._match_cache_size = match_cache_size
         self._version = 0
         # The shared version this set is (tmws._pattern_sync), None for a local change.
@@ -232,9 +233,20 @@ class PatternRegistry:
         """``query`` with misspelled domain terms corrected in place (the typo corrector
         of the current pattern set); ``query`` itself when nothing was corrected.
         ``leave_out``: as :meth:`stage_two`."""
+        return self._corrector.repair(query, corrections=self._corrections(query, leave_out))
+
+    def _corrections(self, query: str, leave_out: bool) -> dict[str, str]:
+        """The typo corrector's corrections of ``query``; the router asks twice per query
+        (triggers, then stage 2), so the last answer is kept."""
+        key = (query, leave_out, self._corrector)
+        kept = self._last_corrections
+        if kept is not None and kept[0] == key:
+            return kept[1]
         own = self._example_positions.get(query.strip()) if leave_out else None
-        return self._corrector.repair(
+        fixes = self._corrector.corrections(
             query, left_out=self._examples[1][own] if own is not None else None)
+        self._last_corrections = (key, fixes)
+        return fixes
 
     def all_matches(self, query: str, pattern_type: PatternType | None = None
                     ) -> list[PatternDefinition]:
@@ -299,7 +311,8 @@ class PatternRegistry:
         if index.vector_dim is None:
             vector = None
         left_out = texts[exclude] if exclude is not None else None
-        normalized = self.lexicon.normalize(self._corrector.correct(query, left_out=left_out))
+        normalized = self.lexicon.normalize(self._corrector.correct(
+            query, corrections=self._corrections(query, leave_out)))
         # Negatives and off-topic examples take slots; a pattern's negative that beats it
         # ranks above it, so within these slots whenever the pattern is.
         wanted = 2 * limit + 1
@@ -319,13 +332,12 @@ class PatternRegistry:
         beaten: set[str] = set()
         off_topic: ExampleMatch | None = None
         for name, score, example in found:
-            match = ExampleMatch(name, round(score, 4), texts[example])
             if name == OFF_TOPIC:
-                off_topic = match
+                off_topic = ExampleMatch(name, round(score, 4), texts[example])
             elif name.startswith(_NEGATIVE):
                 beaten.add(name[len(_NEGATIVE):])
             elif name not in beaten and len(candidates) < limit:
-                candidates.append(match)
+                candidates.append(ExampleMatch(name, round(score, 4), texts[example]))
         content = self.lexicon.content_words(normalized)
         # Left out, the query's own words count once less (its own example is not known).
         own = 1 if left_out == query.strip() else 0
