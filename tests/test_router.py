@@ -213,11 +213,19 @@ def test_a_trigger_on_an_everyday_request_yields_to_the_off_topic_examples(
     ("recent changes to the auth service", "temporal_analysis"),
     ("calculate the p95 latency of the api", "quick_calculation"),
     ("check health of the payments service", "health_check"),
+    ("run tool number 3", "execute_mcp_tool"),  # "number" is everyday, the request is not
 ])
 def test_a_trigger_on_a_domain_request_stands(router: HybridRouter, query: str,
                                               expected: str) -> None:
     decision = router.route_sync(query)
     assert decision.decided_by == "trigger" and decision.pattern_name == expected
+
+
+def test_incidental_words_do_not_overrule_a_clear_trigger(router: HybridRouter) -> None:
+    # Digits and "number" lean off-topic ("is 97 a prime number"); the request does not.
+    stray = [i for i in range(300)
+             if router.route_sync(f"run tool number {i}").pattern_name != "execute_mcp_tool"]
+    assert stray == []
 
 
 def test_a_trigger_of_a_pattern_with_few_examples_is_never_overruled() -> None:

@@ -85,7 +85,7 @@ _KNOWN_WORDS: Final = 2
 # hold the majority and are this many times as probable as its pattern's, whose examples
 # number at least this.
 _OFF_TOPIC_MAJORITY: Final = 0.5
-_OFF_TOPIC_RATIO: Final = 1.5
+_OFF_TOPIC_RATIO: Final = 3.0
 _REVIEW_MIN_EXAMPLES: Final = 10
 _EXAMPLE_CONFIDENCE_CAP: Final = 0.9
 _TRIGGER_CONFIDENCE: Final = 0.95
