@@ -81,6 +81,7 @@ class PatternRegistry:
         self._example_positions: dict[str, int] = {}
         self._vocabulary: dict[str, int] = {}
         self._corrector = TypoCorrector({})
+        self._indexed: tuple[ExampleIndex, frozenset[str]] | None = None
         self._last_corrections: tuple[tuple[str, bool, TypoCorrector], dict[str, str]] | None = None
         self._match_cache_size = match_cache_size
         self._version = 0
@@ -313,6 +314,10 @@ class PatternRegistry:
         left_out = texts[exclude] if exclude is not None else None
         normalized = self.lexicon.normalize(self._corrector.correct(
             query, corrections=self._corrections(query, leave_out)))
+        # A word no indexed text has carries no evidence; its character n-grams only
+        # add chance resemblances ("linesu" to "pickup line").
+        known = self._indexed_words(index, texts)
+        classify_text = " ".join(w for w in normalized.split() if w in known)
         # Negatives and off-topic examples take slots; a pattern's negative that beats it
         # ranks above it, so within these slots whenever the pattern is.
         wanted = 2 * limit + 1
@@ -320,10 +325,10 @@ class PatternRegistry:
         found: list[tuple[str, float, int]]
         if vector is None:
             found = [(name, p, example) for name, p, example, _ in
-                     index.classify(normalized, wanted, kind, exclude)]
+                     index.classify(classify_text, wanted, kind, exclude)]
             if kind is not None:
                 found += [(name, p, example) for name, p, example, _ in
-                          index.classify(normalized, 1, _OFF_TOPIC_KIND, exclude)]
+                          index.classify(classify_text, 1, _OFF_TOPIC_KIND, exclude)]
         else:
             found = index.score(normalized, wanted, kind, exclude, vector)
             if kind is not None:
@@ -345,6 +350,15 @@ class PatternRegistry:
         unknown_words = sum(vocabulary.get(word, 0) <= own for word in content)
         unknown = unknown_words / len(content) if content else None
         return StageTwo(candidates, off_topic, unknown, len(content) - unknown_words)
+
+    def _indexed_words(self, index: ExampleIndex, texts: list[str]) -> frozenset[str]:
+        """Every word of the indexed texts as normalised (once per pattern-set version)."""
+        kept = self._indexed
+        if kept is None or kept[0] is not index:
+            kept = (index, frozenset(w for text in texts
+                                     for w in self.lexicon.normalize(text).split()))
+            self._indexed = kept
+        return kept[1]
 
     def captures(self, pattern: PatternDefinition, query: str) -> dict[str, str]:
         return self._matcher.captures(pattern.name, query) or {}
