@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from typing import Any
@@ -210,6 +211,21 @@ async def test_statistics_queries_report_engine_counters(engine: PatternExecutio
     tokens = await engine.execute("compute token usage", use_cache=False)
     assert tokens.result["subject"] == "token"
     assert tokens.result["value"]["total_tokens_used"] == 30 + 20
+
+
+async def test_start_up_objects_stay_out_of_collections_until_close(database_url: str
+                                                                    ) -> None:
+    # A full collection over them stalled every request in flight (bench/README.md).
+    engine = await create_pattern_execution_engine(make_settings(database_url))
+    try:
+        tracked = gc.get_objects()
+        assert gc.get_freeze_count() > 0
+        assert not any(obj is engine.router for obj in tracked)
+        del tracked
+    finally:
+        await engine.close()
+    assert gc.get_freeze_count() == 0
+    assert any(obj is engine.router for obj in gc.get_objects())
 
 
 async def test_timeouts_are_failed_results(database_url: str) -> None:
