@@ -72,7 +72,8 @@ def test_mostly_unknown_words_with_one_known_abstain(router: HybridRouter) -> No
 
 def _labelled_queries() -> list[str]:
     rows = []
-    for name in ("paraphrases.tsv", "routing_dev.tsv", "routing_heldout.tsv"):
+    for name in ("paraphrases.tsv", "routing_dev.tsv", "routing_heldout.tsv",
+                 "routing_heldout2.tsv", "routing_heldout3.tsv", "routing_heldout4.tsv"):
         path = Path(__file__).parent / "data" / name
         rows += [line.split("\t", 1)[1] for line in path.read_text().splitlines()
                  if line.strip() and not line.startswith("#")]
@@ -247,3 +248,39 @@ def test_a_misspelled_trigger_word_still_fires_its_trigger(router: HybridRouter)
     assert "'Please install numpy on the CI runner'" in decision.reasoning
     recent = router.route_sync("recnet changes to the api gateway")
     assert recent.decided_by == "trigger" and recent.pattern_name == "temporal_analysis"
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    # A verb of invocation, then up to two words naming the tool.
+    ("invoke the ocr function on these receipts", "execute_mcp_tool"),
+    ("fire off the notion tool to create a page", "execute_mcp_tool"),
+    ("trigger the pagerduty mcp tool", "execute_mcp_tool"),
+    # The noun "health check".
+    ("run a health check on every backend", "health_check"),
+    ("healthcheck the payments api", "health_check"),
+    # A tag without "with"/"as", or named before the word "tag".
+    ("stuff we tagged urgent", "search_by_tag"),
+    ("notes with the dns tag", "search_by_tag"),
+    # Similarity to a described incident outranks the word "past".
+    ("what past issues are similar to this disk full alert", "semantic_search"),
+    ("prior occurrences comparable to the disk filling up", "semantic_search"),
+    ("find past incidents resembling this cert expiry", "semantic_search"),
+    # "past" is temporal when a period or a kind of change follows it.
+    ("review past architecture decisions", "temporal_analysis"),
+    ("what changed in the past 3 days", "temporal_analysis"),
+    ("past deployments of the billing service", "temporal_analysis"),
+])
+def test_default_triggers_fire_on_their_phrasings(router: HybridRouter, query: str,
+                                                  expected: str) -> None:
+    fired = router.match(query, ExecutionMode.BALANCED)
+    assert fired is not None and fired.name == expected
+
+
+@pytest.mark.parametrize("query", [
+    "I need to book a health check-up with my GP",  # not the noun "health check"
+    "given our past incidents, how should we structure on-call?",  # past + a plain noun
+    "does this ring a bell from past incidents? dns failing in k8s",
+    "who won the past three super bowls",
+])
+def test_default_triggers_stay_silent_on_these(router: HybridRouter, query: str) -> None:
+    assert router.match(query, ExecutionMode.BALANCED) is None
