@@ -138,7 +138,8 @@ async def test_comprehensive_runs_handler_and_retrieval(engine: PatternExecution
 
 
 @pytest.mark.parametrize("query", [
-    "call the summarizer function with the last message",
+    # The "call the summarizer function with …" fires the tool trigger now.
+    "pass the last message to the summarizer function",
     "analyze why latency spiked in the api",
     "anything in memory on rollbacks please",
 ])

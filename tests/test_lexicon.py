@@ -120,6 +120,28 @@ def test_repair_corrects_in_place_and_keeps_the_rest() -> None:
     assert corrector.repair("nothing to fix here") == "nothing to fix here"
 
 
+def test_the_lexicon_s_misspellings_are_spellings_of_their_word(tmp_path: Path) -> None:
+    path = tmp_path / "lexicon.yaml"
+    path.write_text("synonyms:\n  remember: [remeber, rememeber, memorize]\n"
+                    "  recall: [recal, retrieve]\n"
+                    "  summarize: [summaries, sumarize]\n  install: [reinstall]\n"
+                    "  health: [healthy, helth]\n")
+    spellings = RoutingLexicon.load(path).spellings
+    # "recal" stems like "recall": nothing for stage 2 to map, still a spelling. Two edits
+    # away ("summaries", "reinstall") or a letter added at the end ("healthy"): a word.
+    assert spellings == {"remeber": "remember", "rememeber": "remember", "recal": "recall",
+                         "sumarize": "summarize", "helth": "health"}
+    assert RoutingLexicon.shipped().spellings["configre"] == "configure"
+
+
+def test_a_listed_misspelling_is_corrected_even_when_known_or_short() -> None:
+    # Known words are never corrected, and 4-5 letter words only for swapped letters:
+    # a misspelling the lexicon lists is the exception.
+    corrector = TypoCorrector({"recall": 1}, known={"recal": 3}, spellings={"recal": "recall"})
+    assert corrector.repair("recal the notes on dns") == "recall the notes on dns"
+    assert TypoCorrector({"recall": 1}, known={"recal": 3}).repair("recal it") == "recal it"
+
+
 def test_the_more_frequent_term_wins_a_tie() -> None:
     corrector = TypoCorrector({"latest": 1, "lattes": 5})
     assert corrector.correct("lattest") in {"latest", "lattes"}

@@ -67,6 +67,13 @@ def test_captures(matcher: Matcher) -> None:
     }
     assert matcher.captures("run", "nothing") is None
     assert matcher.captures("health", "check health") == {}
+    # No named group: answered by a plain search, with the same None/{} contract.
+    assert matcher.captures("health", "check the weather") is None
+    assert matcher.captures("health", "") is None
+    empty = Matcher([("empty", r"x*", 1, "k"), ("dollar", r"done$", 1, "k")])
+    assert empty.captures("empty", "") == {}
+    assert empty.captures("dollar", "all done\n") == {}
+    assert empty.captures("dollar", "done twice, not done yet") is None
     with pytest.raises(KeyError):
         matcher.captures("missing", "run x")
     optional = Matcher([("opt", r"a(?P<x>x)?(?P<y>y)?", 1, "k")])

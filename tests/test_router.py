@@ -73,7 +73,8 @@ def test_mostly_unknown_words_with_one_known_abstain(router: HybridRouter) -> No
 def _labelled_queries() -> list[str]:
     rows = []
     for name in ("paraphrases.tsv", "routing_dev.tsv", "routing_heldout.tsv",
-                 "routing_heldout2.tsv", "routing_heldout3.tsv", "routing_heldout4.tsv"):
+                 "routing_heldout2.tsv", "routing_heldout3.tsv", "routing_heldout4.tsv",
+                 "routing_heldout5.tsv"):
         path = Path(__file__).parent / "data" / name
         rows += [line.split("\t", 1)[1] for line in path.read_text().splitlines()
                  if line.strip() and not line.startswith("#")]
@@ -248,6 +249,12 @@ def test_a_misspelled_trigger_word_still_fires_its_trigger(router: HybridRouter)
     assert "'Please install numpy on the CI runner'" in decision.reasoning
     recent = router.route_sync("recnet changes to the api gateway")
     assert recent.decided_by == "trigger" and recent.pattern_name == "temporal_analysis"
+    # Misspellings the lexicon lists count too, even where the examples use them.
+    for typo, expected in (("remeber the dr drill is on the first tuesday", "store_memory"),
+                           ("recal what we wrote on canary deploys", "recall_memory"),
+                           ("recnt notes on the vpn rollout", "temporal_analysis")):
+        decision = router.route_sync(typo)
+        assert decision.decided_by == "trigger" and decision.pattern_name == expected, typo
 
 
 @pytest.mark.parametrize(("query", "expected"), [
@@ -269,6 +276,31 @@ def test_a_misspelled_trigger_word_still_fires_its_trigger(router: HybridRouter)
     ("review past architecture decisions", "temporal_analysis"),
     ("what changed in the past 3 days", "temporal_analysis"),
     ("past deployments of the billing service", "temporal_analysis"),
+    # Oldest/newest first, and a window between two dates.
+    ("oldest notes about the vpn", "temporal_analysis"),
+    ("what was stored between march 3 and march 9", "temporal_analysis"),
+    ("entries between 2024-01-02 and 2024-01-09", "temporal_analysis"),
+    # One derived cache figure is a calculation, the counters as a whole are statistics.
+    ("what's the cache hit rate?", "quick_calculation"),
+    ("hit/miss ratio of the pattern cache", "quick_calculation"),
+    # A tool named by its identifier, quoted or not.
+    ("call jira_create_issue with project OPS", "execute_mcp_tool"),
+    ("please invoke the `docker_logs` function for the gateway", "execute_mcp_tool"),
+    ("hit the opsgenie_ack_alert tool for alert 42", "execute_mcp_tool"),
+    # Liveness of a named component.
+    ("liveness of the scheduler service", "health_check"),
+    ("is the ingress controller serving traffic", "health_check"),
+    ("are the kafka brokers reachable from the workers", "health_check"),
+    # A recall with a colon, a search of memory, and "anything like" a description.
+    ("recall: kafka consumer lag", "recall_memory"),
+    ("search memory for the dns resolution timeout", "recall_memory"),
+    ('anything like "ECONNRESET when calling auth"?', "semantic_search"),
+    # A setting changed to a value: a number, an identifier, a URL or a constant.
+    ("set REDIS_URL in the .env file to redis://cache:6379/0", "system_command"),
+    ("raise the worker limit from 4 to 16", "system_command"),
+    ("change the timezone on the db server to UTC", "system_command"),
+    # A tag outranks the recall verb that asks for it.
+    ("retrieve the items carrying the dns tag", "search_by_tag"),
 ])
 def test_default_triggers_fire_on_their_phrasings(router: HybridRouter, query: str,
                                                   expected: str) -> None:
@@ -281,6 +313,11 @@ def test_default_triggers_fire_on_their_phrasings(router: HybridRouter, query: s
     "given our past incidents, how should we structure on-call?",  # past + a plain noun
     "does this ring a bell from past incidents? dns failing in k8s",
     "who won the past three super bowls",
+    "things resembling this failing readiness probe",  # "readiness" needs of/for
+    "is the ski lift up and running this weekend",  # "up" and "alive" are everyday words
+    "are avocados actually healthy or just hype",
+    "put the before and after of the cache change next to each other",  # no value
+    "change my flight to the later one",
 ])
 def test_default_triggers_stay_silent_on_these(router: HybridRouter, query: str) -> None:
     assert router.match(query, ExecutionMode.BALANCED) is None

@@ -97,7 +97,11 @@ class RoutingLexicon:
                     f"synonyms: {canonical!r}: variant {variant!r} must have 1 to "
                     f"{_MAX_PHRASE_WORDS} words", source=self.source)
             if key == (target,):
-                continue  # the canonical itself, inflected
+                # The canonical's own stem (an inflection, or a misspelling the stemmer
+                # folds: "recal"): nothing to map, but kept as a spelling.
+                if variant not in kept:
+                    kept.append(variant)
+                continue
             if len(key) == 1 and key[0] in self._canonicals:
                 raise PatternConfigError(
                     f"synonyms: variant {variant!r} of {canonical!r} is itself a canonical "
@@ -194,6 +198,18 @@ class RoutingLexicon:
         return frozenset(w for text in texts for w in _WORD.findall(text.lower()))
 
     @property
+    def spellings(self) -> dict[str, str]:
+        """The one-word variants that are misspellings of their canonical word (one edit
+        away: "remeber", "configre"), each with that word; the triggers are retried on
+        the corrected spelling. Variants two edits away are often other words
+        ("summaries", "reinstall", "memos"), and a letter added at the end is an
+        inflection ("healthy")."""
+        return {variant: canonical for canonical, variants in self.synonyms.items()
+                for variant in (v.lower() for v in variants)
+                if variant.isalpha() and _one_edit(variant, canonical)
+                and not variant.startswith(canonical)}
+
+    @property
     def vocabulary(self) -> frozenset[str]:
         """Every stemmed word the synonyms know (canonicals and the words of variants)."""
         return frozenset(self._canonicals) | {w for key in self._phrases for w in key}
@@ -220,12 +236,15 @@ class TypoCorrector:
     single-character deletions (the SymSpell idea): each term is indexed under itself and
     its deletions, and an unknown word looks up the same."""
 
-    def __init__(self, frequencies: dict[str, int], known: Mapping[str, int] | None = None
-                 ) -> None:
+    def __init__(self, frequencies: dict[str, int], known: Mapping[str, int] | None = None,
+                 spellings: Mapping[str, str] | None = None) -> None:
         """``frequencies``: the terms a word may be corrected to, with their weight;
         ``known``: words never corrected (they are real: the examples use them), with the
-        number of texts using each (so a left-out text's own words can be discounted)."""
+        number of texts using each (so a left-out text's own words can be discounted);
+        ``spellings``: misspellings the lexicon lists, always corrected to their word
+        (:attr:`RoutingLexicon.spellings`)."""
         self._terms = frequencies
+        self._spellings = dict(spellings or {})
         self._known = dict(known or {})
         for word in frequencies:
             self._known[word] = _ALWAYS_KNOWN
@@ -276,6 +295,9 @@ class TypoCorrector:
         return _WORD.sub(lambda m: fixes.get(m.group().lower(), m.group()), text)
 
     def _corrected(self, word: str, own: bool = False) -> str:
+        spelled = self._spellings.get(word)
+        if spelled is not None:
+            return spelled
         if (len(word) < _MIN_SWAPPED_CHARS or word.isdigit()
                 or self._known.get(word, 0) > own):
             return word

@@ -174,7 +174,7 @@ class PatternRegistry:
             positions.setdefault(text, position)
         return PreparedSet(staged, matcher, index, [text for _, _, text in examples],
                            positions, fingerprint, digests, vocabulary,
-                           TypoCorrector(terms, seen))
+                           TypoCorrector(terms, seen, self.lexicon.spellings))
 
     def install(self, prepared: PreparedSet, *, shared_version: int | None = None) -> None:
         """Swap a prepared set in (one reference at a time, each atomic under the GIL) and
