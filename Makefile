@@ -6,7 +6,7 @@ PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install install-test build dist lint actionlint inspector test test-rust test-python \
-	test-install test-container podman image sla soak soak-ci profile loadgen wrk \
+	test-install test-container podman image sla soak soak-ci profile loadgen wrk k8s-patterns \
 	bench bench-http \
 	bench-memory bench-routing bench-cache bench-regexset bench-overload serve clean promtool
 
@@ -123,6 +123,9 @@ bench-http: install-test wrk ## wrk load: execute (hit, miss, memory, hybrid) vs
 
 bench-routing: install ## Routing stage 1 (triggers) and 2 (examples) per query, default and N=1000
 	$(PY) bench/routing_load.py
+
+k8s-patterns: venv ## Regenerate deploy/kubernetes/patterns-configmap.yaml from deploy/config/patterns.yaml
+	$(PY) deploy/kubernetes/render_patterns.py
 
 bench-memory: install ## Memory patterns at 100k memories vs bare SQL; ANN recall@10
 	$(PY) bench/memory_load.py
