@@ -39,12 +39,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 
 from bench._postgres import add_database_option, server_database_env
 from bench._smoke import parse_args
+from tmws.cache import _ENVELOPE, _RESULT_PREFIX  # the stored form of a result
 from tmws.config import Settings
 from tmws.engine import PatternExecutionEngine, create_pattern_execution_engine
+from tmws.models import ExecutionResult
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 NAMESPACE = "bench"
@@ -282,6 +285,24 @@ async def flushdb(redis_url: str) -> None:
         await client.aclose()
 
 
+async def redis_footprint(redis_url: str) -> dict[str, Any]:
+    """What the cached results take in Redis, by pattern: ``MEMORY USAGE`` of every result
+    key (key, value and Redis's own overhead) and the value's length."""
+    client = aioredis.from_url(redis_url)
+    try:
+        by_type: dict[str, list[tuple[int, int]]] = {}
+        async for key in client.scan_iter(match=_RESULT_PREFIX + "*", count=1000):
+            raw = await client.get(key)
+            usage = await client.memory_usage(key, samples=0)
+            if not isinstance(raw, bytes) or usage is None:
+                continue  # expired between SCAN and GET
+            result = msgspec.msgpack.decode(raw[_ENVELOPE.size:], type=ExecutionResult)
+            by_type.setdefault(result.pattern_name or "?", []).append((int(usage), len(raw)))
+    finally:
+        await client.aclose()
+    return {"by_type": by_type}
+
+
 async def main_async(args: argparse.Namespace) -> None:
     begun = time.perf_counter()
     await flushdb(args.redis_url)
@@ -310,6 +331,7 @@ async def main_async(args: argparse.Namespace) -> None:
             a.cache.clear_local()
             one = await replay([a], requests)
             print(f"one-instance replay in {one['seconds']:.1f}s", flush=True)
+            footprint = await redis_footprint(args.redis_url)
         finally:
             await a.close()
             await b.close()
@@ -359,6 +381,21 @@ async def main_async(args: argparse.Namespace) -> None:
               f" L1 evictions {r['evictions']:,}")
     print("  * the engines' cache_hits / total_executions over the replay (stores count as"
           " executions), one figure per engine")
+    print("\nRedis memory per cached result after the one-engine replay (MEMORY USAGE of the"
+          " key: key, value and Redis's overhead; the value is the expiry/generation"
+          " envelope and the msgpack result), bytes")
+    print(f"  {'pattern':<16} {'results':>8} {'median':>8} {'p95':>8} {'max':>8}"
+          f" {'median value':>13}")
+    total = used = 0
+    for kind, rows in sorted(footprint["by_type"].items()):
+        usage = sorted(u for u, _ in rows)
+        values = sorted(v for _, v in rows)
+        total += len(rows)
+        used += sum(usage)
+        print(f"  {kind:<16} {len(rows):>8,} {pct(usage, 0.5):>8.0f} {pct(usage, 0.95):>8.0f}"
+              f" {usage[-1]:>8,} {pct(values, 0.5):>13.0f}")
+    print(f"  all: {used:,} bytes for {total:,} results, {used / max(total, 1):,.0f} per result"
+          " (Redis's instance-wide used_memory also moves with other databases: not used)")
     print(f"\ntotal {time.perf_counter() - begun:.0f}s")
 
 

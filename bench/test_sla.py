@@ -262,8 +262,14 @@ def _body(served: Served, case: Case, words: str | None) -> dict[str, Any]:
 
 
 def _check(served: Served, body: dict[str, Any], case: Case) -> dict[str, Any]:
+    """The request answers with the case's pattern: a correctness check before the gate.
+    One 504 (its budget passed) is sent again: a single stalled request of the shared
+    machine (once 480 ms, against ~6 ms cold here) is what the percentiles measure, not a
+    wrong answer. Twice fails."""
     headers = dict(h.split(": ", 1) for h in served.headers)
     response = httpx.post(served.url, json=body, headers=headers, timeout=30)
+    if response.status_code == 504:
+        response = httpx.post(served.url, json=body, headers=headers, timeout=30)
     assert response.status_code == 200, response.text
     result: dict[str, Any] = response.json()
     assert result["success"] and result["pattern_name"] == case.pattern, result

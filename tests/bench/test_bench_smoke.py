@@ -86,3 +86,11 @@ async def test_profile_writes_flame_graphs(migrated_database: str, tmp_path: Pat
     assert "Python frames by total time" in out
     for suffix in (".svg", ".speedscope.json", "-top.txt"):
         assert (tmp_path / f"miss{suffix}").stat().st_size > 0
+
+
+async def test_capacity_measures_cpu_per_request_of_every_case(private_redis: PrivateRedis
+                                                                ) -> None:
+    out = await smoke("capacity", "--redis-url", private_redis.url)
+    assert "CPU ms per 2xx answer" in out
+    for case in ("infra_hit", "infra_miss", "recall", "hybrid", "store"):
+        assert f"  {case} " in out
