@@ -42,6 +42,7 @@ from bench._smoke import parse_args
 from tmws._native import HashEmbedder
 from tmws.config import Settings
 from tmws.database import Database, upgrade
+from tmws.database._reindex import ideal_lists
 from tmws.database._vectors import (
     INDEX_NAME,
     create_index_sql,
@@ -451,15 +452,17 @@ def print_latency(kind: str, results: dict[str, dict[str, list[float]]], queries
 async def main_async(args: argparse.Namespace) -> None:
     begun = time.perf_counter()
     corpus = Corpus()
-    settings = {kind: Settings.from_env({"TMWS_VECTOR_INDEX": kind}) for kind in
-                ("ivfflat", "hnsw")}
+    # ivfflat lists as `tmws db reindex` sizes them for the table (100 at 100,000 rows).
+    settings = {kind: Settings.from_env({"TMWS_VECTOR_INDEX": kind,
+                                         "TMWS_VECTOR_LISTS": str(ideal_lists(args.rows))})
+                for kind in args.indexes.split(",")}
     report: list[str] = []
     latency: dict[str, dict[str, dict[str, list[float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="tmws-bench-") as tmp, \
             postgres(args.database_url, tmp) as conninfo:
         with psycopg.connect(conninfo) as conn:
             server = conn.info.server_version
-        await upgrade(conninfo, settings["ivfflat"])
+        await upgrade(conninfo, next(iter(settings.values())))
         started = time.perf_counter()
         timings = load(conninfo, corpus, args.rows)
         with psycopg.connect(conninfo) as conn:
@@ -528,6 +531,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=60)
     parser.add_argument("--recall-queries", type=int, default=200)
     parser.add_argument("--round-trips", type=int, default=2000, help="SELECT 1 per path")
+    parser.add_argument("--indexes", default="ivfflat,hnsw", choices=(
+        "ivfflat,hnsw", "ivfflat", "hnsw"), help="vector indexes to measure (an HNSW build at"
+        " 1,000,000 rows takes tens of minutes here)")
     add_database_option(parser)
     asyncio.run(main_async(parse_args(parser, rows=300, queries=4, warmup=2,
                                       recall_queries=4, round_trips=20)))
