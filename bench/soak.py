@@ -22,7 +22,8 @@ report is a Markdown table and an SVG plot.
 RSS grew < 5%, descriptors and connections did not grow, p99 in the last third stayed
 within 2x its level after warm-up, and no 5xx came outside the fault windows (a fault's
 start until 10 s after the service answered every pattern type again and, after Redis,
-every worker used it again).
+every worker used it again) but execution timeouts (504) within ``TIMEOUT_BUDGET``, 1 in
+10,000 of the requests outside the fault windows.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ GRACE_SECONDS = 10.0  # after a fault is over, 5xx are still the fault's
 RSS_GROWTH = 0.05
 P99_DRIFT = 2.0
 FD_SLACK, CONNECTION_SLACK = 4, 2  # one reconnect in flight is not growth
+# Outside the fault windows, executions that passed their pattern's time budget (504) may be
+# at most 1 in 10,000 requests (99.99%): on shared cores a lone request stalled by the host
+# is a latency tail, which the SLA gates' percentiles allow too. Any other 5xx outside a
+# fault (an error, a refusal, a failed write) fails the soak at once.
+TIMEOUT_BUDGET = 1e-4
 WRITE_SHARE = 0.01
 UNIVERSE = 3000
 ZIPF_S = 1.1
@@ -482,12 +488,19 @@ def verdict(rows: list[Row], interval: float, faults: list[Fault]) -> list[str]:
         problems.append(f"p99 drifted: {statistics.median(early):.1f} ms after warm-up, "
                         f"{statistics.median(late):.1f} ms in the last third (limit "
                         f"{P99_DRIFT:g}x)")
-    for row in rows:
-        if row.server_errors and not in_fault(row.second - interval, row.second, faults):
-            codes = {c: n for c, n in row.statuses.items() if c.split()[-1].startswith("5")}
+    outside = [r for r in rows if not in_fault(r.second - interval, r.second, faults)]
+    timeouts = sum(r.statuses.get("504", 0) for r in outside)
+    budget = TIMEOUT_BUDGET * sum(r.rps * interval for r in outside)
+    for row in outside:
+        codes = {c: n for c, n in row.statuses.items() if c.split()[-1].startswith("5")}
+        if timeouts <= budget:
+            codes.pop("504", None)
+        if codes:
             which = f" (failed executions: {row.failures})" if row.failures else ""
             problems.append(f"5xx outside the fault windows at {row.second:.0f}s: {codes}"
-                            f"{which}")
+                            f"{which}" + (f"; {timeouts} timeouts against a budget of"
+                                          f" {budget:.1f}" if "504" in codes else ""))
+    for row in rows:
         if row.statuses.get("socket errors"):
             problems.append(f"connection errors at {row.second:.0f}s: "
                             f"{row.statuses['socket errors']}")
@@ -692,7 +705,8 @@ def main() -> int:
              "", "## Verdict", ""]
     lines += [f"- {p}" for p in problems] or ["- flat: RSS, descriptors and connections did "
                                               "not grow after warm-up, p99 steady, no 5xx "
-                                              "outside the fault windows"]
+                                              "outside the fault windows but timeouts within "
+                                              "their budget (1 in 10,000 requests)"]
     report = args.out / f"soak-{stamp}.md"
     report.write_text("\n".join(lines) + "\n")
     (args.out / f"soak-{stamp}.json").write_text(json.dumps({
