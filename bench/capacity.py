@@ -44,6 +44,7 @@ import redis
 from bench._sla import LOADGEN, build_loadgen
 from bench._smoke import parse_args
 from bench.http_load import NAMESPACE, REDIS_URL, ROOT, flush_redis, seed_memories, tmws_command
+from bench.soak import process_tree
 from tests.loopback import base_url, free_port, stop, wait_healthy
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -69,25 +70,7 @@ def _bodies(case: str, count: int) -> list[dict[str, Any]]:
              "namespace": NAMESPACE, "tags": ["capacity"]} for i in range(count)]
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(c) for c in text.split()]
-
-
-def _tree(pid: int, exclude: frozenset[int] = frozenset()) -> list[int]:
-    """``pid`` and its descendants, without the subtrees rooted at ``exclude``."""
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        todo += [c for c in _children(current) if c not in exclude]
-    return out
-
-
-def _cpu_seconds(pids: list[int]) -> float:
+def _cpu_seconds(pids: set[int]) -> float:
     """utime + stime of the processes (all their threads; exited children not counted)."""
     total = 0
     for pid in pids:
@@ -101,7 +84,7 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 def _client_backends(postmaster: int) -> int:
     count = 0
-    for pid in _children(postmaster):
+    for pid in process_tree(postmaster)[1:]:
         try:
             title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
@@ -113,10 +96,9 @@ def _client_backends(postmaster: int) -> int:
 
 def _run(case: str, url: str, bodies_file: Path, rate: float, duration: float,
          groups: dict[str, list[int]], postmaster: int) -> dict[str, Any]:
+    pids = {name: {p for root in rs for p in process_tree(root)} for name, rs in groups.items()}
     # The embedded PostgreSQL may be a descendant of tmws's processes: counted apart.
-    roots = frozenset(r for name, rs in groups.items() if name != "tmws" for r in rs)
-    pids = {name: [p for root in rs for p in _tree(root, roots if name == "tmws" else frozenset())]
-            for name, rs in groups.items()}
+    pids["tmws"] -= pids["postgres"] | pids["redis"]
     before = {name: _cpu_seconds(p) for name, p in pids.items()}
     peak = 0
     done = threading.Event()
