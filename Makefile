@@ -8,7 +8,8 @@ PY := $(BIN)/python
 .PHONY: help venv install install-test build dist lint actionlint inspector test test-rust test-python \
 	test-install test-container podman image sla soak soak-ci profile loadgen wrk k8s-patterns \
 	bench bench-http \
-	bench-memory bench-routing bench-cache bench-regexset bench-overload serve clean promtool
+	bench-memory bench-routing bench-cache bench-regexset bench-overload serve clean promtool \
+	pgbouncer
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -78,7 +79,14 @@ wrk: ## Install wrk (Debian package, needs root) if it is missing
 	command -v wrk >/dev/null || $(APT_INSTALL) wrk </dev/null \
 		|| { DEBIAN_FRONTEND=noninteractive apt-get update -q && $(APT_INSTALL) wrk </dev/null; }
 
-test-python: install-test promtool loadgen wrk inspector ## pytest against real PostgreSQL (embedded bundle) and Redis
+# tests/database/test_pgbouncer.py runs a private pgbouncer of its own (no service is used);
+# Debian installs it in /usr/sbin, which an ordinary user's PATH may lack.
+pgbouncer: ## Install PgBouncer (Debian package, needs root) if it is missing
+	command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer \
+		|| $(APT_INSTALL) pgbouncer </dev/null \
+		|| { DEBIAN_FRONTEND=noninteractive apt-get update -q && $(APT_INSTALL) pgbouncer </dev/null; }
+
+test-python: install-test promtool loadgen wrk pgbouncer inspector ## pytest against real PostgreSQL (embedded bundle) and Redis
 	$(BIN)/pytest -q
 
 test-install: dist ## The wheel in fresh venvs of CPython 3.11-3.13, no Rust on PATH

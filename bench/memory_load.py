@@ -246,6 +246,10 @@ class Recorder:
         self.sent.append((query, params, options))
         return await self.database.fetch(query, params, **options)
 
+    async def read(self, namespace: str, query: str, params: Any = (), **options: Any
+                   ) -> list[dict[str, Any]]:
+        return await self.fetch(query, params, **options)
+
 
 def pct(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)

@@ -31,7 +31,8 @@ from tmws.http.app import TmwsApp
 # Fixture plugins (psycopg's tests/fix_*.py): served instances, a store, scratch databases,
 # a hand-moved clock, MCP clients.
 pytest_plugins = ["tests.fix_server", "tests.fix_memory", "tests.fix_database",
-                  "tests.fix_clock", "tests.fix_mcp"]
+                  "tests.fix_clock", "tests.fix_mcp", "tests.fix_redis",
+                  "tests.fix_pgbouncer", "tests.fix_replica"]
 
 # Database 15 by default; parallel sessions (one per developer) each set their own.
 REDIS_URL = os.environ.get("TESTS_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -49,9 +50,24 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     embedded.stop()
 
 
+REDIS_TOPOLOGIES = ("single", "cluster", "sentinel")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Modules marked redis_topologies run their Redis tests against every topology.
+    if "redis_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+            "redis_topologies"):
+        metafunc.parametrize("redis_url", REDIS_TOPOLOGIES, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The machine's Redis; its absence is a failure."""
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The machine's Redis (its absence is a failure); with the ``redis_topologies`` mark,
+    also a Cluster and Sentinel of the tests' own (tests/fix_redis.py)."""
+    topology = getattr(request, "param", "single")
+    if topology != "single":
+        servers = request.getfixturevalue(f"redis_{topology}")
+        return str(servers.url)
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     try:
         client.ping()

@@ -9,13 +9,17 @@ import redis
 
 from tests.conftest import PrivateRedis
 from tests.fix_clock import Clock
+from tests.fix_redis import raw_redis
 from tmws.cache import (
     CacheManager,
     CircuitBreaker,
     LocalCache,
     TieredLocalCache,
+    result_key,
 )
 from tmws.errors import RedisUnavailable
+
+pytestmark = pytest.mark.redis_topologies
 
 
 def test_entries_expire_absolutely(clock: Clock) -> None:
@@ -125,7 +129,7 @@ async def test_redis_outage_degrades_and_recovers(private_redis: PrivateRedis) -
         assert await cache.generation("ns") is None  # unknowable: callers must not cache
         assert not (await cache.get("memory", "k2", namespace="ns")).cacheable
         assert (await cache.get("infrastructure", "another")).value is None
-        assert cache.breaker.state == "open"
+        assert cache.circuit == "open"
         started = time.monotonic()
         assert (await cache.get("infrastructure", "more")).value is None
         assert time.monotonic() - started < 0.05  # open circuit: Redis is not even asked
@@ -133,7 +137,7 @@ async def test_redis_outage_degrades_and_recovers(private_redis: PrivateRedis) -
         private_redis.start()
         await asyncio.sleep(0.6)
         assert (await cache.ping()).state == "ok"
-        assert cache.breaker.state == "closed"
+        assert cache.circuit == "closed"
         assert await cache.generation("ns") is not None
         assert cache.stats()["redis"]["errors"] >= 2
     finally:
@@ -163,7 +167,8 @@ async def test_memory_entries_carry_their_generation(redis_url: str) -> None:
     try:
         miss = await first.get("memory", key, namespace=namespace)
         assert miss.value is None and miss.generation is not None
-        await first.put("memory", key, b"answer", ttl=60, generation=miss.generation)
+        await first.put("memory", key, b"answer", ttl=60, generation=miss.generation,
+                        namespace=namespace)
         assert (await second.get("memory", key, namespace=namespace))[:2] == (b"answer",
                                                                             "redis")
         await second.bump(namespace, shared=False)  # a write on the other instance
@@ -184,7 +189,8 @@ async def test_clear_drops_every_result_and_keeps_generations(
         for i in range(2500):  # more than one SCAN/UNLINK batch
             assert await first.put("infrastructure", f"k{i}", b"v", ttl=60)
         generation = await first.get("memory", "m", namespace="ns")
-        await first.put("memory", "m", b"mine", ttl=60, generation=generation.generation)
+        await first.put("memory", "m", b"mine", ttl=60, generation=generation.generation,
+                        namespace="ns")
         await first.bump("other", shared=False)
         raw.set("unrelated", "stays")
         assert (await second.get("infrastructure", "k7")).tier == "redis"
@@ -195,7 +201,7 @@ async def test_clear_drops_every_result_and_keeps_generations(
         assert raw.get("unrelated") == b"stays"
         kept = await second.generation("other")  # generations only grow
         assert kept is not None and generation.generation is not None
-        assert kept == (1, generation.generation[1])
+        assert kept == (1, *generation.generation[1:])
         assert await first.clear() == 0
         assert (await first.get("infrastructure", "k1")).value is None
     finally:
@@ -231,7 +237,7 @@ async def test_redis_losing_its_data_never_revives_a_pre_write_result(
         assert before.value is None and before.generation is not None
         assert before.generation[1] > 0  # the shared counter starts at a random value
         assert await cache.put("memory", "recall-k", b"before the write", ttl=60,
-                               generation=before.generation)
+                               generation=before.generation, namespace="ns")
         assert (await cache.get("memory", "recall-k", namespace="ns")).tier == "local"
         await cache.bump("ns", shared=False)  # a write: the entry is stale now
         assert (await cache.get("memory", "recall-k", namespace="ns")).value is None
@@ -285,9 +291,9 @@ async def test_redis_keeps_a_result_for_its_scaled_life(redis_url: str) -> None:
     await cache.initialize()  # the original service's call: nothing to do
     key = f"scaled-{uuid.uuid4().hex}"
     assert await cache.put("infrastructure", key, b"v", cache.lifetime(60))
-    client = redis.Redis.from_url(redis_url)
+    client = raw_redis(redis_url)
     try:
-        pttl = client.pttl(f"tmws:r:{key}")
+        pttl = client.pttl(result_key(key))
     finally:
         client.close()
     assert 60_000 < pttl <= 120_000  # 60 s declared, x 600/300: no longer capped

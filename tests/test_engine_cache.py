@@ -15,6 +15,8 @@ from tmws.cache import CacheManager
 from tmws.engine import create_pattern_execution_engine
 from tmws.handlers import HandlerContext
 
+pytestmark = pytest.mark.redis_topologies
+
 
 @pytest.fixture
 async def two_instances(database_url: str, redis_url: str

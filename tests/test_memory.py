@@ -12,10 +12,10 @@ def test_topic_words_drop_command_words() -> None:
 
 
 async def test_store_get_delete_and_generation(store: MemoryStore, namespace: str) -> None:
-    assert await store.generations.generation(namespace) == (0, 0)
+    assert await store.generations.generation(namespace) == (0, 0, 0)
     memory_id = await store.store(namespace, "  disk alerts fire at 90%  ", tags=["Ops", "ops"],
                                   importance=0.7, metadata={"source": "runbook"})
-    assert await store.generations.generation(namespace) == (1, 0)
+    assert await store.generations.generation(namespace) == (1, 0, 0)
     record = await store.get(namespace, memory_id)
     assert record is not None
     assert record.content == "disk alerts fire at 90%" and record.tags == ["ops"]
@@ -23,7 +23,7 @@ async def test_store_get_delete_and_generation(store: MemoryStore, namespace: st
     assert await store.get(namespace + "x", memory_id) is None  # other namespace cannot read
     assert not await store.delete(namespace + "x", memory_id)
     assert await store.delete(namespace, memory_id)
-    assert await store.generations.generation(namespace) == (2, 0)
+    assert await store.generations.generation(namespace) == (2, 0, 0)
     assert await store.get(namespace, memory_id) is None
 
 
@@ -43,7 +43,7 @@ async def test_invalid_memories_are_rejected(store: MemoryStore, namespace: str,
     with pytest.raises(InvalidRequestError, match=fragment):
         await store.store(namespace, content, importance=importance)
     assert await store.count(namespace) == 0
-    assert await store.generations.generation(namespace) == (0, 0)
+    assert await store.generations.generation(namespace) == (0, 0, 0)
 
 
 async def test_search_ranks_and_is_injection_safe(store: MemoryStore, namespace: str) -> None:

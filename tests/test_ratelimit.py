@@ -11,9 +11,12 @@ import redis
 
 from tests.conftest import PrivateRedis
 from tests.fix_clock import Clock
+from tests.fix_redis import raw_redis
 from tmws.cache import CacheManager
 from tmws.config import Settings
 from tmws.ratelimit import KEY_PREFIX, RateDecision, RateLimiter
+
+pytestmark = pytest.mark.redis_topologies
 
 
 def unique_key() -> str:
@@ -150,7 +153,7 @@ async def test_redis_keys_are_hashed_independent_and_expire(redis_url: str) -> N
     limiter = RateLimiter(2, 30, redis_url=redis_url)
     odd = f"::ffff:10.0.0.1 {uuid.uuid4().hex} *?[]\n\x00ü\udcff"  # anything a key may hold
     plain = unique_key()
-    client = redis.Redis.from_url(redis_url)
+    client = raw_redis(redis_url)
     try:
         before = set(client.scan_iter(match=KEY_PREFIX + "*"))
         assert [d.allowed for d in await spend(limiter, odd, 3)] == [True, True, False]

@@ -173,7 +173,7 @@ def _secrets(settings: Settings) -> list[str]:
     """The values that must never reach a log: the JWT secret, the embedding API key and
     the passwords in the database and Redis URLs (as written and percent-decoded)."""
     found = [settings.secret_key, settings.embedding_api_key]
-    for url in (settings.database_url, settings.redis_url):
+    for url in (settings.database_url, settings.database_direct_url, settings.redis_url):
         if url:
             try:
                 password = urlsplit(url).password

@@ -226,13 +226,22 @@ class PatternSets:
     # -- following the group ----------------------------------------------------------------
 
     async def _listen(self) -> None:
+        # LISTEN needs a session: behind a transaction pooler, on TMWS_DATABASE_DIRECT_URL
+        # if set, else no LISTEN at all (the pooler would drop the registration with the
+        # server connection) and the poll alone, up to one HEARTBEAT later.
+        session = self._database.session_conninfo
+        if session is not None:
+            conninfo, options = session, {}
+        else:
+            conninfo, options = self._database.conninfo, self._database.connect_options
         attempt = 0
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
-                    self._database.conninfo, autocommit=True, connect_timeout=5)
+                    conninfo, autocommit=True, connect_timeout=5, **options)
                 async with conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
+                    if session is not None:
+                        await conn.execute(f"LISTEN {CHANNEL}")
                     attempt = 0
                     while True:
                         await self._follow_newest(conn)

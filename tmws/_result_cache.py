@@ -38,6 +38,7 @@ class CacheSlot(NamedTuple):
     key: str
     generation: Generation | None  # memory generations the lookup saw, for the put
     hit: ExecutionResult | None
+    namespace: str | None = None  # the namespace whose memories the result reads
 
 
 class ResultCache:
@@ -70,8 +71,8 @@ class ResultCache:
         key = cache_key([namespace, normalize_query(query), mode.value,
                          msgspec.json.encode(relevant, order="sorted") if relevant else "",
                          self._registry.cache_identity(pattern)])
-        found = await self.cache.get(pattern_type, key,
-                                     namespace=namespace if reads_memory else None)
+        reads = namespace if reads_memory else None
+        found = await self.cache.get(pattern_type, key, namespace=reads)
         if not found.cacheable:
             return None
         self._metrics.cache_lookup(found.tier, found.redis_lookup)
@@ -82,7 +83,7 @@ class ResultCache:
             hit.tokens_used = 0
             hit.cache_hit = True
             hit.metadata["cache_tier"] = found.tier
-        return CacheSlot(key, found.generation, hit)
+        return CacheSlot(key, found.generation, hit, reads)
 
     def running(self, slot: CacheSlot) -> bool:
         """Whether this slot's miss is already being computed in this process."""
@@ -110,7 +111,8 @@ class ResultCache:
                 if encoded is not None:
                     await self.cache.put(pattern_type, key, encoded,
                                          self.ttl(pattern, pattern_type),
-                                         generation=slot.generation)
+                                         generation=slot.generation,
+                                         namespace=slot.namespace)
                 else:
                     self.unencodable += 1
             flight.set_result(result)

@@ -184,7 +184,7 @@ class ServiceStatus:
         cache_health = CacheHealth(
             status="ok" if redis.usable else "degraded",
             local="enabled" if self._settings.cache_enabled else "disabled",
-            redis=redis.state, redis_error=redis.error, circuit=cache.breaker.state)
+            redis=redis.state, redis_error=redis.error, circuit=cache.circuit)
         return HealthReport.of(engine, database, cache_health)
 
 

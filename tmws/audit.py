@@ -402,7 +402,8 @@ class AuditLog:
         if conn is None or conn.closed or conn.broken:
             self._connection = None
             conn = await psycopg.AsyncConnection.connect(
-                self._database.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+                self._database.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                **self._database.connect_options)
             self._connection = conn
         return conn
 

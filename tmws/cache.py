@@ -24,18 +24,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import secrets
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Final, Generic, NamedTuple, TypeVar
 
+from tmws._redis import Command, RedisTopology, connect
 from tmws.errors import RedisUnavailable
 from tmws.health import RedisStatus
 
-__all__ = ["BASE_LOCAL_SIZE", "BASE_TTL", "CacheManager", "CircuitBreaker", "Generation",
-           "LocalCache", "Lookup", "TieredLocalCache"]
+__all__ = ["BASE_LOCAL_SIZE", "BASE_TTL", "REPLICA_WAIT_MS", "CacheManager", "CircuitBreaker",
+           "Generation", "LocalCache", "Lookup", "TieredLocalCache", "generation_key",
+           "result_key"]
 
 # The reference points of the scaling above: the defaults (TMWS_CACHE_TTL=300,
 # TMWS_CACHE_MAX_SIZE=1000), at which the pattern file's figures apply unchanged.
@@ -43,8 +46,9 @@ BASE_TTL: Final = 300
 BASE_LOCAL_SIZE: Final = 1000
 
 V = TypeVar("V")
-# (namespace generation, shared generation): changes on every write a namespace can read.
-Generation = tuple[int, int]
+# (namespace generation, shared generation, epoch): changes on every write a namespace can
+# read (the counters) and whenever Redis may have lost one of those writes (the epoch).
+Generation = tuple[int, int, int]
 
 
 class LocalCache(Generic[V]):
@@ -157,7 +161,11 @@ class CircuitBreaker:
             self._opened_at = self._clock()
 
 
-# Namespaces are arbitrary strings, so the shared counter lives outside their key prefix.
+# Keys are hash-tagged so that what one lookup reads together lives on one node of a
+# Cluster: a namespace's generation and the results computed from its memories share the
+# tag of that namespace (a digest: namespaces are arbitrary strings). The shared counter is
+# the one key every memory lookup also reads, in a pipeline of its own when it lives on
+# another node.
 _GEN_PREFIX = "tmws:gen:"
 _SHARED_KEY = "tmws:gen-shared"
 # The shared counter starts at a random value, not 0: Redis restarted without its data
@@ -165,18 +173,53 @@ _SHARED_KEY = "tmws:gen-shared"
 # before the loss would match a generation that has since seen writes. A fresh random
 # start makes every earlier generation pair unreachable instead.
 _SEED_BITS = 40
-_RESULT_PREFIX = "tmws:r:"
+# v2: entries carry the epoch (an envelope of another size than v1's "tmws:r:<key>").
+_RESULT_PREFIX = "tmws:r:v2:"
 _CLEAR_BUDGET = 300.0  # seconds for clear() to sweep every result key
+# How long a memory write waits for a replica to confirm its generation bump (Cluster and
+# Sentinel): a failover in that window would otherwise lose the bump, and a result cached
+# before the write would be served again.
+REPLICA_WAIT_MS = 100
+# Reads keys and the replication ID of the master serving them, in one call. The ID changes
+# when a replica is promoted and when a server restarts, exactly when bumps acknowledged by
+# the master may be missing from the data now served: every result cached under the old ID
+# then becomes unreachable (the epoch of a generation).
+_READ_LUA = """
+local values = {}
+for i, key in ipairs(KEYS) do values[i] = redis.call('GET', key) end
+local info = redis.call('INFO', 'replication')
+values[#KEYS + 1] = string.match(info, 'master_replid:(%x+)') or ''
+return values
+"""
+
+
+def _tag(namespace: str) -> str:
+    digest = hashlib.blake2b(namespace.encode("utf-8", "surrogatepass"), digest_size=8)
+    return "{" + digest.hexdigest() + "}"
+
+
+def generation_key(namespace: str) -> str:
+    """The Redis key of ``namespace``'s generation."""
+    return _GEN_PREFIX + _tag(namespace)
+
+
+def result_key(key: str, namespace: str | None = None) -> str:
+    """The Redis key of a cached result (in its namespace's slot when it reads memories)."""
+    if namespace is None:
+        return _RESULT_PREFIX + key
+    return _RESULT_PREFIX + _tag(namespace) + ":" + key
 
 
 class CacheManager:
     """Results in two tiers: a bounded in-process LRU (L1) in front of Redis (L2).
 
-    Every Redis call has a timeout and goes through a circuit breaker; when Redis fails,
-    results are served from L1 or executed — never failed because of the cache. Memory
-    generations (bumped by every write) live in Redis so that a write on one instance is
-    seen by all; while Redis is unreachable, results that depend on memory are neither read
-    from nor written to any cache, since another instance's writes cannot be seen.
+    Every Redis call has a timeout and goes through the circuit breaker of the node it
+    asks (one for a single server or a Sentinel master, one per node of a Cluster:
+    :mod:`tmws._redis`); when Redis fails, results are served from L1 or executed — never
+    failed because of the cache. Memory generations (bumped by every write) live in Redis
+    so that a write on one instance is seen by all; while Redis is unreachable, results
+    that depend on memory are neither read from nor written to any cache, since another
+    instance's writes cannot be seen.
     """
 
     def __init__(self, redis_url: str | None = None, *, local_ttl: float = 60.0,
@@ -188,7 +231,8 @@ class CacheManager:
         declared TTLs are scaled by ``redis_ttl / 300``). ``max_local_size``: L1 entries per
         pattern type for a type without a size of its own (``type_sizes``, the pattern file's
         ``cache_config``; those are scaled by ``max_local_size / 1000``). ``local_ttl``: the
-        longest L1 trusts an entry. See the module docstring for why scaling."""
+        longest L1 trusts an entry. See the module docstring for why scaling. ``redis_url``:
+        one server, any node of a Cluster, or ``redis+sentinel://`` (:mod:`tmws._redis`)."""
         for name, value in (("local_ttl", local_ttl), ("max_local_size", max_local_size),
                             ("redis_ttl", 0 if redis_ttl is None else redis_ttl)):
             if value < 0:
@@ -202,22 +246,21 @@ class CacheManager:
         self.local: TieredLocalCache[tuple[float, Generation | None, bytes]] = TieredLocalCache(
             self._scaled_sizes(type_sizes))
         self.max_value_bytes = max_value_bytes
-        self.breaker = CircuitBreaker(breaker_failures, breaker_reset)
+        self._breaker_failures = breaker_failures
+        self._breaker_reset = breaker_reset
+        self._breakers: dict[str, CircuitBreaker] = {}
         self._timeout = redis_timeout
-        self._redis: Any = None
-        if redis_url is not None:
-            import redis.asyncio as aioredis
-
-            # A blocking pool: at the connection limit a call waits (within the timeout) for
-            # a free connection instead of failing, which would count as a Redis outage.
-            pool = aioredis.BlockingConnectionPool.from_url(
-                redis_url, max_connections=redis_max_connections, timeout=redis_timeout,
-                socket_timeout=redis_timeout, socket_connect_timeout=redis_timeout,
-                retry_on_timeout=False)
-            self._redis = aioredis.Redis(connection_pool=pool)
+        self._url = redis_url
+        self._max_connections = redis_max_connections
+        # Connected on first use: whether the URL names a Cluster is asked of the server.
+        self._topology: RedisTopology | None = None
+        self._connecting = asyncio.Lock()
         self._local_generations: dict[str, int] = {}
         self._local_shared = 0
         self.redis_hits = self.redis_misses = self.redis_errors = self.oversize = 0
+        self.unreplicated_writes = 0  # generation bumps no replica confirmed in time
+        self.pending_bumps = 0  # writes whose bump has not landed yet (retried)
+        self._retrying: asyncio.Task[None] | None = None
 
     def _scaled_sizes(self, declared: Mapping[str, int] | None) -> dict[str, int]:
         base = dict(declared or dict.fromkeys(("infrastructure", "memory", "hybrid"),
@@ -244,86 +287,233 @@ class CacheManager:
 
     @property
     def redis_configured(self) -> bool:
-        return self._redis is not None
+        return self._url is not None
+
+    @property
+    def topology(self) -> str | None:
+        """``single``, ``cluster`` or ``sentinel`` once connected; None before (or without
+        Redis)."""
+        return None if self._topology is None else self._topology.kind
+
+    @property
+    def circuit(self) -> str:
+        """The worst state of the breakers: ``open`` while any node's circuit is open."""
+        states = {b.state for b in self._serving_breakers().values()}
+        for state in ("open", "half_open"):
+            if state in states:
+                return state
+        return "closed"
+
+    def _serving_breakers(self) -> dict[str, CircuitBreaker]:
+        """The breakers of the nodes that serve keys now (and the deployment's): a failed
+        master replaced by its replica serves nothing, so its open circuit says nothing."""
+        if self._topology is None:
+            return dict(self._breakers)
+        try:
+            serving = {"redis", *self._topology.nodes()}
+        except Exception:  # slots not known (a cluster being resharded)
+            return dict(self._breakers)
+        return {node: b for node, b in self._breakers.items() if node in serving}
+
+    def _breaker(self, node: str) -> CircuitBreaker:
+        breaker = self._breakers.get(node)
+        if breaker is None:
+            breaker = self._breakers[node] = CircuitBreaker(self._breaker_failures,
+                                                            self._breaker_reset)
+        return breaker
 
     async def close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose(close_connection_pool=True)
+        if self._retrying is not None:
+            self._retrying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retrying
+            self._retrying = None
+        if self._topology is not None:
+            topology, self._topology = self._topology, None
+            await topology.close()
 
-    async def _call(self, operation: Callable[[Any], Awaitable[Any]], *,
+    async def _connect(self) -> RedisTopology:
+        async with self._connecting:
+            if self._topology is None:
+                assert self._url is not None
+                self._topology = await connect(self._url, timeout=self._timeout,
+                                               max_connections=self._max_connections)
+            return self._topology
+
+    def _node(self, key: str | None) -> str:
+        """The breaker a call on ``key`` goes through (before the first connection, and for
+        calls on no key, the deployment's)."""
+        if self._topology is None or key is None:
+            return "redis"
+        try:
+            return self._topology.node(key)
+        except Exception:  # slots not known (a cluster being resharded): the deployment's
+            return "redis"
+
+    async def _call(self, operation: Callable[[RedisTopology], Awaitable[Any]], *,
+                    key: str | None = None, node: str | None = None,
                     timeout: float | None = None) -> Any:
-        """Run one Redis operation under the breaker and timeout (default: the Redis
-        timeout); raises _Unavailable."""
-        if self._redis is None or not self.breaker.allow():
+        """Run one Redis operation under the breaker of the node serving ``key`` (or of
+        ``node``) and the timeout (default: the Redis timeout); raises _Unavailable."""
+        if self._url is None:
+            raise _Unavailable
+        breaker = self._breaker(node or self._node(key))
+        if not breaker.allow():
             raise _Unavailable
         try:
             async with asyncio.timeout(timeout or self._timeout):
-                result = await operation(self._redis)
+                topology = self._topology or await self._connect()
+                result = await operation(topology)
         except Exception as exc:  # connection, timeout, protocol: all mean "Redis failed"
             self.redis_errors += 1
-            self.breaker.failure()
+            breaker.failure()
             raise _Unavailable from exc
-        self.breaker.success()
+        breaker.success()
         return result
 
-    async def run(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def _commands(self, *commands: Command, wait: bool = False,
+                        confirmed: list[bool] | None = None) -> list[Any]:
+        """Run ``commands`` (each routed by its key): one pipeline per node
+        that serves them, those of different nodes concurrently. ``wait``: writes, which a
+        replica of each node is asked to confirm (:data:`REPLICA_WAIT_MS`); ``confirmed``
+        gets, per node, whether one did (or the node has no replica to ask)."""
+        if self._topology is None:
+            await self._call(_connected)
+        groups: dict[str, list[int]] = {}
+        for index, command in enumerate(commands):
+            groups.setdefault(self._node(command[0]), []).append(index)
+        replies: list[Any] = [None] * len(commands)
+
+        async def run(node: str, indexes: list[int]) -> None:
+            batch = [commands[i] for i in indexes]
+            answered = await self._call(
+                lambda t: t.pipeline(batch, wait_replicas_ms=REPLICA_WAIT_MS if wait else 0),
+                node=node)
+            for i, reply in zip(indexes, answered, strict=False):
+                replies[i] = reply
+            replicated = len(answered) == len(batch) or int(answered[-1]) >= 1
+            if not replicated:
+                self.unreplicated_writes += 1
+            if confirmed is not None:
+                confirmed.append(replicated)
+
+        if len(groups) == 1:
+            [(node, indexes)] = groups.items()
+            await run(node, indexes)
+            return replies
+        outcomes = await asyncio.gather(*(run(n, i) for n, i in groups.items()),
+                                        return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return replies
+
+    async def run(self, operation: Callable[[Any], Awaitable[Any]], *,
+                  key: str | None = None) -> Any:
         """Run ``operation(redis_client)`` for another Redis user (e.g. the rate limiter),
-        sharing this cache's client, timeout and circuit breaker.
+        sharing this cache's client, timeout and circuit breakers (that of the node serving
+        ``key``, which the operation must only touch).
 
         Raises :class:`RedisUnavailable` when Redis is not configured or the circuit is open
         (``__cause__`` is None), or when the call failed or timed out (``__cause__`` says
         why; the failure counts in ``redis_errors`` and towards the breaker).
         """
-        return await self._call(operation)
+        return await self._call(lambda t: operation(t.client), key=key)
 
     # -- generations --------------------------------------------------------------------
 
-    async def generation(self, namespace: str) -> tuple[int, int] | None:
+    async def generation(self, namespace: str) -> Generation | None:
         """What this namespace can read has changed iff this changes; None when unknowable
-        (Redis configured but unreachable): then memory results must not be cached."""
-        if self._redis is None:
+        (Redis configured but unreachable, or a write's bump still pending): then memory
+        results must not be cached."""
+        if self._url is None:
             return self._local_generation(namespace)
+        if self.pending_bumps and not await self._land_pending():
+            return None
         try:
-            own, shared = await self._call(
-                lambda r: r.mget(_GEN_PREFIX + namespace, _SHARED_KEY))
-            if shared is None:
-                shared = await self._seed_shared()
+            generation, _ = await self._read(namespace, None)
         except _Unavailable:
             return None
-        return int(own or 0), int(shared)
+        return generation
+
+    async def _read(self, namespace: str, result: str | None
+                    ) -> tuple[Generation, bytes | None]:
+        """``namespace``'s generation and, with ``result``, that result's stored bytes: one
+        round trip (two scripts on two nodes of a Cluster, at once)."""
+        own_keys = [generation_key(namespace)] + ([] if result is None else [result])
+        mine, common = await self._commands(
+            (own_keys[0], ("EVAL", _READ_LUA, len(own_keys), *own_keys)),
+            (_SHARED_KEY, ("EVAL", _READ_LUA, 1, _SHARED_KEY)))
+        shared = common[0]
+        if shared is None:
+            shared = await self._seed_shared()
+        epoch = hashlib.blake2b(mine[-1] + b"|" + common[-1], digest_size=8).digest()
+        raw = None if result is None else mine[1]
+        return (int(mine[0] or 0), int(shared),
+                int.from_bytes(epoch, "little") & 0x7FFFFFFFFFFFFFFF), raw
 
     async def _seed_shared(self) -> int:
         """The shared counter after a (re)start of Redis's data: a random start, set once
         whoever comes first (SET NX), read back."""
         start = secrets.randbits(_SEED_BITS) + 1
-
-        async def seed(r: Any) -> Any:
-            async with r.pipeline(transaction=False) as pipe:
-                pipe.set(_SHARED_KEY, start, nx=True)
-                pipe.get(_SHARED_KEY)
-                return (await pipe.execute())[1]
-
-        return int(await self._call(seed))
+        _, shared = await self._commands((_SHARED_KEY, ("SET", _SHARED_KEY, start, "NX")),
+                                         (_SHARED_KEY, ("GET", _SHARED_KEY)))
+        return int(shared)
 
     async def bump(self, namespace: str, *, shared: bool) -> None:
-        """A memory write: every cached result that could include it becomes unreachable."""
+        """A memory write: every cached result that could include it becomes unreachable.
+
+        With replicas (Cluster, Sentinel), one is asked to confirm the bump before this
+        returns, so that a failover right after it does not take it back. When the
+        namespace's node fails or no replica confirms, the shared counter is bumped instead
+        (it invalidates every namespace's memory results, and lives on another node of a
+        Cluster unless the hash of the namespace says otherwise); when that fails too, the
+        bump is retried in the background and, until it lands, this process caches no
+        memory result.
+        """
         self._local_generations[namespace] = self._local_generations.get(namespace, 0) + 1
         if shared:
             self._local_shared += 1
-        if self._redis is None:
+        if self._url is None:
             return
+        # Seeded before any increment, so a lost counter never restarts at 1.
+        seed: Command = (_SHARED_KEY, ("SET", _SHARED_KEY, secrets.randbits(_SEED_BITS) + 1,
+                                       "NX"))
+        bump_shared: Command = (_SHARED_KEY, ("INCR", _SHARED_KEY))
+        own = generation_key(namespace)
+        commands: list[Command] = [seed, (own, ("INCR", own))]
+        if shared:
+            commands.append(bump_shared)
+        if await self._confirmed(commands) or await self._confirmed([seed, bump_shared]):
+            return
+        self.pending_bumps += 1
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.get_running_loop().create_task(
+                self._retry_bumps(), name="tmws-cache-bump-retry")
 
-        async def incr(r: Any) -> None:
-            async with r.pipeline(transaction=False) as pipe:
-                # Seeded before any increment, so a lost counter never restarts at 1.
-                pipe.set(_SHARED_KEY, secrets.randbits(_SEED_BITS) + 1, nx=True)
-                pipe.incr(_GEN_PREFIX + namespace)
-                if shared:
-                    pipe.incr(_SHARED_KEY)
-                await pipe.execute()
+    async def _confirmed(self, commands: Sequence[Command]) -> bool:
+        """Whether ``commands`` ran and every node's replica (if it has one) confirmed."""
+        confirmed: list[bool] = []
+        try:
+            await self._commands(*commands, wait=True, confirmed=confirmed)
+        except _Unavailable:
+            return False
+        return all(confirmed)
 
-        with contextlib.suppress(_Unavailable):
-            await self._call(incr)
+    async def _land_pending(self) -> bool:
+        """Bump the shared counter for every write whose own bump failed since the last
+        success (one bump covers them all); whether none is pending any more."""
+        pending = self.pending_bumps
+        seed: Command = (_SHARED_KEY, ("SET", _SHARED_KEY, secrets.randbits(_SEED_BITS) + 1,
+                                       "NX"))
+        if await self._confirmed([seed, (_SHARED_KEY, ("INCR", _SHARED_KEY))]):
+            self.pending_bumps -= pending
+        return not self.pending_bumps
+
+    async def _retry_bumps(self) -> None:
+        # Cheap while the circuit is open (Redis is not even asked), so no backoff of its own.
+        while not await self._land_pending():
+            await asyncio.sleep(0.1)
 
     # -- results ------------------------------------------------------------------------
 
@@ -341,37 +531,31 @@ class CacheManager:
             local = self.local.get(kind, key)
             if local is not None:
                 return Lookup(local[2], "local", None)
-            if self._redis is None:
+            if self._url is None:
                 return Lookup(None, None, None)
+            stored = result_key(key)
             try:
-                raw = await self._call(lambda r: r.get(_RESULT_PREFIX + key))
+                raw = await self._call(lambda t: t.client.get(stored), key=stored)
             except _Unavailable:
                 return Lookup(None, None, None)
-        elif self._redis is None:
+        elif self._url is None:
             generation = self._local_generation(namespace)
             raw = None
+        elif self.pending_bumps and not await self._land_pending():
+            # This process's own write may not be visible yet.
+            return Lookup(None, None, None, cacheable=False)
         else:
-            async def both(r: Any) -> list[Any]:
-                async with r.pipeline(transaction=False) as pipe:
-                    pipe.mget(_GEN_PREFIX + namespace, _SHARED_KEY)
-                    pipe.get(_RESULT_PREFIX + key)
-                    result: list[Any] = await pipe.execute()
-                    return result
-
             try:
-                (own, shared), raw = await self._call(both)
-                if shared is None:
-                    shared = await self._seed_shared()
+                generation, raw = await self._read(namespace, result_key(key, namespace))
             except _Unavailable:
                 return Lookup(None, None, None, cacheable=False)
-            generation = (int(own or 0), int(shared))
         if namespace is not None:
             # Generations only grow: an entry from an older one is dead for good.
             local = self.local.get(kind, key, lambda entry: entry[1] == generation)
             if local is not None:
                 return Lookup(local[2], "local", generation)
         if raw is None:
-            if self._redis is None:
+            if self._url is None:
                 return Lookup(None, None, generation)
             self.redis_misses += 1
             return Lookup(None, None, generation, redis_lookup=True)
@@ -385,13 +569,17 @@ class CacheManager:
         return Lookup(value, "redis", generation, redis_lookup=True)
 
     async def put(self, kind: str, key: str, value: bytes, ttl: float, *,
-                  generation: Generation | None = None) -> bool:
+                  generation: Generation | None = None, namespace: str | None = None) -> bool:
         """Store in both tiers with an absolute expiry ``ttl`` seconds from now (see
         :meth:`lifetime`; L1 keeps it at most ``local_ttl``); False if not cached.
 
         ``generation`` is the one :meth:`get` returned before the result was computed, so a
-        write that raced the computation leaves the entry already stale.
+        write that raced the computation leaves the entry already stale; ``namespace`` is
+        the one that lookup named (both or neither).
         """
+        if (generation is None) != (namespace is None):
+            raise ValueError("a result that depends on memories needs both its namespace "
+                             "and the generation its lookup returned")
         if ttl <= 0:
             return False
         if len(value) > self.max_value_bytes:
@@ -399,41 +587,45 @@ class CacheManager:
             return False
         expires_at = time.time() + ttl
         self.local.put(kind, key, (expires_at, generation, value), min(self.local_ttl, ttl))
-        if self._redis is not None:
+        if self._url is not None:
             wrapped = _wrap(expires_at, generation, value)
+            stored = result_key(key, namespace)
             with contextlib.suppress(_Unavailable):
-                await self._call(lambda r: r.set(_RESULT_PREFIX + key, wrapped,
-                                                 px=max(1, int(ttl * 1000))))
+                await self._call(lambda t: t.client.set(stored, wrapped,
+                                                        px=max(1, int(ttl * 1000))),
+                                 key=stored)
         return True
 
     def _local_generation(self, namespace: str) -> Generation:
-        return self._local_generations.get(namespace, 0), self._local_shared
+        return self._local_generations.get(namespace, 0), self._local_shared, 0
 
     def clear_local(self) -> None:
         self.local.clear()
 
     async def clear(self) -> int:
         """Drop every cached result: this process's L1 and, with Redis, every instance's L2
-        entries (returns how many). Other processes' L1 entries age out within their
-        local TTL. Memory generations are kept: they only ever grow.
+        entries, on every node of a Cluster (returns how many). Other processes' L1 entries
+        age out within their local TTL. Memory generations are kept: they only ever grow.
 
         Raises :class:`RedisUnavailable` when Redis is configured but unreachable (L1 is
         cleared all the same).
         """
         self.local.clear()
-        if self._redis is None:
+        if self._url is None:
             return 0
 
-        async def unlink_results(r: Any) -> int:
+        async def unlink_results(topology: RedisTopology) -> int:
+            client = topology.client
             deleted = 0
             batch: list[bytes] = []
-            async for key in r.scan_iter(match=_RESULT_PREFIX + "*", count=1000):
+            # Every version's entries ("tmws:r:" and what follows it).
+            async for key in client.scan_iter(match="tmws:r:*", count=1000):
                 batch.append(key)
                 if len(batch) >= 1000:
-                    deleted += await r.unlink(*batch)
+                    deleted += await client.unlink(*batch)
                     batch.clear()
             if batch:
-                deleted += await r.unlink(*batch)
+                deleted += await client.unlink(*batch)
             return deleted
 
         # A large keyspace takes many round trips (each within the socket timeout): the whole
@@ -441,16 +633,33 @@ class CacheManager:
         return int(await self._call(unlink_results, timeout=_CLEAR_BUDGET))
 
     async def ping(self) -> RedisStatus:
-        """Whether Redis answers now (not configured is a state, not a failure)."""
-        if self._redis is None:
+        """Whether Redis answers now, every node of a Cluster (not configured is a state,
+        not a failure)."""
+        if self._url is None:
             return RedisStatus("not configured")
-        if not self.breaker.allow():
-            return RedisStatus("unavailable", "circuit open")
-        try:
-            await self._call(lambda r: r.ping())
-        except _Unavailable as exc:
-            return RedisStatus("unavailable", type(exc.__cause__).__name__)
-        return RedisStatus("ok")
+        if self._topology is None:
+            try:
+                await self._call(_connected)
+            except _Unavailable as exc:
+                return _unavailable(exc)
+        assert self._topology is not None
+        topology = self._topology
+        nodes = topology.nodes()
+        def ping_node(node: str) -> Callable[[RedisTopology], Awaitable[Any]]:
+            return lambda t: t.client.ping(**t.target(node))
+
+        outcomes = await asyncio.gather(
+            *(self._call(ping_node(node), node=node) for node in nodes),
+            return_exceptions=True)
+        failed = [(n, o) for n, o in zip(nodes, outcomes, strict=True)
+                  if isinstance(o, BaseException)]
+        if not failed:
+            return RedisStatus("ok")
+        status = _unavailable(failed[0][1])
+        if len(nodes) > 1:
+            return RedisStatus("unavailable",
+                               f"{len(failed)} of {len(nodes)} nodes: {status.error}")
+        return status
 
     def stats(self) -> dict[str, Any]:
         local = self.local.stats()
@@ -458,13 +667,19 @@ class CacheManager:
         return {
             "local": local,
             "redis": {
-                "configured": self._redis is not None,
+                "configured": self._url is not None,
+                "topology": self.topology,
                 "hits": self.redis_hits,
                 "misses": self.redis_misses,
                 "hit_rate": 100.0 * self.redis_hits / lookups if lookups else 0.0,
                 "errors": self.redis_errors,
-                "circuit": self.breaker.state,
-                "circuit_trips": self.breaker.trips,
+                "circuit": self.circuit,
+                "circuit_trips": sum(b.trips for b in self._breakers.values()),
+                # Per node (a single server and a Sentinel master are the one "redis").
+                "circuits": {node: b.state
+                             for node, b in sorted(self._serving_breakers().items())},
+                "unreplicated_writes": self.unreplicated_writes,
+                "pending_bumps": self.pending_bumps,
             },
             "oversize_skipped": self.oversize,
             # What the tuning resolved to (TMWS_CACHE_TTL, TMWS_CACHE_MAX_SIZE,
@@ -475,22 +690,32 @@ class CacheManager:
         }
 
 
+async def _connected(topology: RedisTopology) -> None:
+    """An operation that only needs the connection (made by ``_call``)."""
+
+
+def _unavailable(exc: BaseException) -> RedisStatus:
+    if exc.__cause__ is None:
+        return RedisStatus("unavailable", "circuit open")
+    return RedisStatus("unavailable", type(exc.__cause__).__name__)
+
+
 class _Unavailable(RedisUnavailable):
     """What :meth:`CacheManager._call` raises; callers outside this module catch the base."""
 
 
-# expires_at (epoch seconds), then the generations the value was computed at (-1: none).
-_ENVELOPE = struct.Struct("<dqq")
+# expires_at (epoch seconds), then the generation the value was computed at (-1: none).
+_ENVELOPE = struct.Struct("<dqqq")
 
 
 def _wrap(expires_at: float, generation: Generation | None, value: bytes) -> bytes:
-    own, shared = generation if generation is not None else (-1, -1)
-    return _ENVELOPE.pack(expires_at, own, shared) + value
+    own, shared, epoch = generation if generation is not None else (-1, -1, -1)
+    return _ENVELOPE.pack(expires_at, own, shared, epoch) + value
 
 
 def _unwrap(raw: bytes) -> tuple[float, Generation | None, bytes]:
-    expires_at, own, shared = _ENVELOPE.unpack_from(raw)
-    generation = None if own < 0 else (own, shared)
+    expires_at, own, shared, epoch = _ENVELOPE.unpack_from(raw)
+    generation = None if own < 0 else (own, shared, epoch)
     return expires_at, generation, raw[_ENVELOPE.size:]
 
 

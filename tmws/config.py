@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import msgspec
 
+from tmws._redis import SENTINEL_SCHEMES, parse_sentinel_url
 from tmws.cache import BASE_LOCAL_SIZE, BASE_TTL
 from tmws.errors import ConfigError
 from tmws.inputs import InputLimits
@@ -40,6 +41,7 @@ _CASELESS: Final = frozenset({"log_level"})
 _MODES: Final = tuple(mode.value for mode in ExecutionMode)
 _EMBEDDING_PROVIDERS: Final = ("hash", "openai", "sentence-transformers")
 _VECTOR_INDEXES: Final = ("ivfflat", "hnsw")
+_POOL_MODES: Final = ("session", "transaction")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off", ""})
 
@@ -92,6 +94,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_pre_ping: bool = True
     db_echo: bool = False
     db_statement_timeout: int = 30000
+    # What pools the connections of TMWS_DATABASE_URL: PostgreSQL itself or a session-mode
+    # pooler ("session"), or a transaction-mode pooler such as PgBouncer ("transaction"),
+    # where a server connection is shared between clients from one transaction to the next
+    # (tmws.database._pooler). Work that needs a session of its own (tmws db reindex,
+    # tmws memories reembed, LISTEN) then uses the direct URL, which bypasses the pooler.
+    database_pool_mode: str = "session"
+    database_direct_url: str | None = None
+    # Read replicas (tmws.database._replicas): comma-separated postgresql:// URLs of
+    # streaming standbys of TMWS_DATABASE_URL that serve memory reads, and the replay lag in
+    # seconds beyond which a replica is skipped (its reads go to the primary).
+    database_replica_urls: str | None = None
+    database_replica_max_lag: float = 5.0
     # Redis (unset URL: in-process cache only)
     redis_url: str | None = None
     redis_max_connections: int = 50
@@ -195,6 +209,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.db_min_connections
 
     @property
+    def replica_urls(self) -> tuple[str, ...]:
+        """TMWS_DATABASE_REPLICA_URLS as a tuple (empty: every read goes to the primary)."""
+        return tuple(part.strip() for part in (self.database_replica_urls or "").split(",")
+                     if part.strip())
+
+    @property
     def audit_spill_path(self) -> Path:
         return Path(self.audit_spill_dir or Path(self.data_dir) / "audit-spill")
 
@@ -291,6 +311,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
              "must be between 0 (four times the concurrency) and 1000000"),
             ("db_pool_recycle", self.db_pool_recycle > 0, "must be positive"),
             ("db_statement_timeout", self.db_statement_timeout >= 0, "must be 0 (off) or more"),
+            ("database_replica_max_lag", 0 < self.database_replica_max_lag <= 3600,
+             "must be more than 0 and at most 3600 seconds"),
+            ("database_pool_mode", self.database_pool_mode in _POOL_MODES,
+             f"must be one of {_POOL_MODES}"),
             ("redis_max_connections", self.redis_max_connections >= 1, "must be at least 1"),
             ("redis_timeout", self.redis_timeout > 0, "must be positive"),
             ("cache_ttl", self.cache_ttl >= 0, "must be 0 or more"),
@@ -350,18 +374,54 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(
                 self.env_name("database_url"), "must be a postgresql:// connection string"
             )
+        if self.database_direct_url is not None and not self.database_direct_url.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ConfigError(
+                self.env_name("database_direct_url"), "must be a postgresql:// connection string"
+            )
+        if self.database_pool_mode == "transaction" and self.database_url is None:
+            raise ConfigError(self.env_name("database_pool_mode"),
+                              "transaction says TMWS_DATABASE_URL leads to a transaction-mode "
+                              "pooler such as PgBouncer; the embedded PostgreSQL (no "
+                              "TMWS_DATABASE_URL) has none")
+        self._validate_replicas()
         if self.embedding_provider == "openai" and not self.embedding_url:
             raise ConfigError(self.env_name("embedding_url"),
                               "is required with TMWS_EMBEDDING_PROVIDER=openai")
         if self.embedding_provider != "hash" and not self.embedding_model:
             raise ConfigError(self.env_name("embedding_model"),
                               f"is required with TMWS_EMBEDDING_PROVIDER={self.embedding_provider}")
-        if self.redis_url is not None and not self.redis_url.startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
-            raise ConfigError(self.env_name("redis_url"), "must be a redis:// or rediss:// URL")
+        if self.redis_url is not None:
+            if not self.redis_url.startswith(("redis://", "rediss://", "unix://",
+                                              *SENTINEL_SCHEMES)):
+                raise ConfigError(self.env_name("redis_url"),
+                                  "must be a redis://, rediss:// or redis+sentinel:// URL")
+            if self.redis_url.startswith(SENTINEL_SCHEMES):
+                try:
+                    parse_sentinel_url(self.redis_url)
+                except ValueError as exc:
+                    raise ConfigError(self.env_name("redis_url"), str(exc)) from None
         self.metrics_networks()  # raises on a malformed network
         self._validate_security()
+
+    def _validate_replicas(self) -> None:
+        # Messages name an entry by its position, never its text: URLs carry passwords.
+        var = self.env_name("database_replica_urls")
+        urls = self.replica_urls
+        if not urls:
+            return
+        for position, url in enumerate(urls, 1):
+            if not url.startswith(("postgresql://", "postgres://")):
+                raise ConfigError(var, f"entry {position} must be a postgresql:// connection "
+                                       "string")
+        if len(set(urls)) != len(urls):
+            raise ConfigError(var, "lists the same replica twice")
+        if self.database_url is None:
+            raise ConfigError(var, "needs TMWS_DATABASE_URL (the primary the replicas stream "
+                                   "from): the embedded PostgreSQL has no replicas")
+        if self.database_url in urls:
+            raise ConfigError(var, "lists the primary (TMWS_DATABASE_URL) as a replica")
 
     def _validate_security(self) -> None:
         secret_ok = self.secret_key is not None and len(self.secret_key) >= MIN_SECRET_LENGTH
@@ -423,7 +483,9 @@ def _parse_networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
 
 
 def _redact(field: str, raw: str) -> str:
-    if field in ("secret_key", "database_url", "redis_url", "embedding_api_key"):
+    if field in ("secret_key", "database_url", "database_direct_url",
+                 "database_replica_urls", "redis_url",
+                 "embedding_api_key"):
         return "<redacted>"
     return raw
 

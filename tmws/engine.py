@@ -42,6 +42,7 @@ from tmws.database import (
     DatabaseServer,
     check_embedding_config,
     open_server,
+    service_database,
 )
 from tmws.embeddings import EmbeddingProvider, create_provider
 from tmws.errors import ErrorCode, PatternConfigError, RedisUnavailable
@@ -531,7 +532,7 @@ async def create_pattern_execution_engine(settings: Settings | CacheManager | No
                                     limits=settings.pattern_limits)
         require_patterns(library, settings.pattern_allow_empty)
     server = await open_server(settings)
-    database = Database(server.conninfo, settings)
+    database = service_database(server.conninfo, settings)
     try:
         await database.open()
         await check_embedding_config(database, settings)

@@ -170,14 +170,17 @@ class MemoryStore:
              msgspec.json.encode(memory.metadata).decode(), memory.visibility,
              None if embedding is None else _vector(embedding)),
         )
+        # Before the cache generation moves: no read may fill the new generation from a
+        # replica that has not replayed this write.
+        await self.database.wrote(namespace, shared=memory.visibility == "shared")
         await self._bump(namespace, memory.visibility)
         return _record(rows[0], full=True)
 
     async def get(self, namespace: str, memory_id: int, *, full: bool = False
                   ) -> MemoryRecord | None:
         """One readable memory; ``full=True`` returns the whole content, not a preview."""
-        rows = await self.database.fetch(
-            f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE} AND id = %(id)s",
+        rows = await self.database.read(
+            namespace, f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE} AND id = %(id)s",
             {"ns": namespace, "id": memory_id}, prepare=True)
         return _record(rows[0], full=full) if rows else None
 
@@ -187,6 +190,7 @@ class MemoryStore:
             "DELETE FROM memories WHERE namespace = %s AND id = %s RETURNING visibility",
             (namespace, memory_id))
         if rows:
+            await self.database.wrote(namespace, shared=rows[0]["visibility"] == "shared")
             await self._bump(namespace, rows[0]["visibility"])
         return bool(rows)
 
@@ -196,7 +200,8 @@ class MemoryStore:
         embedding = await self._embed(text)
         if embedding is None:
             return []
-        rows = await self.database.fetch(
+        rows = await self.database.read(
+            namespace,
             f"SELECT {_COLUMNS}, 1 - (embedding <=> %(q)s) AS score FROM memories"
             f" WHERE {_READABLE} AND embedding IS NOT NULL"
             " ORDER BY embedding <=> %(q)s LIMIT %(k)s",
@@ -213,7 +218,8 @@ class MemoryStore:
         embedding = await self._embed(text)
         if not words and embedding is None:
             return await self.recent(namespace, limit=limit)
-        rows = await self.database.fetch(
+        rows = await self.database.read(
+            namespace,
             f"""
             WITH fts_all AS ({_fts_ranked("all")}
             ), fts_any AS ({_fts_ranked("any", "NOT EXISTS (SELECT 1 FROM fts_all)")}
@@ -247,7 +253,8 @@ class MemoryStore:
     async def by_tag(self, namespace: str, tags: Sequence[str], *, limit: int = 10
                      ) -> list[MemoryRecord]:
         wanted = [t.strip().lower() for t in tags if t.strip()]
-        rows = await self.database.fetch(
+        rows = await self.database.read(
+            namespace,
             f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE} AND tags && %(tags)s"
             " ORDER BY importance DESC, created_at DESC LIMIT %(k)s",
             # Not prepared: after five runs PostgreSQL may switch to a generic plan that
@@ -257,7 +264,8 @@ class MemoryStore:
 
     async def by_importance(self, namespace: str, *, min_importance: float = 0.7,
                             limit: int = 10) -> list[MemoryRecord]:
-        rows = await self.database.fetch(
+        rows = await self.database.read(
+            namespace,
             f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE} AND importance >= %(min)s"
             " ORDER BY importance DESC, created_at DESC LIMIT %(k)s",
             {"ns": namespace, "min": min_importance, "k": limit}, prepare=True)
@@ -270,7 +278,8 @@ class MemoryStore:
         # that forces reading and sorting the whole readable set.
         window = ("(%(days)s::float8 IS NULL"
                   " OR created_at >= now() - make_interval(secs => %(days)s::float8 * 86400))")
-        rows = await self.database.fetch(
+        rows = await self.database.read(
+            namespace,
             f"SELECT * FROM ("
             f" (SELECT {_COLUMNS} FROM memories WHERE namespace = %(ns)s AND {window}"
             "  ORDER BY created_at DESC, id DESC LIMIT %(k)s)"
@@ -291,11 +300,13 @@ class MemoryStore:
         if words:
             where += " AND content_tsv @@ to_tsquery('english', %(q)s)"
             params["q"] = " | ".join(words)
-        totals = await self.database.fetch(
+        totals = await self.database.read(
+            namespace,
             f"SELECT count(*) AS total, coalesce(avg(importance), 0) AS avg_importance,"
             f" min(created_at) AS oldest, max(created_at) AS newest FROM memories WHERE {where}",
             params)
-        tags = await self.database.fetch(
+        tags = await self.database.read(
+            namespace,
             f"SELECT tag, count(*) AS count FROM memories, unnest(tags) AS tag WHERE {where}"
             " GROUP BY tag ORDER BY count DESC, tag LIMIT %(top)s",
             params)
@@ -311,7 +322,8 @@ class MemoryStore:
 
     async def count(self, namespace: str) -> int:
         """Memories this namespace owns."""
-        rows = await self.database.fetch(
+        rows = await self.database.read(
+            namespace,
             "SELECT count(*) AS n FROM memories WHERE namespace = %s", (namespace,))
         return int(rows[0]["n"])
 

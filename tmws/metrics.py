@@ -45,6 +45,9 @@ __all__ = [
     "CACHE_TYPES",
     "DATABASE_CONNECTIONS_ACTIVE",
     "DATABASE_QUERY_DURATION",
+    "DATABASE_READS",
+    "DATABASE_REPLICA_LAG",
+    "DATABASE_REPLICA_USABLE",
     "MULTIPROCESS",
     "PATTERN_CACHE_HITS",
     "PATTERN_CACHE_LOOKUPS",
@@ -87,6 +90,20 @@ DATABASE_CONNECTIONS_ACTIVE: Final = Gauge(
 DATABASE_QUERY_DURATION: Final = Histogram(
     "tmws_database_query_duration_seconds", "Database query duration",
     buckets=[0.01, 0.05, 0.1, 0.5, 1.0])
+# Read replicas (tmws.database._replicas), labelled replica1, replica2, ... in the order of
+# TMWS_DATABASE_REPLICA_URLS (never a URL). Lag: the worst any live worker measured; usable:
+# 0 as soon as one worker skips the replica.
+DATABASE_REPLICA_LAG: Final = Gauge(
+    "tmws_database_replica_lag_seconds",
+    "Replay lag of each read replica (NaN while it cannot be reached)", ["replica"],
+    multiprocess_mode="livemax")
+DATABASE_REPLICA_USABLE: Final = Gauge(
+    "tmws_database_replica_usable",
+    "1 while a read replica serves reads: reachable, a standby, within "
+    "TMWS_DATABASE_REPLICA_MAX_LAG", ["replica"], multiprocess_mode="livemin")
+DATABASE_READS: Final = Counter(
+    "tmws_database_reads_total", "Memory reads with read replicas configured, by the server "
+    "that answered them", ["server"])
 _INFO_LABELS: Final = {"version": __version__, "pattern_service": "enabled"}
 if MULTIPROCESS:  # Info metrics cannot be shared between processes; a gauge of 1 can
     Gauge("tmws_info", "TMWS version and configuration", list(_INFO_LABELS),

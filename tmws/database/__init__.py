@@ -22,6 +22,7 @@ from tmws.database._reindex import (
     maybe_reindex,
     reindex,
 )
+from tmws.database._replicas import ReplicatedDatabase, service_database
 from tmws.database._server import DatabaseServer, Prepare, configured_server, open_server
 from tmws.database._vectors import check_embedding_config, reembed
 
@@ -35,6 +36,7 @@ __all__ = [
     "Prepare",
     "ReindexReport",
     "Rejection",
+    "ReplicatedDatabase",
     "available_migrations",
     "check_embedding_config",
     "configured_server",
@@ -50,6 +52,7 @@ __all__ = [
     "request_budget",
     "require_current_schema",
     "service_connections",
+    "service_database",
     "slow_statements",
     "upgrade",
 ]

@@ -5,7 +5,10 @@ repository root (deploy/README.md, Deployment Guide, Step 4) all go through
 :func:`run_alembic_environment` (``migrations/env.py`` calls it): it refuses a server
 without pgvector with installation instructions, and holds an advisory lock so that
 instances starting together migrate one at a time. Each revision runs in its own
-transaction; re-running is a no-op.
+transaction; re-running is a no-op. Behind a transaction-mode pooler
+(TMWS_DATABASE_POOL_MODE=transaction), where a lock held across transactions could outlive
+the migration on a server connection other clients share, every pending revision runs in
+one transaction under a transaction-level lock instead.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from psycopg.rows import TupleRow
 
 from tmws.config import Settings
 from tmws.database._pool import first_line
+from tmws.database._pooler import transaction_pooled
 from tmws.errors import DatabaseError, ExtensionMissingError
 
 __all__ = [
@@ -192,33 +196,40 @@ def run_alembic_environment(context: Any) -> None:
         raise DatabaseError("offline (--sql) migrations are not supported: tmws checks the "
                             "server for pgvector before migrating")
     conninfo = context.config.attributes.get("conninfo")
+    settings = context.config.attributes.get("settings")
+    if not isinstance(settings, Settings):
+        settings = Settings.from_env()
     embedded = None
     if conninfo is None:
         from tmws.database._embedded import EmbeddedPostgres
 
-        settings = Settings.from_env()
         conninfo = settings.database_url
         if conninfo is None:
             embedded = EmbeddedPostgres(settings.data_dir)
             conninfo = embedded.start()
     try:
-        _migrate(context, conninfo)
+        _migrate(context, conninfo, pooled=transaction_pooled(settings))
     finally:
         if embedded is not None:
             embedded.stop()
 
 
-def _migrate(context: Any, conninfo: str) -> None:
+def _migrate(context: Any, conninfo: str, *, pooled: bool = False) -> None:
     import sqlalchemy
     from sqlalchemy import pool, text
 
-    engine = sqlalchemy.create_engine(_sqlalchemy_url(conninfo), poolclass=pool.NullPool)
+    engine = sqlalchemy.create_engine(
+        _sqlalchemy_url(conninfo), poolclass=pool.NullPool,
+        connect_args={"prepare_threshold": None} if pooled else {})
     try:
         with engine.connect() as connection:
             available = connection.execute(
                 text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")).first()
             if available is None:
                 raise ExtensionMissingError(PGVECTOR_HELP)
+            if pooled:
+                _migrate_in_one_transaction(context, connection)
+                return
             # A session-level lock outlives the per-revision transactions below.
             connection.execute(text("SELECT pg_advisory_lock(:key)"),
                                {"key": ADVISORY_LOCK_KEY})
@@ -237,3 +248,16 @@ def _migrate(context: Any, conninfo: str) -> None:
             from None
     finally:
         engine.dispose()
+
+
+def _migrate_in_one_transaction(context: Any, connection: Any) -> None:
+    """Every pending revision in the transaction the caller's first statement opened, under
+    the lock as ``pg_advisory_xact_lock``: a transaction pooler keeps one server connection
+    for the whole of it, and the lock ends with it, whatever happens to the client."""
+    from sqlalchemy import text
+
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+    context.configure(connection=connection, transaction_per_migration=False)
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()

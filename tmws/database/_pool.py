@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -21,6 +22,12 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tmws.config import Settings
+from tmws.database._pooler import (
+    connect_options,
+    session_conninfo,
+    transaction_pooled,
+    transaction_prologue,
+)
 from tmws.database._vectors import parse_version, search_settings_sql
 from tmws.errors import (
     DatabaseError,
@@ -108,8 +115,13 @@ class Database:
         self._queries = 0
         self._query_seconds = 0.0
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
-                                  "application_name": self.application_name}
-        if settings.db_statement_timeout:
+                                  "application_name": self.application_name,
+                                  **connect_options(settings)}
+        # Behind a transaction pooler the session settings go with every statement instead
+        # (_fetch_in_transaction): the pooler refuses `options` and shares server sessions.
+        self._pooled = transaction_pooled(settings)
+        self._prologue: str | None = None
+        if settings.db_statement_timeout and not self._pooled:
             kwargs["options"] = f"-c statement_timeout={settings.db_statement_timeout}"
         self._pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             conninfo,
@@ -148,9 +160,18 @@ class Database:
                 "SELECT extversion FROM pg_extension WHERE extname = 'vector'")
             row = await cursor.fetchone()
             self._pgvector = parse_version(row["extversion"] if row else None) or ()
+        if self._pooled:
+            self._prologue = transaction_prologue(self._settings, self._pgvector or None)
+            return  # a SET here would stay on a server connection other clients share
         await conn.execute(search_settings_sql(self._settings, self._pgvector or None))
 
-    async def open(self) -> None:
+    async def open(self, *, wait: bool = True) -> None:
+        """Open the pool. ``wait=False`` (a read replica) connects in the background and
+        leaves the pool out of :func:`get_pool_stats`, which its owner reports instead: a
+        replica that is down must not stop start-up."""
+        if not wait:
+            await self._pool.open(wait=False)
+            return
         try:
             await self._pool.open(wait=True, timeout=self._settings.db_pool_timeout)
         except PoolTimeout as exc:
@@ -228,16 +249,21 @@ class Database:
                     prepare: bool | None = None) -> list[dict[str, Any]]:
         """Run one parameterised statement; returns its rows (empty for none).
 
-        ``prepare=True`` prepares the statement on first use per connection (hot queries).
+        ``prepare=True`` prepares the statement on first use per connection (hot queries);
+        behind a transaction pooler nothing is prepared.
         """
         if self._echo:
             sql_logger.info("SQL %s", query if isinstance(query, str) else repr(query),
                             extra={"params_count": len(params)})
         started = time.perf_counter()
         try:
+            rows: list[dict[str, Any]]
             async with self.connection() as conn:
-                cursor = await conn.execute(query, params, prepare=prepare)
-                rows: list[dict[str, Any]] = await cursor.fetchall() if cursor.description else []
+                if self._pooled:
+                    rows = await self._fetch_in_transaction(conn, query, params)
+                else:
+                    cursor = await conn.execute(query, params, prepare=prepare)
+                    rows = await cursor.fetchall() if cursor.description else []
         except psycopg.errors.QueryCanceled as exc:
             self._errors += 1
             raise DatabaseError("statement timed out (TMWS_DB_STATEMENT_TIMEOUT)") from exc
@@ -259,6 +285,83 @@ class Database:
             self._query_seconds += elapsed
             DATABASE_QUERY_DURATION.observe(elapsed)
         return rows
+
+    async def _fetch_in_transaction(self, conn: psycopg.AsyncConnection[Any], query: Any,
+                                    params: Sequence[Any] | dict[str, Any]
+                                    ) -> list[dict[str, Any]]:
+        """Behind a transaction pooler: the statement in a transaction of its own, opened
+        with the session settings as SET LOCAL (one round trip with BEGIN), so they apply
+        to it and to nothing else on the shared server connection. Three round trips
+        instead of one (deploy/README.md, PgBouncer)."""
+        prologue = self._prologue or transaction_prologue(self._settings,
+                                                          self._pgvector or None)
+        await conn.execute(prologue)
+        try:
+            cursor = await conn.execute(query, params, prepare=False)
+            rows: list[dict[str, Any]] = await cursor.fetchall() if cursor.description else []
+            await conn.execute("COMMIT")
+        except psycopg.Error:
+            if not conn.closed and conn.info.transaction_status in (
+                    psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR):
+                # Else the pool rolls back, with a warning; if this fails too, the
+                # statement's own error says more (and the pool discards the connection).
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute("ROLLBACK")
+            raise
+        return rows
+
+    @property
+    def connect_options(self) -> dict[str, Any]:
+        """psycopg arguments for a connection of one's own to :attr:`conninfo` (the audit
+        writer's, the pattern-sync listener's): behind a transaction pooler, no prepared
+        statements."""
+        return connect_options(self._settings)
+
+    @property
+    def session_conninfo(self) -> str | None:
+        """Where to open a connection that keeps its session (LISTEN, locks held across
+        transactions): TMWS_DATABASE_DIRECT_URL, else :attr:`conninfo` unless it leads to a
+        transaction pooler (then None)."""
+        try:
+            return session_conninfo(self.conninfo, self._settings, "a session")
+        except DatabaseError:
+            return None
+
+    @asynccontextmanager
+    async def session(self, purpose: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection whose session lasts the block (advisory locks across transactions):
+        a pooled one, or behind a transaction pooler one of its own to
+        TMWS_DATABASE_DIRECT_URL; DatabaseError naming that variable without it.
+        ``purpose`` names the work in that error."""
+        target = session_conninfo(self.conninfo, self._settings, purpose)
+        if target == self.conninfo:
+            async with self.connection() as pooled:
+                yield pooled
+            return
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                target, autocommit=True, row_factory=dict_row,
+                application_name=self.application_name)
+        except psycopg.OperationalError as exc:
+            raise DatabaseError("cannot connect to TMWS_DATABASE_DIRECT_URL: "
+                                f"{first_line(exc)}") from None
+        async with conn:
+            set_json_loads(load_json, conn)
+            await register_vector_async(conn)
+            yield conn
+
+    async def read(self, namespace: str, query: Any,
+                   params: Sequence[Any] | dict[str, Any] = (), *,
+                   prepare: bool | None = None) -> list[dict[str, Any]]:
+        """A read-only statement over what ``namespace`` may read. Here the primary runs it;
+        with read replicas (:mod:`tmws.database._replicas`) a replica that has replayed
+        every write of the namespace may."""
+        return await self.fetch(query, params, prepare=prepare)
+
+    async def wrote(self, namespace: str, *, shared: bool = False) -> None:
+        """Called once a write of ``namespace`` (of a shared memory: ``shared``) has
+        committed, before it is acknowledged; with read replicas, the namespace's reads then
+        wait for a replica to replay it."""
 
     @property
     def available(self) -> bool:

@@ -27,6 +27,7 @@ from psycopg.rows import dict_row
 
 from tmws.config import Settings
 from tmws.database._pool import first_line
+from tmws.database._pooler import connect_options, session_conninfo
 from tmws.database._vectors import INDEX_NAME, create_index_sql, search_settings_sql
 from tmws.errors import DatabaseError
 
@@ -271,12 +272,14 @@ async def reindex(conninfo: str, settings: Settings, *, lists: int | None = None
     embeddings before and after. An HNSW index is measured only (nothing to rebuild).
 
     Holds the migration lock, so it never races ``tmws db upgrade``, a re-embed or another
-    reindex.
+    reindex; on a session of its own, which behind a transaction pooler means
+    TMWS_DATABASE_DIRECT_URL (a concurrent build cannot run inside a transaction either).
     """
     from tmws.database._migrate import ADVISORY_LOCK_KEY
 
     if lists is not None and not 1 <= lists <= MAX_LISTS:
         raise DatabaseError(f"--lists must be between 1 and {MAX_LISTS} (got {lists})")
+    conninfo = session_conninfo(conninfo, settings, "tmws db reindex")
     say = log or (lambda _message: None)
     started = time.monotonic()
     try:
@@ -361,7 +364,8 @@ async def maybe_reindex(conninfo: str, settings: Settings, *, sample: int = 100,
     """Reindex if the table (of at least ``min_rows`` embedded rows) no longer fits its
     index (:func:`reindex_reason`), e.g. after an import; None when it still does."""
     try:
-        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(
+                conninfo, autocommit=True, **connect_options(settings)) as conn:
             state = await vector_index_state(conn)
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to PostgreSQL: {first_line(exc)}") from None

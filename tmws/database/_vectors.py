@@ -44,17 +44,20 @@ def create_index_sql(settings: Settings) -> str:
 ITERATIVE_SCAN_SINCE: Final = (0, 8)
 
 
-def search_settings_sql(settings: Settings, pgvector: tuple[int, ...] | None = None) -> str:
+def search_settings_sql(settings: Settings, pgvector: tuple[int, ...] | None = None, *,
+                        local: bool = False) -> str:
     """Session settings for kNN queries: probes for ivfflat; for HNSW, ef_search and, with
     pgvector >= 0.8 (``pgvector``, the installed version) and TMWS_VECTOR_ITERATIVE_SCAN,
-    iterative scans in strict order, so a namespace filter cannot leave a page short."""
+    iterative scans in strict order, so a namespace filter cannot leave a page short.
+    ``local``: as ``SET LOCAL``, for the current transaction only."""
+    verb = "SET LOCAL" if local else "SET"
     if settings.vector_index == "hnsw":
-        sql = f"SET hnsw.ef_search = {int(settings.hnsw_ef_search)}"
+        sql = f"{verb} hnsw.ef_search = {int(settings.hnsw_ef_search)}"
         if settings.vector_iterative_scan and pgvector is not None \
                 and pgvector >= ITERATIVE_SCAN_SINCE:
-            sql += "; SET hnsw.iterative_scan = strict_order"
+            sql += f"; {verb} hnsw.iterative_scan = strict_order"
         return sql
-    return f"SET ivfflat.probes = {int(settings.vector_probes)}"
+    return f"{verb} ivfflat.probes = {int(settings.vector_probes)}"
 
 
 def parse_version(text: str | None) -> tuple[int, ...] | None:
@@ -93,11 +96,12 @@ async def reembed(database: Database, settings: Settings, provider: EmbeddingPro
     changed), rebuild the vector index and record the new configuration.
 
     Returns the number of memories re-embedded. Holds the migration lock throughout, so it
-    never races an upgrade or another re-embed.
+    never races an upgrade or another re-embed: on a session of its own (behind a
+    transaction pooler, through TMWS_DATABASE_DIRECT_URL).
     """
     from tmws.database._migrate import ADVISORY_LOCK_KEY
 
-    async with database.connection() as conn:
+    async with database.session("tmws memories reembed") as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
         try:
             total_row = await (await conn.execute("SELECT count(*) AS n FROM memories")
