@@ -116,7 +116,7 @@ soak: install-test ## 10-minute soak: RSS, fds, connections, caches, audit backl
 	$(PY) bench/soak.py --minutes 10 --interval 60
 
 soak-ci: install-test ## The 2-minute soak make test runs: fails on growth or on a 5xx outside the faults
-	$(PY) bench/soak.py --minutes 2 --interval 10 --memories 5000 --check
+	$(PY) bench/soak.py --minutes 2 --interval 10 --memories 5000 --load 0.35 --check
 
 profile: install-test ## py-spy on every worker of a served tmws under load: .profiles/*.svg, *.speedscope.json
 	$(PY) bench/profile.py
