@@ -441,13 +441,22 @@ class CacheManager:
         """``namespace``'s generation and, with ``result``, that result's stored bytes: one
         round trip (two scripts on two nodes of a Cluster, at once)."""
         own_keys = [generation_key(namespace)] + ([] if result is None else [result])
-        mine, common = await self._commands(
-            (own_keys[0], ("EVAL", _READ_LUA, len(own_keys), *own_keys)),
-            (_SHARED_KEY, ("EVAL", _READ_LUA, 1, _SHARED_KEY)))
-        shared = common[0]
+        if self._topology is None:
+            await self._call(_connected)
+        assert self._topology is not None
+        if self._topology.kind == "cluster":
+            # The shared counter lives in another slot: a script of its own.
+            mine, common = await self._commands(
+                (own_keys[0], ("EVAL", _READ_LUA, len(own_keys), *own_keys)),
+                (_SHARED_KEY, ("EVAL", _READ_LUA, 1, _SHARED_KEY)))
+            shared, replication = common[0], mine[-1] + b"|" + common[-1]
+        else:  # one server: one script reads them all
+            [mine] = await self._commands(
+                (own_keys[0], ("EVAL", _READ_LUA, len(own_keys) + 1, *own_keys, _SHARED_KEY)))
+            shared, replication = mine[-2], mine[-1]
         if shared is None:
             shared = await self._seed_shared()
-        epoch = hashlib.blake2b(mine[-1] + b"|" + common[-1], digest_size=8).digest()
+        epoch = hashlib.blake2b(replication, digest_size=8).digest()
         raw = None if result is None else mine[1]
         return (int(mine[0] or 0), int(shared),
                 int.from_bytes(epoch, "little") & 0x7FFFFFFFFFFFFFFF), raw
