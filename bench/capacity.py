@@ -44,8 +44,7 @@ import redis
 from bench._sla import LOADGEN, build_loadgen
 from bench._smoke import parse_args
 from bench.http_load import NAMESPACE, REDIS_URL, ROOT, flush_redis, seed_memories, tmws_command
-from bench.soak import process_tree
-from tests.loopback import base_url, free_port, stop, wait_healthy
+from tests.loopback import base_url, free_port, process_tree, stop, wait_healthy
 
 TICKS = os.sysconf("SC_CLK_TCK")
 # Requests per second per case: low enough that one worker keeps up on two shared cores.

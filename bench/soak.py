@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 from bench._plot import Band, Panel, Series, write_svg  # noqa: E402
 from bench._sla import LOADGEN, build_loadgen, percentile  # noqa: E402
 from bench.memory_load import NAMESPACES, Corpus, build_vector_index, load  # noqa: E402
-from tests.loopback import base_url, free_port, stop  # noqa: E402
+from tests.loopback import base_url, free_port, process_tree, stop  # noqa: E402
 from tmws.config import Settings  # noqa: E402
 from tmws.database import EmbeddedPostgres, upgrade  # noqa: E402
 from tmws.handlers import HANDLERS, resolve_handler  # noqa: E402
@@ -197,24 +197,6 @@ def finish(process: subprocess.Popen[str]) -> dict[str, Any]:
 
 
 # --- what it watches ------------------------------------------------------------------------
-
-def process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
-
 
 def rss_and_fds(pids: list[int]) -> tuple[int, int]:
     rss = fds = 0

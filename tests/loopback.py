@@ -7,14 +7,16 @@ importable), so neither keeps a copy. No pytest here: a bench script imports it 
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 
-__all__ = ["base_url", "free_port", "stop", "wait_healthy"]
+__all__ = ["base_url", "free_port", "process_tree", "stop", "wait_healthy"]
 
 
 def free_port() -> int:
@@ -57,3 +59,22 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process descended from it (from /proc), root first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out

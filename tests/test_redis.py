@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -194,32 +195,15 @@ async def test_killing_a_cluster_master_under_load_loses_no_write(
         private_redis_cluster: RedisClusterServers) -> None:
     servers = private_redis_cluster
     namespace = _namespace_off(servers, "tmws:gen-shared")
+    killed: list[int] = []
     service = _Service(servers.url, namespace)
     try:
-        await service.run(1.0)
-        assert service.hits_after, "the cache answered nothing before the failover"
-        killed = servers.kill_master_of(generation_key(namespace))
-        killed_at = time.monotonic()
-        load = asyncio.create_task(service.run(30.0))
-        while not servers.healthy():  # a replica takes over (cluster-node-timeout 1 s)
-            await asyncio.sleep(0.1)
-        promoted = servers.master_of(generation_key(namespace))
-        await asyncio.sleep(3.0)
-        load.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await load
-        await service.run(2.0)
-        assert promoted != killed
-        assert service.stale == [], "a write acknowledged before a lookup was not seen"
-        assert service.hits_after[-1] > killed_at, "no cache hit after the failover"
-        # Recovered in place: the same clients, every circuit closed, nothing pending.
-        for cache in (service.writer, service.reader):
-            stats = cache.stats()["redis"]
-            assert stats["circuit"] == "closed" and stats["pending_bumps"] == 0
-            assert (await cache.ping()).state == "ok"
-        assert (await service.limiter.hit("client")).backend == "redis"
-        generation = await service.reader.generation(namespace)
-        assert generation is not None
+        # A replica takes over within a few seconds (cluster-node-timeout 1 s).
+        await _load_through_failover(
+            service, lambda: killed.append(servers.kill_master_of(generation_key(namespace))),
+            servers.healthy)
+        assert servers.master_of(generation_key(namespace)) != killed[0]
+        assert await service.reader.generation(namespace) is not None
     finally:
         await service.close()
 
@@ -227,29 +211,39 @@ async def test_killing_a_cluster_master_under_load_loses_no_write(
 async def test_killing_the_sentinel_master_under_load_loses_no_write(
         private_redis_sentinel: RedisSentinelServers) -> None:
     servers = private_redis_sentinel
+    killed: list[int] = []
     service = _Service(servers.url, uuid.uuid4().hex)
     try:
-        await service.run(1.0)
-        assert service.hits_after
-        killed = servers.kill_master()
-        killed_at = time.monotonic()
-        load = asyncio.create_task(service.run(60.0))
-        while servers.master_port_now() == killed:  # the sentinels promote the replica
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(3.0)
-        load.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await load
-        await service.run(2.0)
-        assert service.stale == [], "a write acknowledged before a lookup was not seen"
-        assert service.hits_after[-1] > killed_at, "no cache hit after the failover"
-        for cache in (service.writer, service.reader):
-            stats = cache.stats()["redis"]
-            assert stats["circuit"] == "closed" and stats["pending_bumps"] == 0
-            assert (await cache.ping()).state == "ok"
-        assert (await service.limiter.hit("client")).backend == "redis"
+        await _load_through_failover(service, lambda: killed.append(servers.kill_master()),
+                                     lambda: servers.master_port_now() != killed[0])
     finally:
         await service.close()
+
+
+async def _load_through_failover(service: _Service, kill: Callable[[], object],
+                                 taken_over: Callable[[], bool]) -> None:
+    """The store/recall load before, through and after a master is killed (``kill``) and
+    replaced (``taken_over``); then what every topology must show."""
+    await service.run(1.0)
+    assert service.hits_after, "the cache answered nothing before the failover"
+    kill()
+    killed_at = time.monotonic()
+    load = asyncio.create_task(service.run(60.0))
+    while not taken_over():
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(3.0)
+    load.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await load
+    await service.run(2.0)
+    assert service.stale == [], "a write acknowledged before a lookup was not seen"
+    assert service.hits_after[-1] > killed_at, "no cache hit after the failover"
+    # Recovered in place: the same clients, every circuit closed, nothing pending.
+    for cache in (service.writer, service.reader):
+        stats = cache.stats()["redis"]
+        assert stats["circuit"] == "closed" and stats["pending_bumps"] == 0
+        assert (await cache.ping()).state == "ok"
+    assert (await service.limiter.hit("client")).backend == "redis"
 
 
 async def test_raw_clients_see_what_the_cache_wrote(redis_url: str) -> None:

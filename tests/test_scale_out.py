@@ -28,6 +28,7 @@ import pytest
 from tests.fix_redis import RedisClusterServers
 from tests.fix_replica import Replication
 from tests.fix_server import start_server, stop_server
+from tests.loopback import process_tree
 
 
 @dataclass
@@ -35,23 +36,6 @@ class Instance:
     base: str
     process: Any
     pids: list[int] = field(default_factory=list)
-
-
-def _process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
 
 
 @pytest.fixture
@@ -149,7 +133,7 @@ async def test_a_pattern_change_is_acknowledged_once_every_worker_runs_it(
 
 
 def _kill(instance: Instance) -> None:
-    for pid in reversed(_process_tree(instance.process.pid)):
+    for pid in reversed(process_tree(instance.process.pid)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     instance.process.wait()
