@@ -53,7 +53,8 @@ async def test_memory_load_compares_with_bare_sql_and_exact_search(fresh_databas
                                                                    ) -> None:
     out = await smoke("memory_load", "--database-url", fresh_database)
     assert "loaded 300 memories" in out
-    assert "recall@10 against exact search" in out and "hnsw ef 100 iterative" in out
+    assert "recall@10 against exact search" in out and "hnsw ef 100 strict" in out
+    assert "hnsw ef 100 relaxed" in out
 
 
 async def test_retrieval_quality_ranks_both_rankings(fresh_database: str) -> None:
