@@ -22,29 +22,30 @@ from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote
 
-__all__ = ["SENTINEL_SCHEMES", "Command", "RedisTopology", "connect", "parse_sentinel_url"]
+import msgspec
+
+__all__ = ["ONE_NODE", "SENTINEL_SCHEMES", "Command", "RedisTopology", "connect",
+           "parse_sentinel_url"]
 
 SENTINEL_SCHEMES: Final = ("redis+sentinel://", "rediss+sentinel://")
-# The name a single server's or a Sentinel master's one breaker goes by.
-_ONE_NODE: Final = "redis"
+# The node name of a single server or a Sentinel master, and of calls on no key in particular
+# (the circuit breaker they go through).
+ONE_NODE: Final = "redis"
 
 # (the key that routes it, (command, arguments...))
 Command = tuple[str, tuple[Any, ...]]
 
 
-class SentinelAddress:
+class SentinelAddress(msgspec.Struct, frozen=True):
     """What a ``redis+sentinel://`` URL says."""
 
-    def __init__(self, sentinels: list[tuple[str, int]], service: str, db: int,
-                 username: str | None, password: str | None, sentinel_password: str | None,
-                 ssl: bool) -> None:
-        self.sentinels = sentinels
-        self.service = service
-        self.db = db
-        self.username = username
-        self.password = password
-        self.sentinel_password = sentinel_password
-        self.ssl = ssl
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+    sentinel_password: str | None
+    ssl: bool
 
 
 def parse_sentinel_url(url: str) -> SentinelAddress:
@@ -99,14 +100,14 @@ class RedisTopology:
     def node(self, key: str) -> str:
         """The node serving ``key`` (its name keys the circuit breakers)."""
         if self.kind != "cluster":
-            return _ONE_NODE
+            return ONE_NODE
         node = self.client.get_node_from_key(key)
         return str(node.name)
 
     def nodes(self) -> list[str]:
         """Every node that serves keys (a cluster's primaries)."""
         if self.kind != "cluster":
-            return [_ONE_NODE]
+            return [ONE_NODE]
         return sorted(str(n.name) for n in self.client.get_primaries())
 
     def target(self, node: str) -> dict[str, Any]:
