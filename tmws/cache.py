@@ -32,13 +32,13 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Final, Generic, NamedTuple, TypeVar
 
-from tmws._redis import Command, RedisTopology, connect
+from tmws._redis import ONE_NODE, Command, RedisTopology, connect
 from tmws.errors import RedisUnavailable
 from tmws.health import RedisStatus
 
-__all__ = ["BASE_LOCAL_SIZE", "BASE_TTL", "REPLICA_WAIT_MS", "CacheManager", "CircuitBreaker",
-           "Generation", "LocalCache", "Lookup", "TieredLocalCache", "generation_key",
-           "result_key"]
+__all__ = ["BASE_LOCAL_SIZE", "BASE_TTL", "REPLICA_WAIT_MS", "WRITE_PATIENCE", "CacheManager",
+           "CircuitBreaker", "Generation", "LocalCache", "Lookup", "TieredLocalCache",
+           "generation_key", "result_key"]
 
 # The reference points of the scaling above: the defaults (TMWS_CACHE_TTL=300,
 # TMWS_CACHE_MAX_SIZE=1000), at which the pattern file's figures apply unchanged.
@@ -180,6 +180,9 @@ _CLEAR_BUDGET = 300.0  # seconds for clear() to sweep every result key
 # Sentinel): a failover in that window would otherwise lose the bump, and a result cached
 # before the write would be served again.
 REPLICA_WAIT_MS = 100
+# The longest a memory write waits for its generation bump to land when Redis fails, before
+# it is acknowledged all the same (and the bump retried in the background).
+WRITE_PATIENCE = 1.0
 # Reads keys and the replication ID of the master serving them, in one call. The ID changes
 # when a replica is promoted and when a server restarts, exactly when bumps acknowledged by
 # the master may be missing from the data now served: every result cached under the old ID
@@ -310,7 +313,7 @@ class CacheManager:
         if self._topology is None:
             return dict(self._breakers)
         try:
-            serving = {"redis", *self._topology.nodes()}
+            serving = {ONE_NODE, *self._topology.nodes()}
         except Exception:  # slots not known (a cluster being resharded)
             return dict(self._breakers)
         return {node: b for node, b in self._breakers.items() if node in serving}
@@ -344,11 +347,11 @@ class CacheManager:
         """The breaker a call on ``key`` goes through (before the first connection, and for
         calls on no key, the deployment's)."""
         if self._topology is None or key is None:
-            return "redis"
+            return ONE_NODE
         try:
             return self._topology.node(key)
         except Exception:  # slots not known (a cluster being resharded): the deployment's
-            return "redis"
+            return ONE_NODE
 
     async def _call(self, operation: Callable[[RedisTopology], Awaitable[Any]], *,
                     key: str | None = None, node: str | None = None,
@@ -476,9 +479,10 @@ class CacheManager:
         returns, so that a failover right after it does not take it back. When the
         namespace's node fails or no replica confirms, the shared counter is bumped instead
         (it invalidates every namespace's memory results, and lives on another node of a
-        Cluster unless the hash of the namespace says otherwise); when that fails too, the
-        bump is retried in the background and, until it lands, this process caches no
-        memory result.
+        Cluster unless the hash of the namespace says otherwise); when that fails too, it is
+        retried for up to ``breaker_reset`` + the Redis timeout (at most
+        :data:`WRITE_PATIENCE`) before this returns, then in
+        the background, and until it lands this process caches no memory result.
         """
         self._local_generations[namespace] = self._local_generations.get(namespace, 0) + 1
         if shared:
@@ -496,6 +500,16 @@ class CacheManager:
         if await self._confirmed(commands) or await self._confirmed([seed, bump_shared]):
             return
         self.pending_bumps += 1
+        # Acknowledged now, the write could stay unseen by an instance that already reaches
+        # Redis (after a failover this one may follow the new master a moment later): keep
+        # trying for up to the breaker's reset and one Redis timeout, at most
+        # WRITE_PATIENCE (so a long outage costs a write that, not its time budget).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(self._breaker_reset + self._timeout, WRITE_PATIENCE)
+        while loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            if await self._land_pending():
+                return
         if self._retrying is None or self._retrying.done():
             self._retrying = asyncio.get_running_loop().create_task(
                 self._retry_bumps(), name="tmws-cache-bump-retry")
