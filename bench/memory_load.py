@@ -40,6 +40,7 @@ from pgvector.psycopg import register_vector, register_vector_async
 from bench._postgres import add_database_option, postgres
 from bench._smoke import parse_args
 from tmws._native import HashEmbedder
+from tmws._recall_index import DerivedRecallIndex
 from tmws.config import Settings
 from tmws.database import Database, upgrade
 from tmws.database._reindex import ideal_lists
@@ -353,6 +354,41 @@ async def measure(conninfo: str, settings: Settings, corpus: Corpus, queries: in
     return results
 
 
+async def measure_derived(conninfo: str, settings: Settings, corpus: Corpus, queries: int,
+                          warmup: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Recall through MemoryStore ranked by the derived index (TMWS_RECALL_INDEX=memory)
+    and by the SQL, interleaved on one pool, with the index's load time and size."""
+    database = Database(conninfo, settings)
+    await database.open()
+    provider = HashProvider(DIM)
+    index = DerivedRecallIndex(database, DIM, ef_search=settings.recall_index_ef_search)
+    sql = MemoryStore(database, provider, min_similarity=settings.recall_min_similarity)
+    derived = MemoryStore(database, provider, min_similarity=settings.recall_min_similarity,
+                          recall_index=index)
+    times: dict[str, list[float]] = {"derived": [], "sql": []}
+    try:
+        started = time.perf_counter()
+        index.start()
+        if not await index.wait_ready(7200):
+            raise RuntimeError("the derived recall index did not load")
+        loaded = time.perf_counter() - started
+        calls = operation_calls(corpus, queries + warmup, seed=23)["recall"]
+        for i, call in enumerate(calls):
+            steps = [("derived", derived), ("sql", sql)]
+            for name, store in steps[i % 2:] + steps[:i % 2]:
+                started = time.perf_counter()
+                await invoke(store, call)
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - started)
+        stats = index.stats()
+        if stats["fallbacks"]:
+            raise RuntimeError(f"the derived index fell back to SQL: {stats}")
+        return times, {"load_s": loaded, **stats}
+    finally:
+        await index.close()
+        await database.close()
+
+
 async def measure_select_one(bare: psycopg.AsyncConnection[Any], database: Database,
                              database_no_ping: Database, n: int) -> dict[str, list[float]]:
     """The fixed costs: a round trip, and the pool around it with and without pre-ping."""
@@ -515,8 +551,28 @@ async def main_async(args: argparse.Namespace) -> None:
                     f" {r['namespace_recall']:>12.3f} {r['namespace_short']:>12.0%}"
                     f" {r['namespace_p50_ms']:>9.2f}")
                 print(recall_rows[-1], flush=True)
+        if args.derived:
+            # Over the table as loaded (and the last vector index, for the SQL side).
+            started = time.perf_counter()
+            derived, stats = await measure_derived(conninfo, cfg, corpus, args.queries,
+                                                   args.warmup)
+            report.append(
+                f"derived recall index (TMWS_RECALL_INDEX=memory): {stats['documents']:,}"
+                f" memories loaded in {stats['load_s']:.1f}s, {stats['partitions']}"
+                f" partitions ({stats['graphs']} with HNSW graphs, ef_search"
+                f" {cfg.recall_index_ef_search}), ~{stats['memory_bytes'] / 2**20:.0f} MiB")
+            print(report[-1], flush=True)
+            print(f"  measured in {time.perf_counter() - started:.0f}s", flush=True)
     for title, results in latency.items():
         print_latency(title, results, args.queries)
+    if args.derived:
+        print(f"\nrecall through MemoryStore, ranked in process vs in SQL ({kind} for the"
+              f" SQL), interleaved, {args.queries} calls, ms p50 / p95 / p99")
+        for name, values in derived.items():
+            print(f"  {name:<10} {ms(pct(values, 0.5))} / {ms(pct(values, 0.95))} /"
+                  f" {ms(pct(values, 0.99))}")
+        ratio = pct(derived["sql"], 0.5) / pct(derived["derived"], 0.5)
+        print(f"  p50 ratio sql/derived {ratio:.1f}x")
     print("  " + "\n  ".join(f"{k:<16} {v}" for k, v in VARIANTS.items()))
     print(f"\nrecall@10 against exact search, {args.recall_queries} generated texts "
           "(ties count as hits)")
@@ -539,6 +595,8 @@ def main() -> None:
     parser.add_argument("--indexes", default="ivfflat,hnsw", choices=(
         "ivfflat,hnsw", "ivfflat", "hnsw"), help="vector indexes to measure (an HNSW build at"
         " 1,000,000 rows takes tens of minutes here)")
+    parser.add_argument("--no-derived", dest="derived", action="store_false",
+                        help="skip the derived recall index (TMWS_RECALL_INDEX=memory)")
     add_database_option(parser)
     asyncio.run(main_async(parse_args(parser, rows=300, queries=4, warmup=2,
                                       recall_queries=4, round_trips=20)))

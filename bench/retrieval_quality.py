@@ -42,6 +42,7 @@ from bench.memory_load import (
     load,
 )
 from bench.retrieval_set import FACTS, NEAR_MISSES, PARTIAL, QUESTIONS, ndcg_at, recall_at
+from tmws._recall_index import DerivedRecallIndex
 from tmws.config import Settings
 from tmws.database import Database, upgrade
 from tmws.embeddings import HashProvider
@@ -153,11 +154,18 @@ async def main_async(args: argparse.Namespace) -> None:
         provider = HashProvider(DIM)
         store = MemoryStore(database, provider,
                             min_similarity=settings.recall_min_similarity)
+        # The derived index (TMWS_RECALL_INDEX=memory) over the same rows.
+        recall_index = DerivedRecallIndex(database, DIM)
+        derived = MemoryStore(database, provider, min_similarity=settings.recall_min_similarity,
+                              recall_index=recall_index)
         try:
             fact_ids = {key: await store.store(FACTS_NAMESPACE, text)
                         for key, text in {**FACTS, **NEAR_MISSES}.items()}
             other_ids = {await store.store(OTHER_NAMESPACE, text) for text in FACTS.values()}
             await database.fetch("ANALYZE memories")
+            recall_index.start()
+            if not await recall_index.wait_ready(3600):
+                raise RuntimeError("the derived recall index did not load")
 
             async def current(namespace: str, text: str) -> list[int]:
                 return [r.id for r in await store.search(namespace, text)]
@@ -166,11 +174,18 @@ async def main_async(args: argparse.Namespace) -> None:
                 return await legacy_search(database, provider, namespace, text,
                                            min_similarity=store.min_similarity)
 
+            async def in_process(namespace: str, text: str) -> list[int]:
+                return [r.id for r in await derived.search(namespace, text)]
+
             results = await evaluate({"before (legacy_recall.py)": before,
-                                      "MemoryStore.search": current},
+                                      "MemoryStore.search": current,
+                                      "derived index (memory)": in_process},
                                      database, corpus, fact_ids, other_ids,
                                      args.topic_queries)
+            if recall_index.stats()["fallbacks"]:
+                raise RuntimeError(f"the derived index fell back: {recall_index.stats()}")
         finally:
+            await recall_index.close()
             await database.close()
     metrics = list(next(iter(results.values())))
     print(f"{args.rows:,} generated memories + {len(FACTS)} facts, {len(NEAR_MISSES)} near"

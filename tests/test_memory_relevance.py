@@ -13,7 +13,7 @@ from bench.retrieval_set import FACTS, NEAR_MISSES, PARTIAL, QUESTIONS, ndcg_at,
 from tmws.memory import MemoryStore
 
 # Unrelated memories around the facts: the same words in other combinations.
-_NOISE = [f"{a} {b} notes for the {c} review"
+NOISE = [f"{a} {b} notes for the {c} review"
           for a in ("database", "backup", "token", "deploy", "cache", "queue", "office")
           for b in ("latency", "owner", "budget", "migration", "alert")
           for c in ("weekly", "quarterly", "annual")]
@@ -23,7 +23,7 @@ async def test_new_ranking_is_not_worse_on_the_hand_written_set(
         store: MemoryStore, namespace: str) -> None:
     keys = {await store.store(namespace, text): key
             for key, text in {**FACTS, **NEAR_MISSES}.items()}
-    for text in _NOISE:
+    for text in NOISE:
         await store.store(namespace, text)
     other = namespace + "-other"
     foreign = {await store.store(other, text) for text in FACTS.values()}

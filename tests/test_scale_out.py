@@ -38,10 +38,13 @@ class Instance:
     pids: list[int] = field(default_factory=list)
 
 
-@pytest.fixture
-async def fleet(replication: Replication, redis_cluster: RedisClusterServers,
-                tmp_path: Path) -> AsyncIterator[list[Instance]]:
-    env = {"TMWS_DATABASE_URL": replication.primary_url,
+@pytest.fixture(params=["postgres"])
+async def fleet(request: pytest.FixtureRequest, replication: Replication,
+                redis_cluster: RedisClusterServers, tmp_path: Path
+                ) -> AsyncIterator[list[Instance]]:
+    """Two instances; ``TMWS_RECALL_INDEX`` from the parameter (indirect), and with
+    ``memory`` every worker's derived index loaded before the test starts."""
+    env = {"TMWS_RECALL_INDEX": request.param,"TMWS_DATABASE_URL": replication.primary_url,
            "TMWS_DATABASE_REPLICA_URLS": replication.replica_url,
            "TMWS_REDIS_URL": redis_cluster.url, "TMWS_WORKERS": "2",
            "TMWS_PATTERN_SYNC_GROUP": f"scale-out-{uuid.uuid4().hex[:8]}",
@@ -52,11 +55,32 @@ async def fleet(replication: Replication, redis_cluster: RedisClusterServers,
         for _ in range(2):
             process, base = await asyncio.to_thread(start_server, env, tmp_path)
             instances.append(Instance(base, process))
+        if request.param == "memory":
+            async with httpx.AsyncClient(timeout=30) as client:
+                for instance in instances:
+                    await _until_index_ready(client, instance.base)
         yield instances
     finally:
         for instance in instances:
             if instance.process.poll() is None:
                 await asyncio.to_thread(stop_server, instance.process)
+
+
+async def _metric(client: httpx.AsyncClient, base: str, line_start: str) -> float | None:
+    text = (await client.get(f"{base}/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def _until_index_ready(client: httpx.AsyncClient, base: str) -> None:
+    """Every worker of the instance answers recall from its derived index (the gauge is
+    the minimum over live workers)."""
+    deadline = time.monotonic() + 60
+    while await _metric(client, base, "tmws_recall_index_ready ") != 1.0:
+        assert time.monotonic() < deadline, "the derived recall index never became ready"
+        await asyncio.sleep(0.2)
 
 
 async def _recall(client: httpx.AsyncClient, base: str, namespace: str, topic: str
@@ -69,12 +93,14 @@ async def _recall(client: httpx.AsyncClient, base: str, namespace: str, topic: s
     return body
 
 
+@pytest.mark.parametrize("fleet", ["postgres", "memory"], indirect=True)
 async def test_writes_and_invalidations_reach_the_other_instance_at_once(
         fleet: list[Instance]) -> None:
     """Each round: the reader instance has the recall cached (both workers asked), the
     writer stores a memory, and the reader's next recall must count it: the cache entry is
     invalidated through the Cluster, and the read is not answered by a replica that has not
-    replayed the write."""
+    replayed the write. With TMWS_RECALL_INDEX=memory the reader's workers rank in their
+    derived indexes, which must have caught up with the other instance's write."""
     namespace = f"coherence-{uuid.uuid4().hex[:8]}"
     visible_after: list[float] = []
     async with httpx.AsyncClient(timeout=30) as client:
@@ -95,6 +121,14 @@ async def test_writes_and_invalidations_reach_the_other_instance_at_once(
             assert fact in contents, f"round {round_}: the write was not seen: {contents}"
             assert not seen["cache_hit"]
         stats = (await client.get(f"{fleet[0].base}/api/v1/stats")).json()
+        if stats["recall_index_stats"] is not None:  # every recall ranked by an index
+            for instance in fleet:
+                text = (await client.get(f"{instance.base}/metrics")).text
+                outcomes = {line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+                            for line in text.splitlines()
+                            if line.startswith("tmws_recall_index_searches_total{")}
+                assert outcomes.get("index", 0) >= 8, outcomes
+                assert not {k: v for k, v in outcomes.items() if k != "index" and v}, outcomes
     print(f"\nscale-out: write acknowledged -> the other instance's next recall shows it: "
           f"median {statistics.median(visible_after):.1f} ms, max {max(visible_after):.1f} ms"
           f" (that recall's own latency; no waiting)")

@@ -111,6 +111,8 @@ class ServiceStatus:
         self._targets = targets
         # The pattern group's figures once the engine has joined one.
         self.sync_stats: Callable[[], dict[str, Any]] | None = None
+        # The derived recall index's figures, when TMWS_RECALL_INDEX=memory.
+        self.recall_index_stats: Callable[[], dict[str, Any]] | None = None
 
     def use_targets(self, targets: Mapping[PatternType, LatencyTargets]) -> None:
         """A reloaded pattern file's ``performance_targets``."""
@@ -153,6 +155,8 @@ class ServiceStatus:
             # This worker's pool: get_pool_stats() run from another process cannot see a
             # server's pool, /api/v1/stats can.
             "database_stats": self.pool_stats(),
+            "recall_index_stats": None if self.recall_index_stats is None
+            else self.recall_index_stats(),
             "performance": self.performance(),
         }
 

@@ -204,6 +204,80 @@ class HashEmbedder:
         :meth:`embed_batch`.
         """
 
+MemoryRowTuple = tuple[int, str, bool, float, int, str, bytes | None]
+"""``(id, namespace, shared, importance, created_us, tsv, embedding)``: a memory as
+:meth:`RecallIndex.apply` takes it. ``tsv`` is ``content_tsv::text`` (lexemes with a space,
+the scope tags, are skipped); ``embedding`` is ``vector_send(embedding)`` or None."""
+
+
+class RecallIndex:
+    """The derived recall index: memory recall ranked in process (``tmws._recall_index``
+    keeps it current from PostgreSQL, which stays the source of truth).
+
+    Private memories sit in one partition per namespace, shared ones in one partition of
+    their own; a search reads the namespace's partition and the shared one, so it never
+    sees another namespace's private memories. Each partition holds BM25 postings and an
+    HNSW graph over unit vectors (searched exactly below ``exact_below`` vectors).
+
+    Ranking: full text over the readable memories holding all query lexemes (BM25, k1 1.2,
+    b 0.75, global document frequencies), or any when none holds them all; the nearest
+    ``candidates`` vectors by cosine distance, of which those farther than
+    ``max_distance`` are dropped (the others keep their rank); each memory scores
+    ``sum(1 / (rrf_k + rank))`` over the two lists. Ties: importance, creation time, id,
+    all descending.
+
+    Thread-safe: searches share a read lock, :meth:`apply` and :meth:`clear` take the write
+    lock; all release the GIL.
+    """
+
+    def __init__(self, dim: int, *, m: int = 16, ef_construction: int = 64,
+                 ef_search: int = 100, exact_below: int = 4096) -> None:
+        """An empty index of ``dim``-dimensional vectors; HNSW links per node ``m``
+        (``2 * m`` on layer 0), build beam ``ef_construction``, search beam ``ef_search``.
+
+        Raises:
+            ValueError: a parameter is not positive (``exact_below`` may be 0).
+        """
+
+    def apply(self, rows: Sequence[MemoryRowTuple], deleted: Sequence[int]) -> None:
+        """Upserts ``rows`` (replacing a memory of the same id), then removes ``deleted``
+        ids (unknown ones are ignored). Every row is parsed before any is applied.
+
+        Raises:
+            ValueError: a row's ``tsv`` is not a tsvector's text or its embedding is not
+                ``dim`` dimensions; the message names the memory id. Nothing is applied.
+        """
+
+    def clear(self) -> None:
+        """Removes every memory (before a reload)."""
+
+    def shrink(self) -> None:
+        """Gives back spare capacity (after a load, whose arrays grew by doubling)."""
+
+    def search(self, namespace: str, query_tsv: str, vector: Sequence[float] | None, *,
+               candidates: int, limit: int, max_distance: float, rrf_k: float
+               ) -> list[tuple[int, float]]:
+        """``(memory id, fused score)``, best first, at most ``limit``, readable by
+        ``namespace``. ``query_tsv`` is ``to_tsvector('english', words)::text`` (positions
+        are ignored); ``vector`` is the query's embedding (normalised here; a zero vector
+        means no vector ranking).
+
+        Raises:
+            ValueError: ``query_tsv`` is malformed, ``vector`` has the wrong length, or
+                ``candidates`` / ``limit`` is negative.
+        """
+
+    def stats(self) -> dict[str, int]:
+        """``documents``, ``partitions``, ``graphs`` (partitions searched by HNSW),
+        ``vectors``, ``removed_vectors`` (tombstones awaiting a rebuild), ``terms``,
+        ``dead_postings`` and ``memory_bytes`` (approximate heap use)."""
+
+    def __contains__(self, memory_id: int) -> bool: ...
+
+    def __len__(self) -> int:
+        """Memories held."""
+
+
 class ExampleIndex:
     """Lexical index of the example utterances of a pattern library.
 

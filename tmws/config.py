@@ -41,6 +41,7 @@ _CASELESS: Final = frozenset({"log_level"})
 _MODES: Final = tuple(mode.value for mode in ExecutionMode)
 _EMBEDDING_PROVIDERS: Final = ("hash", "openai", "sentence-transformers")
 _VECTOR_INDEXES: Final = ("ivfflat", "hnsw")
+_RECALL_INDEXES: Final = ("postgres", "memory")
 _POOL_MODES: Final = ("session", "transaction")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off", ""})
@@ -200,6 +201,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Vector hits less similar than this (cosine) are not recalled: kNN always finds
     # *something*, and an unrelated memory is worse than none.
     recall_min_similarity: float = 0.1
+    # Where recall ranks: "postgres" (the SQL in tmws.memory), or "memory": a derived index
+    # in each worker (tmws._recall_index), built at start and kept current from PostgreSQL,
+    # which stays the source of truth; recall uses the SQL until it is ready.
+    recall_index: str = "postgres"
+    recall_index_ef_search: int = 100  # HNSW beam of the derived index's larger partitions
+    # Seconds the memory change log keeps a row (every process prunes by it, so set it alike
+    # everywhere). A derived index whose load takes more than half of it can never catch up.
+    recall_index_log_retention: float = 3600.0
 
     @property
     def db_pool_min(self) -> int:
@@ -363,6 +372,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("hnsw_ef_search", 1 <= self.hnsw_ef_search <= 1000, "must be between 1 and 1000"),
             ("recall_min_similarity", -1.0 <= self.recall_min_similarity <= 1.0,
              "must be between -1 and 1"),
+            ("recall_index", self.recall_index in _RECALL_INDEXES,
+             f"must be one of {_RECALL_INDEXES}"),
+            ("recall_index_ef_search", 1 <= self.recall_index_ef_search <= 1000,
+             "must be between 1 and 1000"),
+            ("recall_index_log_retention", self.recall_index_log_retention >= 60,
+             "must be at least 60 seconds"),
         ]
         for field, ok, problem in checks:
             if not ok:

@@ -31,6 +31,7 @@ from tmws._example_vectors import example_vectors_for
 from tmws._execution import HandlerRunner, recalls_alongside, validate_request
 from tmws._pattern_changes import PatternChange, PatternChanges
 from tmws._pattern_sync import PatternSets
+from tmws._recall_index import DerivedRecallIndex
 from tmws._result_cache import CacheSlot, ResultCache, cache_manager_for, declared_sizes
 from tmws._statistics import ExecutionStatistics, ServiceStatus
 from tmws.admission import Admission
@@ -44,6 +45,7 @@ from tmws.database import (
     open_server,
     service_database,
 )
+from tmws.database._changes import ChangeLogPruner
 from tmws.embeddings import EmbeddingProvider, create_provider
 from tmws.errors import ErrorCode, PatternConfigError, RedisUnavailable
 from tmws.evaluation import Evaluation, Labelled, evaluate
@@ -115,9 +117,14 @@ class PatternExecutionEngine:
             cache.size_types(declared_sizes(library))
         self.cache = cache
         provider = provider or create_provider(settings)
+        recall_index = DerivedRecallIndex(
+            database, settings.embedding_dim, ef_search=settings.recall_index_ef_search,
+            retention=settings.recall_index_log_retention,
+        ) if settings.recall_index == "memory" else None
         self.memory = MemoryStore(database, provider,
                                   min_similarity=settings.recall_min_similarity,
-                                  generations=self.cache, limits=settings.input_limits)
+                                  generations=self.cache, limits=settings.input_limits,
+                                  recall_index=recall_index)
         self.registry = PatternRegistry(library.patterns, limits=settings.pattern_limits,
                                         lexicon=RoutingLexicon.shipped(settings.router_lexicon))
         self.router = HybridRouter(self.registry,
@@ -128,6 +135,7 @@ class PatternExecutionEngine:
                                                                provider))
         self._server = server  # stopped on close when this engine opened it
         self._sync: PatternSets | None = None
+        self._change_log: ChangeLogPruner | None = None
         self._closed = False
         self._caching = settings.cache_enabled and settings.pattern_cache_enabled
         self.metrics = ExecutionMetrics()
@@ -144,6 +152,8 @@ class PatternExecutionEngine:
                                     registry=self.registry, router=self.router,
                                     audit=self.audit, admission=self.admission,
                                     database=database, targets=library.performance_targets)
+        if recall_index is not None:
+            self.status.recall_index_stats = recall_index.stats
         self.pattern_changes = PatternChanges(settings, self.registry, self.router, self.audit,
                                               self._check_patterns)
         self._services = HandlerServices(self.memory, self.registry, self.status)
@@ -158,6 +168,10 @@ class PatternExecutionEngine:
             await self._sync.close()
         if self.router.vectors is not None:
             await self.router.vectors.aclose()
+        if self.memory.recall_index is not None:
+            await self.memory.recall_index.close()
+        if self._change_log is not None:
+            await self._change_log.close()
         await self.audit.close()  # its last records need the database
         await self.database.close()
         await self.memory.provider.aclose()
@@ -547,6 +561,12 @@ async def create_pattern_execution_engine(settings: Settings | CacheManager | No
         engine = PatternExecutionEngine(settings, library, database, server=server,
                                         handlers=handlers, cache=cache)
         await engine.start_pattern_sync()
+        if engine.memory.recall_index is not None:  # loads in the background
+            engine.memory.recall_index.start()
+        else:  # nothing here reads the change log, but the triggers still write it
+            engine._change_log = ChangeLogPruner(
+                database, retention=settings.recall_index_log_retention)
+            engine._change_log.start()
         await engine.router.settled()  # on failure: logged, stage 2 scores lexically
         _freeze_start_up()
         return engine

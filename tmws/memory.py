@@ -15,6 +15,7 @@ from typing import Any, Final
 import msgspec
 from pgvector import Vector as PgVector
 
+from tmws._recall_index import DerivedRecallIndex
 from tmws.cache import CacheManager
 from tmws.database import Database
 from tmws.embeddings import EmbeddingProvider, Vector
@@ -125,8 +126,11 @@ class MemoryStore:
 
     def __init__(self, database: Database, provider: EmbeddingProvider, *,
                  min_similarity: float = 0.1, generations: CacheManager | None = None,
-                 limits: InputLimits | None = None) -> None:
+                 limits: InputLimits | None = None,
+                 recall_index: DerivedRecallIndex | None = None) -> None:
         self.database = database
+        # TMWS_RECALL_INDEX=memory: search() ranks in process when the index is ready.
+        self.recall_index = recall_index
         self.provider = provider
         self.min_similarity = min_similarity
         self.limits = limits or InputLimits()
@@ -218,6 +222,13 @@ class MemoryStore:
         embedding = await self._embed(text)
         if not words and embedding is None:
             return await self.recent(namespace, limit=limit)
+        if self.recall_index is not None:
+            ranked = await self.recall_index.search(
+                namespace, " ".join(words), embedding,
+                candidates=max(_RRF_CANDIDATES, limit), limit=limit,
+                max_distance=1.0 - self.min_similarity, rrf_k=_RRF_K)
+            if ranked is not None:
+                return await self._ranked_records(namespace, ranked)
         rows = await self.database.read(
             namespace,
             f"""
@@ -249,6 +260,19 @@ class MemoryStore:
              "cand": max(_RRF_CANDIDATES, limit), "scan": _FTS_SCAN, "pool": _FTS_POOL,
              "rrf_k": _RRF_K, "k": limit, "max_dist": 1.0 - self.min_similarity}, prepare=True)
         return [_record(row, row["score"]) for row in rows]
+
+    async def _ranked_records(self, namespace: str, ranked: Sequence[tuple[int, float]]
+                              ) -> list[MemoryRecord]:
+        """The rows of the derived index's ranking, in its order. Readability is checked
+        here again; a memory deleted since the ranking is left out."""
+        if not ranked:
+            return []
+        rows = await self.database.read(
+            namespace, f"SELECT {_COLUMNS} FROM memories WHERE {_READABLE} AND id = ANY(%(ids)s)",
+            {"ns": namespace, "ids": [memory_id for memory_id, _ in ranked]}, prepare=True)
+        by_id = {row["id"]: row for row in rows}
+        return [_record(by_id[memory_id], score) for memory_id, score in ranked
+                if memory_id in by_id]
 
     async def by_tag(self, namespace: str, tags: Sequence[str], *, limit: int = 10
                      ) -> list[MemoryRecord]:

@@ -7,6 +7,7 @@ pub mod bayes;
 pub mod embed;
 pub mod errors;
 pub mod hir;
+pub mod hnsw;
 pub mod json;
 pub mod keys;
 pub mod lexical;
@@ -18,6 +19,7 @@ pub mod pyre;
 pub mod pyre_tables;
 #[cfg(feature = "pyo3")]
 mod python;
+pub mod recall;
 pub mod regex_set;
 pub mod stem;
 

@@ -1,4 +1,5 @@
-//! The Python face of the core: frozen `Matcher`, `HashEmbedder` and `ExampleIndex`
+//! The Python face of the core: frozen `Matcher`, `HashEmbedder`, `ExampleIndex` and
+//! `RecallIndex`
 //! classes and the private `CompileFailure` (`tmws._native` turns it into
 //! `tmws.errors.PatternCompileError`: the core imports nothing from the Python package).
 //!
@@ -6,7 +7,7 @@
 //! (`Python::detach`), so other Python threads keep running while Rust works.
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyKeyError, PyOverflowError, PyValueError};
+use pyo3::exceptions::{PyException, PyKeyError, PyOverflowError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
@@ -17,6 +18,9 @@ use crate::json;
 use crate::keys;
 use crate::lexical::ExampleIndex;
 use crate::matcher::{Matcher, PatternSpec};
+use crate::recall::{
+    parse_tsvector, parse_vector, unit, MemoryDoc, RecallConfig, RecallIndex, RecallQuery,
+};
 use crate::stem;
 
 create_exception!(
@@ -402,6 +406,204 @@ impl PyExampleIndex {
     }
 }
 
+/// A memory row as `tmws._recall_index` hands it over:
+/// `(id, namespace, shared, importance, created_us, tsv, vector_send bytes or None)`.
+type MemoryRowTuple = (i64, String, bool, f32, i64, String, Option<Vec<u8>>);
+
+fn positive(name: &str, value: i64) -> PyResult<usize> {
+    usize::try_from(value)
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| PyValueError::new_err(format!("{name} must be > 0, got {value}")))
+}
+
+/// The derived recall index (`crate::recall`); see `tmws/_tmws_core.pyi`. Searches share a
+/// read lock, changes take the write lock; both run with the GIL released.
+#[pyclass(frozen, name = "RecallIndex", module = "tmws._tmws_core")]
+pub struct PyRecallIndex {
+    inner: std::sync::RwLock<RecallIndex>,
+    dim: usize,
+}
+
+fn poisoned() -> PyErr {
+    PyRuntimeError::new_err(
+        "the recall index was left inconsistent by a panic: clear() it and load it again",
+    )
+}
+
+impl PyRecallIndex {
+    // Inputs are checked before a lock is taken, so no panic is expected under one; if one
+    // happened anyway the index may be half-changed, and it answers nothing until cleared.
+    fn read(&self) -> PyResult<std::sync::RwLockReadGuard<'_, RecallIndex>> {
+        self.inner.read().map_err(|_| poisoned())
+    }
+
+    fn write(&self) -> PyResult<std::sync::RwLockWriteGuard<'_, RecallIndex>> {
+        self.inner.write().map_err(|_| poisoned())
+    }
+
+    /// For figures only (stats, len): a poisoned index's are still worth showing.
+    fn peek(&self) -> std::sync::RwLockReadGuard<'_, RecallIndex> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[pymethods]
+impl PyRecallIndex {
+    #[new]
+    #[pyo3(signature = (dim, *, m = 16, ef_construction = 64, ef_search = 100, exact_below = 4096))]
+    fn new(
+        dim: i64,
+        m: i64,
+        ef_construction: i64,
+        ef_search: i64,
+        exact_below: i64,
+    ) -> PyResult<Self> {
+        let mut config = RecallConfig::new(positive("dim", dim)?);
+        config.m = positive("m", m)?.max(2);
+        config.ef_construction = positive("ef_construction", ef_construction)?;
+        config.ef_search = positive("ef_search", ef_search)?;
+        config.exact_below = usize::try_from(exact_below).map_err(|_| {
+            PyValueError::new_err(format!("exact_below must be >= 0, got {exact_below}"))
+        })?;
+        Ok(Self {
+            inner: std::sync::RwLock::new(RecallIndex::new(config)),
+            dim: config.dim,
+        })
+    }
+
+    /// Upserts `rows` and removes `deleted`, in that order; every row is parsed before any
+    /// is applied, so a bad one changes nothing.
+    fn apply(&self, py: Python<'_>, rows: Vec<MemoryRowTuple>, deleted: Vec<i64>) -> PyResult<()> {
+        let dim = self.dim;
+        let docs = py
+            .detach(|| {
+                rows.into_iter()
+                    .map(
+                        |(id, namespace, shared, importance, created_us, tsv, vector)| {
+                            let terms = parse_tsvector(&tsv)
+                                .map_err(|e| format!("memory {id}: content_tsv: {e}"))?;
+                            let embedding = match vector {
+                                None => None,
+                                Some(bytes) => parse_vector(&bytes, dim)
+                                    .map_err(|e| format!("memory {id}: embedding: {e}"))?,
+                            };
+                            Ok(MemoryDoc {
+                                id,
+                                namespace,
+                                shared,
+                                importance,
+                                created_us,
+                                terms,
+                                embedding,
+                            })
+                        },
+                    )
+                    .collect::<Result<Vec<MemoryDoc>, String>>()
+            })
+            .map_err(PyValueError::new_err)?;
+        py.detach(|| {
+            let mut index = self.write()?;
+            index.upsert_batch(docs);
+            for id in deleted {
+                index.remove(id);
+            }
+            Ok(())
+        })
+    }
+
+    /// Empties the index, a poisoned one included.
+    fn clear(&self, py: Python<'_>) {
+        py.detach(|| {
+            let mut index = self.inner.write().unwrap_or_else(|e| e.into_inner());
+            index.clear();
+            self.inner.clear_poison();
+        });
+    }
+
+    fn shrink(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| {
+            self.write()?.shrink_to_fit();
+            Ok(())
+        })
+    }
+
+    #[pyo3(signature = (namespace, query_tsv, vector, *, candidates, limit, max_distance, rrf_k))]
+    #[allow(clippy::too_many_arguments)]
+    fn search<'py>(
+        &self,
+        py: Python<'py>,
+        namespace: &str,
+        query_tsv: &str,
+        vector: Option<Vec<f32>>,
+        candidates: i64,
+        limit: i64,
+        max_distance: f32,
+        rrf_k: f64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let candidates = top_k_arg(candidates)?;
+        let limit = top_k_arg(limit)?;
+        let lexemes: Vec<String> = parse_tsvector(query_tsv)
+            .map_err(|e| PyValueError::new_err(format!("query_tsv: {e}")))?
+            .into_iter()
+            .map(|(lexeme, _)| lexeme)
+            .collect();
+        let dim = self.dim;
+        if let Some(v) = &vector {
+            if v.len() != dim {
+                return Err(PyValueError::new_err(format!(
+                    "query vector has {} dimensions; the index holds {dim}",
+                    v.len()
+                )));
+            }
+        }
+        let found = py.detach(|| {
+            let vector = vector.and_then(unit);
+            Ok::<_, PyErr>(self.read()?.search(&RecallQuery {
+                namespace,
+                lexemes: &lexemes,
+                vector: vector.as_deref(),
+                candidates,
+                limit,
+                max_distance,
+                rrf_k,
+            }))
+        })?;
+        PyList::new(py, found.iter().map(|r| (r.id, r.score)))
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.peek().stats();
+        let dict = PyDict::new(py);
+        dict.set_item("documents", stats.documents)?;
+        dict.set_item("partitions", stats.partitions)?;
+        dict.set_item("graphs", stats.graphs)?;
+        dict.set_item("vectors", stats.vectors)?;
+        dict.set_item("removed_vectors", stats.removed_vectors)?;
+        dict.set_item("terms", stats.terms)?;
+        dict.set_item("dead_postings", stats.dead_postings)?;
+        dict.set_item("memory_bytes", stats.memory_bytes)?;
+        Ok(dict)
+    }
+
+    fn __contains__(&self, id: i64) -> bool {
+        self.peek().contains(id)
+    }
+
+    fn __len__(&self) -> usize {
+        self.peek().len()
+    }
+
+    fn __repr__(&self) -> String {
+        let index = self.peek();
+        format!(
+            "<RecallIndex documents={} dim={}>",
+            index.len(),
+            index.config().dim
+        )
+    }
+}
+
 /// See [`crate::keys::normalize_query`].
 #[pyfunction]
 fn normalize_query(query: &str) -> String {
@@ -454,6 +656,7 @@ pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMatcher>()?;
     m.add_class::<PyHashEmbedder>()?;
     m.add_class::<PyExampleIndex>()?;
+    m.add_class::<PyRecallIndex>()?;
     m.add_function(wrap_pyfunction!(normalize_query, m)?)?;
     m.add_function(wrap_pyfunction!(stemmed_words, m)?)?;
     m.add_function(wrap_pyfunction!(cache_key, m)?)?;

@@ -1,0 +1,193 @@
+"""The derived recall index (TMWS_RECALL_INDEX=memory) on a real PostgreSQL: what one
+worker writes, another's index ranks at its very next recall; private memories never
+cross namespaces; SQL answers until the index is ready and while it reloads; bulk imports,
+deletes and TRUNCATE reach it; and the ranking is not worse than the one it replaces."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import psycopg
+
+from bench.legacy_recall import legacy_search
+from bench.retrieval_set import FACTS, NEAR_MISSES, PARTIAL, QUESTIONS, ndcg_at, recall_at
+from tests.conftest import make_settings
+from tests.test_memory_relevance import NOISE
+from tmws._native import RecallIndex
+from tmws._recall_index import DerivedRecallIndex
+from tmws.database import Database, import_memories
+from tmws.embeddings import HashProvider
+from tmws.engine import create_pattern_execution_engine
+from tmws.memory import MemoryStore
+
+
+@asynccontextmanager
+async def worker(url: str, *, start: bool = True) -> AsyncIterator[MemoryStore]:
+    """One worker's view: its own pool, provider and derived index."""
+    settings = make_settings(url)
+    database = Database(url, settings)
+    await database.open()
+    index = DerivedRecallIndex(database, settings.embedding_dim)
+    store = MemoryStore(database, HashProvider(settings.embedding_dim), recall_index=index)
+    try:
+        if start:
+            index.start()
+            assert await index.wait_ready(30)
+        yield store
+    finally:
+        await index.close()
+        await database.close()
+
+
+def index_of(store: MemoryStore) -> DerivedRecallIndex:
+    assert store.recall_index is not None
+    return store.recall_index
+
+
+def word() -> str:
+    return "zq" + uuid.uuid4().hex[:10]
+
+
+async def test_another_workers_write_is_ranked_at_the_next_recall(
+        migrated_database: str) -> None:
+    async with worker(migrated_database) as writer, worker(migrated_database) as reader:
+        served_before = index_of(reader).stats()["searches"]
+        for round_ in range(12):
+            marker = word()
+            memory_id = await writer.store("team", f"the {marker} rotation runbook {round_}",
+                                           visibility="shared" if round_ % 3 == 0 else "private")
+            found = await reader.search("team", f"recall {marker}")
+            assert found and found[0].id == memory_id, (round_, found)
+            assert await writer.delete("team", memory_id)
+            assert all(m.id != memory_id for m in await reader.search("team", marker))
+        stats = index_of(reader).stats()
+        assert stats["searches"] - served_before == 24 and not stats["fallbacks"], stats
+
+
+async def test_private_memories_never_cross_namespaces(migrated_database: str) -> None:
+    async with worker(migrated_database) as store:
+        marker = word()
+        private = await store.store("alpha", f"{marker} private deploy key")
+        shared = await store.store("alpha", f"{marker} shared deploy notes",
+                                   visibility="shared")
+        own = {m.id for m in await store.search("alpha", marker)}
+        other = {m.id for m in await store.search("beta", marker)}
+        assert own == {private, shared}
+        assert other == {shared}
+        # Vector-only recall (no word in common) from another namespace: still no leak.
+        assert private not in {m.id for m in await store.search("beta", "private deploy key")}
+        assert index_of(store).stats()["searches"] == 3
+
+
+async def test_sql_answers_until_the_index_is_ready(migrated_database: str) -> None:
+    async with worker(migrated_database, start=False) as store:
+        marker = word()
+        memory_id = await store.store("ns", f"{marker} before the index")
+        found = await store.search("ns", marker)
+        assert [m.id for m in found] == [memory_id]
+        assert index_of(store).stats()["fallbacks"] == {"not_ready": 1}
+        index_of(store).start()
+        assert await index_of(store).wait_ready(30)
+        assert [m.id for m in await store.search("ns", marker)] == [memory_id]
+        assert index_of(store).stats()["searches"] == 1
+
+
+async def test_bulk_imports_and_truncate_reach_the_index(migrated_database: str) -> None:
+    async with worker(migrated_database) as store:
+        marker = word()
+        lines = [json.dumps({"content": f"{marker} imported note {i}", "namespace": "bulk"})
+                 for i in range(300)]
+        report = await import_memories(store.database, store.provider, lines)
+        assert report.written == 300
+        found = await store.search("bulk", marker, limit=50)
+        assert len(found) == 50 and all(marker in m.content for m in found)
+        assert index_of(store).stats()["documents"] == 300
+
+        with psycopg.connect(migrated_database, autocommit=True) as conn:
+            conn.execute("TRUNCATE memories")
+        assert await store.search("bulk", marker) == []  # SQL, while the index reloads
+        assert await index_of(store).wait_ready(30)
+        after = await store.store("bulk", f"{marker} after the truncate")
+        assert [m.id for m in await store.search("bulk", marker)] == [after]
+        stats = index_of(store).stats()
+        assert stats["loads"] == 2 and stats["documents"] == 1, stats
+
+
+async def test_the_engine_serves_recall_from_the_index(migrated_database: str) -> None:
+    settings = make_settings(migrated_database, recall_index="memory")
+    async with await create_pattern_execution_engine(settings) as engine:
+        index = index_of(engine.memory)
+        assert await index.wait_ready(30)
+        marker = word()
+        await engine.memory.store("eng", f"{marker} incident retro")
+        result = await engine.execute(f"recall memories about {marker}", "balanced",
+                                      {"namespace": "eng"})
+        assert result.success, result
+        assert marker in msgspec.json.encode(result.result).decode()
+        assert index.stats()["searches"] >= 1
+
+
+async def test_ranking_is_not_worse_than_the_legacy_one(migrated_database: str) -> None:
+    """The hand-written set of tests/test_memory_relevance.py, ranked by the index."""
+    async with worker(migrated_database) as store:
+        namespace = "facts"
+        keys = {await store.store(namespace, text): key
+                for key, text in {**FACTS, **NEAR_MISSES}.items()}
+        for text in NOISE:
+            await store.store(namespace, text)
+        foreign = {await store.store("elsewhere", text) for text in FACTS.values()}
+        scores: dict[str, tuple[list[float], list[float]]] = {"new": ([], []), "old": ([], [])}
+        for question, answers in QUESTIONS.items():
+            gains = {k: 2.0 for k in answers} | {k: 1.0 for k in PARTIAL.get(question, ())}
+            new = [r.id for r in await store.search(namespace, question)]
+            old = await legacy_search(store.database, store.provider, namespace, question,
+                                      min_similarity=store.min_similarity)
+            assert not foreign & set(new), question
+            for name, ids in (("new", new), ("old", old)):
+                ranked = [keys.get(i, str(i)) for i in ids]
+                scores[name][0].append(recall_at(ranked, answers))
+                scores[name][1].append(ndcg_at(ranked, gains))
+        new_recall, new_ndcg = (statistics.fmean(v) for v in scores["new"])
+        old_recall, old_ndcg = (statistics.fmean(v) for v in scores["old"])
+        assert new_recall >= old_recall and new_ndcg >= old_ndcg - 1e-9, (
+            f"recall@10 {new_recall:.3f} (was {old_recall:.3f}),"
+            f" nDCG@10 {new_ndcg:.3f} (was {old_ndcg:.3f})")
+        assert not index_of(store).stats()["fallbacks"]
+
+
+class _FailingSearches:
+    """The native index with searches that fail, as a bug in it would."""
+
+    def __init__(self, index: RecallIndex) -> None:
+        self._index = index
+        self.failures = 1
+
+    def search(self, *args: Any, **kwargs: Any) -> list[tuple[int, float]]:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("the recall index was left inconsistent by a panic")
+        return self._index.search(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index, name)
+
+
+async def test_a_failing_index_reloads_and_sql_answers_meanwhile(
+        migrated_database: str) -> None:
+    async with worker(migrated_database) as store:
+        index = index_of(store)
+        marker = word()
+        memory_id = await store.store("ns", f"{marker} survives")
+        index.index = _FailingSearches(index.index)  # type: ignore[assignment]
+        assert [m.id for m in await store.search("ns", marker)] == [memory_id]
+        assert index.stats()["fallbacks"] == {"index_failed": 1}
+        assert await index.wait_ready(30)
+        assert [m.id for m in await store.search("ns", marker)] == [memory_id]
+        stats = index.stats()
+        assert stats["loads"] == 2 and stats["searches"] == 1, stats
