@@ -6,7 +6,6 @@ deletes and TRUNCATE reach it; and the ranking is not worse than the one it repl
 from __future__ import annotations
 
 import json
-import statistics
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,10 +14,8 @@ from typing import Any
 import msgspec
 import psycopg
 
-from bench.legacy_recall import legacy_search
-from bench.retrieval_set import FACTS, NEAR_MISSES, PARTIAL, QUESTIONS, ndcg_at, recall_at
 from tests.conftest import make_settings
-from tests.test_memory_relevance import NOISE
+from tests.test_memory_relevance import assert_not_worse_than_legacy
 from tmws._native import RecallIndex
 from tmws._recall_index import DerivedRecallIndex
 from tmws.database import Database, import_memories
@@ -136,28 +133,7 @@ async def test_the_engine_serves_recall_from_the_index(migrated_database: str) -
 async def test_ranking_is_not_worse_than_the_legacy_one(migrated_database: str) -> None:
     """The hand-written set of tests/test_memory_relevance.py, ranked by the index."""
     async with worker(migrated_database) as store:
-        namespace = "facts"
-        keys = {await store.store(namespace, text): key
-                for key, text in {**FACTS, **NEAR_MISSES}.items()}
-        for text in NOISE:
-            await store.store(namespace, text)
-        foreign = {await store.store("elsewhere", text) for text in FACTS.values()}
-        scores: dict[str, tuple[list[float], list[float]]] = {"new": ([], []), "old": ([], [])}
-        for question, answers in QUESTIONS.items():
-            gains = {k: 2.0 for k in answers} | {k: 1.0 for k in PARTIAL.get(question, ())}
-            new = [r.id for r in await store.search(namespace, question)]
-            old = await legacy_search(store.database, store.provider, namespace, question,
-                                      min_similarity=store.min_similarity)
-            assert not foreign & set(new), question
-            for name, ids in (("new", new), ("old", old)):
-                ranked = [keys.get(i, str(i)) for i in ids]
-                scores[name][0].append(recall_at(ranked, answers))
-                scores[name][1].append(ndcg_at(ranked, gains))
-        new_recall, new_ndcg = (statistics.fmean(v) for v in scores["new"])
-        old_recall, old_ndcg = (statistics.fmean(v) for v in scores["old"])
-        assert new_recall >= old_recall and new_ndcg >= old_ndcg - 1e-9, (
-            f"recall@10 {new_recall:.3f} (was {old_recall:.3f}),"
-            f" nDCG@10 {new_ndcg:.3f} (was {old_ndcg:.3f})")
+        await assert_not_worse_than_legacy(store, "facts")
         assert not index_of(store).stats()["fallbacks"]
 
 
