@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from tmws._native import RecallIndex
 from tmws.database import Database
-from tmws.database._changes import CatchUp, ChangeFeed, MemoryRow
+from tmws.database._changes import DEFAULT_RETENTION, CatchUp, ChangeFeed, MemoryRow
 from tmws.metrics import RECALL_INDEX_READY, RECALL_INDEX_SEARCHES
 
 __all__ = ["DerivedRecallIndex"]
@@ -49,7 +49,7 @@ class DerivedRecallIndex:
     """One worker's derived index over ``database``'s memories (see the module docstring)."""
 
     def __init__(self, database: Database, dim: int, *, ef_search: int = 100,
-                 retention: float = 3600.0) -> None:
+                 retention: float = DEFAULT_RETENTION) -> None:
         self.database = database
         self.index = RecallIndex(dim, ef_search=ef_search)
         self.feed = ChangeFeed(database, retention=retention)

@@ -47,9 +47,13 @@ from psycopg.rows import tuple_row
 if TYPE_CHECKING:
     from tmws.database._pool import Database
 
-__all__ = ["TRUNCATED", "CatchUp", "ChangeFeed", "ChangeLogPruner", "MemoryRow"]
+__all__ = ["DEFAULT_RETENTION", "TRUNCATED", "CatchUp", "ChangeFeed", "ChangeLogPruner",
+           "MemoryRow"]
 
 logger = logging.getLogger(__name__)
+
+# Seconds a change-log row is kept (TMWS_RECALL_INDEX_LOG_RETENTION's default).
+DEFAULT_RETENTION: Final = 3600.0
 
 # The memory id a TRUNCATE records: everything changed.
 TRUNCATED: Final = -1
@@ -128,7 +132,7 @@ class ChangeFeed:
     must reload.
     """
 
-    def __init__(self, database: Database, *, retention: float = 3600.0) -> None:
+    def __init__(self, database: Database, *, retention: float = DEFAULT_RETENTION) -> None:
         if not retention > 0:
             raise ValueError("retention must be positive")
         self._database = database
@@ -263,7 +267,7 @@ class ChangeLogPruner:
     delete old rows. One statement every ``every`` seconds; the first rows go after
     ``retention`` (see :meth:`ChangeFeed.prune`)."""
 
-    def __init__(self, database: Database, *, retention: float = 3600.0,
+    def __init__(self, database: Database, *, retention: float = DEFAULT_RETENTION,
                  every: float = 60.0) -> None:
         self._feed = ChangeFeed(database, retention=retention)
         self._every = every
