@@ -222,7 +222,9 @@ class RecallIndex:
     Ranking: full text over the readable memories holding all query lexemes (BM25, k1 1.2,
     b 0.75, global document frequencies), or any when none holds them all; the nearest
     ``candidates`` vectors by cosine distance, of which those farther than
-    ``max_distance`` are dropped (the others keep their rank); each memory scores
+    ``max_distance`` are dropped (the others keep their rank; a graph's search starts from
+    its entry point and from the full-text candidates, which an entry-point descent often
+    misses when they are unlike their neighbours); each memory scores
     ``sum(1 / (rrf_k + rank))`` over the two lists. Ties: importance, creation time, id,
     all descending.
 
@@ -250,6 +252,17 @@ class RecallIndex:
 
     def clear(self) -> None:
         """Removes every memory (before a reload)."""
+
+    def compaction_due(self) -> bool:
+        """Whether removals (deletes, and updates, which replace) have left a partition
+        with a quarter of its postings dead or half as many removed vectors as live ones.
+        Removals never compact by themselves: see :meth:`compact`."""
+
+    def compact(self) -> int:
+        """Rebuilds the postings and graph of every partition that is due; returns how many
+        were. Takes the write lock for as long as building those graphs takes (a large
+        partition: as long as loading it), so searches wait: answer from elsewhere
+        meanwhile."""
 
     def shrink(self) -> None:
         """Gives back spare capacity (after a load, whose arrays grew by doubling)."""

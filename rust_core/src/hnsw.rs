@@ -285,6 +285,25 @@ impl Hnsw {
     /// # Panics
     /// If `query.len() != dim()`.
     pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Vec<(u32, f32)> {
+        self.search_from(query, k, ef, &[])
+    }
+
+    /// [`Hnsw::search`] whose layer-0 beam also starts from `seeds`: slots already known
+    /// to be relevant (e.g. the memories a full-text ranking found). The graph is walked
+    /// from them as from the entry point, so their neighbourhoods are searched even when
+    /// the greedy descent lands elsewhere: out-of-distribution vectors (one odd memory
+    /// among thousands of alike ones) are poorly linked, and a descent rarely reaches them.
+    /// Removed seeds are walked through but never returned.
+    ///
+    /// # Panics
+    /// If `query.len() != dim()` or a seed is not below `len()`.
+    pub fn search_from(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        seeds: &[u32],
+    ) -> Vec<(u32, f32)> {
         assert_eq!(
             query.len(),
             self.dim,
@@ -305,7 +324,16 @@ impl Hnsw {
         for layer in (1..=self.max_level).rev() {
             ep = self.greedy(query, ep, layer);
         }
-        let mut found = self.search_layer(query, &[ep], ef.max(k), 0, true);
+        let mut entries = Vec::with_capacity(seeds.len() + 1);
+        entries.push(ep);
+        for &seed in seeds {
+            self.check_slot(seed, "search_from");
+            entries.push(Cand {
+                dist: distance(query, self.vector(seed)),
+                slot: seed,
+            });
+        }
+        let mut found = self.search_layer(query, &entries, ef.max(k), 0, true);
         found.truncate(k);
         found.into_iter().map(|c| (c.slot, c.dist)).collect()
     }
@@ -873,6 +901,52 @@ mod tests {
         let r = recall(&index, &queries, 10, 64);
         println!("uniform recall@10 ef=64: {r:.3}");
         assert!(r >= 0.9, "recall@10 {r}");
+    }
+
+    #[test]
+    fn seeds_reach_outliers_the_descent_misses() {
+        // Out-of-distribution points among clustered ones: each one's in-links are pruned
+        // away by the cluster points around it, so a beam from the entry rarely gets there.
+        let (mut data, _) = clustered(5_000, 0, 64, 20, 11);
+        let outliers = uniform(40, 64, 12);
+        let first_outlier = data.len() as u32;
+        data.extend(outliers.iter().cloned());
+        let mut index = build(&data, 8, 40, 3);
+        let mut rng = Rng(13);
+        let queries: Vec<Vec<f32>> = outliers
+            .iter()
+            .map(|o| normalise(o.iter().map(|x| x + 0.02 * rng.gauss()).collect()))
+            .collect();
+        let (mut seeded_hits, mut plain_hits) = (0, 0);
+        for (i, q) in queries.iter().enumerate() {
+            let target = first_outlier + i as u32;
+            assert_eq!(exact_search(&index, q, 1)[0].0, target);
+            let plain = index.search(q, 10, 10);
+            assert_eq!(plain, index.search_from(q, 10, 10, &[]));
+            let seeded = index.search_from(q, 10, 10, &[target, 0, 17]);
+            assert!(seeded
+                .windows(2)
+                .all(|w| (w[0].1, w[0].0) <= (w[1].1, w[1].0)));
+            assert_eq!(
+                seeded[0].0, target,
+                "a seed nearest to the query comes first"
+            );
+            plain_hits += usize::from(plain.first().is_some_and(|r| r.0 == target));
+            seeded_hits += 1;
+        }
+        println!("outliers found first: {plain_hits}/40 from the entry, {seeded_hits}/40 seeded");
+        // A removed seed is walked through, never returned.
+        index.remove(first_outlier);
+        let got = index.search_from(&queries[0], 10, 10, &[first_outlier]);
+        assert_eq!(got.len(), 10);
+        assert!(got.iter().all(|&(s, _)| s != first_outlier));
+    }
+
+    #[test]
+    #[should_panic(expected = "search_from")]
+    fn seed_out_of_range_panics() {
+        let index = build(&uniform(10, 8, 1), 4, 8, 1);
+        let _ = index.search_from(&uniform(1, 8, 2)[0], 3, 3, &[10]);
     }
 
     #[test]

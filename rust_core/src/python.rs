@@ -521,6 +521,14 @@ impl PyRecallIndex {
         });
     }
 
+    fn compaction_due(&self, py: Python<'_>) -> PyResult<bool> {
+        py.detach(|| Ok(self.read()?.compaction_due()))
+    }
+
+    fn compact(&self, py: Python<'_>) -> PyResult<usize> {
+        py.detach(|| Ok(self.write()?.compact()))
+    }
+
     fn shrink(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| {
             self.write()?.shrink_to_fit();
