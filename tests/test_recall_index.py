@@ -5,7 +5,9 @@ deletes and TRUNCATE reach it; and the ranking is not worse than the one it repl
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -167,3 +169,48 @@ async def test_a_failing_index_reloads_and_sql_answers_meanwhile(
         assert [m.id for m in await store.search("ns", marker)] == [memory_id]
         stats = index.stats()
         assert stats["loads"] == 2 and stats["searches"] == 1, stats
+
+
+class _SlowCompaction:
+    """The native index with a compaction that lasts until released, as a large
+    partition's rebuild lasts minutes."""
+
+    def __init__(self, index: RecallIndex) -> None:
+        self._index = index
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def compact(self) -> int:
+        self.started.set()
+        self.release.wait(30)
+        return self._index.compact()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index, name)
+
+
+async def test_deletes_compact_the_index_while_sql_answers(migrated_database: str) -> None:
+    async with worker(migrated_database) as store:
+        index = index_of(store)
+        namespace, marker = f"thin-{word()}", word()
+        ids = [await store.store(namespace, f"{marker} note {i}") for i in range(100)]
+        assert len(await store.search(namespace, marker, limit=100)) == 100
+        slow = _SlowCompaction(index.index)
+        index.index = slow  # type: ignore[assignment]
+        with psycopg.connect(migrated_database, autocommit=True) as conn:
+            conn.execute("DELETE FROM memories WHERE id = ANY(%s)", (ids[10:],))
+        # The next poll applies the deletes, finds the partition thinned out and rebuilds
+        # it; recall meanwhile is SQL, and right.
+        assert await asyncio.to_thread(slow.started.wait, 30)
+        assert not index.ready
+        found = await store.search(namespace, marker, limit=100)
+        assert sorted(m.id for m in found) == ids[:10]
+        assert index.stats()["fallbacks"] == {"compacting": 1}
+        slow.release.set()
+        assert await index.wait_ready(30)
+        found = await store.search(namespace, marker, limit=100)
+        assert sorted(m.id for m in found) == ids[:10]
+        stats = index.stats()
+        assert stats["compactions"] == 1 and stats["fallbacks"] == {"compacting": 1}, stats
+        assert (stats["removed_vectors"], stats["dead_postings"]) == (0, 0), stats
+        assert not index.index.compaction_due()

@@ -8,6 +8,11 @@ started after the search was called, that also parses the query's words), so a m
 written and acknowledged by any worker of any instance before a recall began is in the
 ranking it gets. A poll every second keeps idle workers close, so catch-ups stay small.
 
+Deletes and updates leave dead entries behind; once they are a large share of a partition
+the poll rebuilds it (:meth:`RecallIndex.compact`) off the event loop, and recall runs as
+SQL meanwhile: at a million memories a rebuild takes minutes (a ``reembed`` replaces every
+vector), which searches must not wait out.
+
 Ranking (``tmws._tmws_core.RecallIndex``) has the shape of the SQL's: full text (all words,
 else any; BM25) and the nearest vectors, fused by reciprocal rank fusion, reading one
 partition per namespace and one of shared memories. It returns ids; the rows come from
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -54,10 +58,12 @@ class DerivedRecallIndex:
         self.index = RecallIndex(dim, ef_search=ef_search)
         self.feed = ChangeFeed(database, retention=retention)
         self._ready = False
+        self._compacting = False
+        self._compactions = 0
         self._task: asyncio.Task[None] | None = None
         self._reload = asyncio.Event()
-        # Catch-ups are applied in the order they were read: a later one may hold a newer
-        # state of the same memory.
+        # Held to catch up and search, load, or compact: catch-ups are applied in the
+        # order they were read (a later one may hold a newer state of the same memory).
         self._applying = asyncio.Lock()
         self._loads = 0
         self._load_seconds: float | None = None
@@ -66,7 +72,7 @@ class DerivedRecallIndex:
 
     @property
     def ready(self) -> bool:
-        return self._ready and not self.feed.behind
+        return self._ready and not self._compacting and not self.feed.behind
 
     def start(self) -> None:
         """Load in the background, then keep up until :meth:`close`."""
@@ -96,39 +102,42 @@ class DerivedRecallIndex:
                      candidates: int, limit: int, max_distance: float, rrf_k: float
                      ) -> list[tuple[int, float]] | None:
         """``(id, score)`` best first, or None when the index cannot answer (not loaded,
-        reloading, or its catch-up failed): the caller ranks in SQL then."""
+        reloading, compacting, or its catch-up failed): the caller ranks in SQL then."""
         if not self.ready:
-            self._fell_back("not_ready")
+            self._fell_back("compacting" if self._compacting else "not_ready")
             return None
-        try:
-            caught = await self._catch_up(words)
-        except Exception as exc:  # the SQL path reports the database's own errors
-            logger.warning("recall index: catch-up failed, ranking in SQL: %s", exc)
-            self._fell_back("catch_up_failed")
-            return None
-        if caught is None:
-            self._fell_back("reloading")
-            return None
-        search = functools.partial(self.index.search, namespace, caught.query_tsv or "",
-                                   vector, candidates=candidates, limit=limit,
-                                   max_distance=max_distance, rrf_k=rrf_k)
-        try:
-            if self._applying.locked():  # a bulk apply may hold the write lock: off the loop
-                ranked = await asyncio.to_thread(search)
-            else:
-                ranked = search()
-        except Exception as exc:  # a bug, not the caller's input: rebuild, rank in SQL
-            logger.error("recall index: search failed, reloading: %s", exc)
-            self._must_reload()
-            self._fell_back("index_failed")
-            return None
+        # The search runs under the lock too: a compaction or bulk apply queued behind it
+        # then cannot hold the index's write lock while this search waits for it.
+        async with self._applying:
+            if not self.ready:  # it went stale or began a rebuild while this one waited
+                self._fell_back("compacting" if self._compacting else "reloading")
+                return None
+            try:
+                caught = await self._catch_up(words)
+            except Exception as exc:  # the SQL path reports the database's own errors
+                logger.warning("recall index: catch-up failed, ranking in SQL: %s", exc)
+                self._fell_back("catch_up_failed")
+                return None
+            if caught is None:
+                self._fell_back("reloading")
+                return None
+            try:
+                ranked = self.index.search(namespace, caught.query_tsv or "", vector,
+                                           candidates=candidates, limit=limit,
+                                           max_distance=max_distance, rrf_k=rrf_k)
+            except Exception as exc:  # a bug, not the caller's input: rebuild, rank in SQL
+                logger.error("recall index: search failed, reloading: %s", exc)
+                self._must_reload()
+                self._fell_back("index_failed")
+                return None
         self._searches += 1
         RECALL_INDEX_SEARCHES.labels("index").inc()
         return ranked
 
     def stats(self) -> dict[str, Any]:
         return {"ready": self.ready, "loads": self._loads,
-                "load_seconds": self._load_seconds, "searches": self._searches,
+                "load_seconds": self._load_seconds, "compactions": self._compactions,
+                "searches": self._searches,
                 "fallbacks": dict(self._fallbacks), **self.index.stats()}
 
     # -- internals ---------------------------------------------------------------------------
@@ -139,22 +148,22 @@ class DerivedRecallIndex:
 
     async def _catch_up(self, words: str | None = None) -> CatchUp | None:
         """Reads and applies the changes since the last catch-up; None when they say to
-        reload (the loop then does)."""
-        async with self._applying:
-            caught = await self.feed.catch_up(words)
-            if caught.reload:
-                self._must_reload()
-                return None
-            rows = [_row(r) for r in caught.rows]
-            try:
-                if len(rows) > _INLINE_ROWS:
-                    await asyncio.to_thread(self.index.apply, rows, list(caught.deleted))
-                elif rows or caught.deleted:
-                    self.index.apply(rows, list(caught.deleted))
-            except BaseException:  # the feed has moved past changes the index lacks
-                self._must_reload()
-                raise
-            return caught
+        reload (the loop then does). The caller holds ``_applying``: catch-ups are applied
+        in the order they were read, as a later one may hold a newer state of a memory."""
+        caught = await self.feed.catch_up(words)
+        if caught.reload:
+            self._must_reload()
+            return None
+        rows = [_row(r) for r in caught.rows]
+        try:
+            if len(rows) > _INLINE_ROWS:
+                await asyncio.to_thread(self.index.apply, rows, list(caught.deleted))
+            elif rows or caught.deleted:
+                self.index.apply(rows, list(caught.deleted))
+        except BaseException:  # the feed has moved past changes the index lacks
+            self._must_reload()
+            raise
+        return caught
 
     def _must_reload(self) -> None:
         self._ready = False
@@ -181,6 +190,22 @@ class DerivedRecallIndex:
                          "pruned, so it loads again; raise the retention",
                          self._load_seconds)
 
+    async def _compact(self) -> None:
+        """Rebuilds the partitions removals have thinned out; recall runs as SQL until
+        it is done (searches already waiting for the lock go first)."""
+        self._compacting = True
+        RECALL_INDEX_READY.set(0)
+        try:
+            async with self._applying:
+                started = time.perf_counter()
+                rebuilt = await asyncio.to_thread(self.index.compact)
+            self._compactions += 1
+            logger.info("recall index: %d partition(s) compacted in %.1f s", rebuilt,
+                        time.perf_counter() - started)
+        finally:
+            self._compacting = False
+            RECALL_INDEX_READY.set(1 if self.ready else 0)
+
     async def _run(self) -> None:
         last_prune = time.monotonic()
         while True:
@@ -189,10 +214,13 @@ class DerivedRecallIndex:
                     self._reload.clear()
                     await self._load()
                 await asyncio.sleep(_POLL_SECONDS)
-                caught = await self._catch_up()
+                async with self._applying:
+                    caught = await self._catch_up()
                 RECALL_INDEX_READY.set(1 if self.ready else 0)
                 if caught is None:
                     continue
+                if await asyncio.to_thread(self.index.compaction_due):
+                    await self._compact()
                 if time.monotonic() - last_prune > _PRUNE_SECONDS:
                     last_prune = time.monotonic()
                     await self.feed.prune()

@@ -105,15 +105,15 @@ DATABASE_READS: Final = Counter(
     "tmws_database_reads_total", "Memory reads with read replicas configured, by the server "
     "that answered them", ["server"])
 # The derived recall index (TMWS_RECALL_INDEX=memory, tmws._recall_index): ready is 0 as
-# soon as one worker's index cannot answer (loading, reloading, behind); every recall is
+# soon as one worker's index cannot answer (loading, reloading, compacting, behind); every recall is
 # counted by who ranked it: "index", or the reason it was ranked in SQL.
 RECALL_INDEX_READY: Final = Gauge(
     "tmws_recall_index_ready", "1 while every worker's derived recall index answers recall",
     multiprocess_mode="livemin")
 RECALL_INDEX_SEARCHES: Final = Counter(
     "tmws_recall_index_searches_total", "Recalls with the derived index configured, by who "
-    "ranked them: index, or why SQL did (not_ready, reloading, catch_up_failed, "
-    "index_failed)",
+    "ranked them: index, or why SQL did (not_ready, reloading, compacting, "
+    "catch_up_failed, index_failed)",
     ["outcome"])
 _INFO_LABELS: Final = {"version": __version__, "pattern_service": "enabled"}
 if MULTIPROCESS:  # Info metrics cannot be shared between processes; a gauge of 1 can
