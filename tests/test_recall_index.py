@@ -173,7 +173,7 @@ async def test_a_failing_index_reloads_and_sql_answers_meanwhile(
 
 class _SlowCompaction:
     """The native index with a compaction that lasts until released, as a large
-    partition's rebuild lasts minutes."""
+    partition's rebuild lasts about a minute."""
 
     def __init__(self, index: RecallIndex) -> None:
         self._index = index

@@ -10,8 +10,8 @@ ranking it gets. A poll every second keeps idle workers close, so catch-ups stay
 
 Deletes and updates leave dead entries behind; once they are a large share of a partition
 the poll rebuilds it (:meth:`RecallIndex.compact`) off the event loop, and recall runs as
-SQL meanwhile: at a million memories a rebuild takes minutes (a ``reembed`` replaces every
-vector), which searches must not wait out.
+SQL meanwhile: at a million memories a partition's rebuild takes about a minute (a
+``reembed`` replaces every vector), which searches must not wait out.
 
 Ranking (``tmws._tmws_core.RecallIndex``) has the shape of the SQL's: full text (all words,
 else any; BM25) and the nearest vectors, fused by reciprocal rank fusion, reading one
